@@ -1,0 +1,99 @@
+"""Orbax checkpoints: periodic saves for resume, the selected (best) step, pretrained loads.
+
+A checkpoint holds the whole train state (params, BatchNorm statistics, optimizer
+state, step, root PRNG key) plus JSON metadata. The data-iterator position is the
+step itself (batches are a pure function of seed and step), so restoring the state
+restores the data order and every dropout mask.
+"""
+
+import os
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+LATEST = "checkpoints"
+BEST = "best"
+
+
+def manager(directory: str | os.PathLike, keep: int = 2) -> ocp.CheckpointManager:
+    """A CheckpointManager keeping the `keep` most recent steps (async saves)."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options)
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict | None = None) -> None:
+    """Saves the state (and JSON metadata) at `step`; returns before the write finishes."""
+    args = {"state": ocp.args.StandardSave(state)}
+    if meta is not None:
+        args["meta"] = ocp.args.JsonSave(meta)
+    mngr.save(step, args=ocp.args.Composite(**args), force=True)
+
+
+def restore_latest(mngr: ocp.CheckpointManager, target: Any) -> tuple[Any, dict] | None:
+    """Restores the latest step into the shapes/shardings of `target`, or None if none."""
+    step = mngr.latest_step()
+    if step is None:
+        return None
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    restored = mngr.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+        ),
+    )
+    return restored["state"], dict(restored["meta"] or {})
+
+
+def latest_step_dir(directory: str | os.PathLike) -> pathlib.Path:
+    """The directory of the latest finished checkpoint under a run's workdir or manager dir."""
+    directory = pathlib.Path(directory)
+    for candidate in (directory / LATEST, directory):
+        if candidate.is_dir():
+            steps = ocp.utils.checkpoint_steps(candidate)
+            if steps:
+                return candidate / str(max(steps))
+    raise FileNotFoundError(
+        f"No finished Orbax checkpoint under {directory} (expected {directory / LATEST}/<step>)."
+    )
+
+
+def restore_state_tree(directory: str | os.PathLike) -> dict:
+    """Restores a saved train state as plain nested dicts of numpy arrays (no target needed)."""
+    step_dir = latest_step_dir(directory)
+    with ocp.PyTreeCheckpointer() as ckptr:
+        tree = ckptr.restore(step_dir / "state")
+    logging.info("Restored %s", step_dir)
+    return jax.tree.map(np.asarray, tree)
+
+
+def merge_pretrained(init: dict, pretrained: dict, source: str, prefix: str = "") -> dict:
+    """Returns `init` with every leaf replaced by the same path of `pretrained`.
+
+    Strict: a leaf missing from `pretrained` or with another shape is an error naming
+    the file, the parameter path and both shapes (big_vision's strict merge).
+    """
+    out = {}
+    for key, value in init.items():
+        path = f"{prefix}/{key}" if prefix else key
+        if key not in pretrained:
+            raise ValueError(
+                f"Pretrained checkpoint {source}: parameter {path!r} is missing "
+                f"(it has {sorted(pretrained)} at this level)."
+            )
+        if isinstance(value, dict):
+            if not isinstance(pretrained[key], dict):
+                raise ValueError(f"Pretrained checkpoint {source}: {path!r} is not a subtree.")
+            out[key] = merge_pretrained(value, pretrained[key], source, path)
+        else:
+            got = np.asarray(pretrained[key])
+            if got.shape != value.shape:
+                raise ValueError(
+                    f"Pretrained checkpoint {source}: parameter {path!r} has shape {got.shape}, "
+                    f"the model expects {tuple(value.shape)}."
+                )
+            out[key] = got.astype(value.dtype)
+    return out

@@ -1,0 +1,203 @@
+"""From prepared TFDS data to device batches, following the DomainBed protocol.
+
+Domains are held in memory (the benchmarks here are small; DomainBed's large sets go
+through the same functions with a per-host shard). A training batch is a pure
+function of (seed, step): one batch of B images per training domain, drawn with
+replacement from the domain's "in" split by stateless TF random ops, then
+concatenated. So the data-iterator position is just the step, and a resumed run
+replays exactly the batches of an uninterrupted one.
+"""
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from richft_jax.data import sources, splits
+from richft_jax.tf_cpu import tf as _tf
+
+tf = _tf()
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One evaluation split: a domain's "in" or "out" part, held as numpy arrays."""
+
+    domain: str
+    split: str  # "in" | "out"
+    is_test_domain: bool
+    images: np.ndarray  # uint8 [N, H, W, C]
+    labels: np.ndarray  # int32 [N]
+
+
+@dataclasses.dataclass(frozen=True)
+class DomainData:
+    """All domains of a dataset, split in/out by trial_seed, with the test domains marked."""
+
+    name: str
+    domains: tuple[str, ...]
+    test_domains: tuple[str, ...]
+    num_classes: int
+    splits: tuple[Split, ...]
+
+    @property
+    def train_domains(self) -> tuple[str, ...]:
+        return tuple(d for d in self.domains if d not in self.test_domains)
+
+    def get(self, domain: str, split: str) -> Split:
+        for s in self.splits:
+            if s.domain == domain and s.split == split:
+                return s
+        raise KeyError(f"No split {domain}/{split} in {self.name}.")
+
+
+def parse_test_domains(spec: str | int | Sequence, domains: Sequence[str]) -> tuple[str, ...]:
+    """Turns "syn", "3", "0,2" or [0, "syn"] into domain names, failing on unknown ones."""
+    if isinstance(spec, str):
+        items = [s.strip() for s in spec.split(",") if s.strip()]
+    elif isinstance(spec, int):
+        items = [spec]
+    else:
+        items = list(spec)
+    names = []
+    for item in items:
+        if isinstance(item, int) or (isinstance(item, str) and item.isdigit()):
+            index = int(item)
+            if not 0 <= index < len(domains):
+                raise ValueError(
+                    f"config.data.test_domains: index {index} out of range for domains {domains}."
+                )
+            names.append(domains[index])
+        elif item in domains:
+            names.append(item)
+        else:
+            raise ValueError(
+                f"config.data.test_domains: unknown domain {item!r}; valid domains are {domains}."
+            )
+    if len(set(names)) == len(domains):
+        raise ValueError("config.data.test_domains: every domain is a test domain; none to train.")
+    return tuple(dict.fromkeys(names))
+
+
+def load_domains(
+    name: str,
+    test_domains: str | Sequence,
+    trial_seed: int,
+    holdout_fraction: float = 0.2,
+    data_dir: str | None = None,
+    max_examples_per_split: int | None = None,
+) -> DomainData:
+    """Loads every domain of `name` and splits each 80/20 in/out as DomainBed does."""
+    domains = sources.domains_of(name)
+    tests = parse_test_domains(test_domains, domains)
+    arrays = sources.load_arrays(name, data_dir=data_dir)
+    num_classes = sources.num_classes_of(name)
+    out = []
+    for index, domain in enumerate(domains):
+        images, labels = arrays[domain]
+        if len(labels) == 0:
+            raise ValueError(f"Dataset {name!r}: domain {domain!r} is empty.")
+        in_idx, out_idx = splits.in_out_split(len(labels), trial_seed, index, holdout_fraction)
+        for split, idx in (("in", in_idx), ("out", out_idx)):
+            idx = idx[:max_examples_per_split] if max_examples_per_split else idx
+            out.append(
+                Split(domain, split, domain in tests, images[idx], labels[idx].astype(np.int32))
+            )
+    return DomainData(name, tuple(domains), tests, num_classes, tuple(out))
+
+
+def _augment(images: "tf.Tensor", kind: str, seed: "tf.Tensor", pad: int = 4) -> "tf.Tensor":
+    """Per-example random pad-and-crop (and flip) with stateless ops, seeded per step."""
+    if kind == "none":
+        return images
+    if kind not in ("crop", "flip_crop"):
+        raise ValueError(f"config.data.augment: unknown augmentation {kind!r}.")
+    b, h, w = tf.shape(images)[0], images.shape[1], images.shape[2]
+    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+    offsets = tf.random.stateless_uniform([b, 2], seed, 0, 2 * pad + 1, dtype=tf.int32)
+    rows = offsets[:, :1] + tf.range(h)[None]
+    cols = offsets[:, 1:] + tf.range(w)[None]
+    images = tf.gather(padded, rows, axis=1, batch_dims=1)
+    images = tf.gather(images, cols, axis=2, batch_dims=1)
+    if kind == "flip_crop":
+        flip = tf.random.stateless_uniform([b, 1, 1, 1], seed + 1) < 0.5
+        images = tf.where(flip, tf.reverse(images, axis=[2]), images)
+    return images
+
+
+def train_dataset(
+    data: DomainData,
+    *,
+    seed: int,
+    batch_size_per_domain: int,
+    start_step: int,
+    num_steps: int,
+    augment: str = "none",
+    process_index: int = 0,
+    process_count: int = 1,
+    prefetch: int = 2,
+) -> "tf.data.Dataset":
+    """tf.data pipeline of this host's part of each step's batch, for steps [start, num_steps)."""
+    if batch_size_per_domain % process_count:
+        raise ValueError(
+            f"config.data.batch_size_per_domain={batch_size_per_domain} is not divisible by "
+            f"the number of hosts ({process_count})."
+        )
+    local = batch_size_per_domain // process_count
+    sources_ = []
+    for domain in data.train_domains:
+        s = data.get(domain, "in")
+        domain_seed = splits.seed_hash(seed, data.domains.index(domain))
+        sources_.append((tf.constant(s.images), tf.constant(s.labels), domain_seed))
+
+    def make_batch(step):
+        images, labels = [], []
+        for d_images, d_labels, domain_seed in sources_:
+            key = tf.stack([tf.constant(domain_seed, tf.int64), step])
+            idx = tf.random.stateless_uniform(
+                [batch_size_per_domain], key, 0, tf.shape(d_labels, tf.int64)[0], dtype=tf.int64
+            )
+            idx = idx[process_index * local : (process_index + 1) * local]
+            images.append(tf.gather(d_images, idx))
+            labels.append(tf.gather(d_labels, idx))
+        images = tf.concat(images, 0)
+        aug_seed = tf.stack([tf.constant(splits.seed_hash(seed, "augment"), tf.int64), step])
+        images = _augment(images, augment, aug_seed)
+        return {"image": images, "label": tf.concat(labels, 0)}
+
+    ds = tf.data.Dataset.range(start_step, num_steps)
+    ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1  # Leave the cores to XLA.
+    return ds.with_options(options).prefetch(prefetch)
+
+
+def eval_batches(split: Split, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Fixed-size batches of a split; the last is padded and masked, so each example counts once."""
+    n = len(split.labels)
+    for start in range(0, n, batch_size):
+        images = split.images[start : start + batch_size]
+        labels = split.labels[start : start + batch_size]
+        k = len(labels)
+        mask = np.zeros(batch_size, bool)
+        mask[:k] = True
+        if k < batch_size:
+            images = np.concatenate(
+                [images, np.zeros((batch_size - k, *images.shape[1:]), images.dtype)]
+            )
+            labels = np.concatenate([labels, np.zeros(batch_size - k, labels.dtype)])
+        yield {"image": images, "label": labels, "mask": mask}
+
+
+def normalize(images: jax.Array, kind: str) -> jax.Array:
+    """uint8 images to float32 as the backbone expects; runs inside the jitted steps."""
+    x = images.astype(jnp.float32) / 255.0
+    if kind == "minus_one_one":
+        return x * 2.0 - 1.0
+    if kind == "imagenet":
+        mean = jnp.array([0.485, 0.456, 0.406], jnp.float32)
+        std = jnp.array([0.229, 0.224, 0.225], jnp.float32)
+        return (x - mean) / std
+    raise ValueError(f"config.data.normalize: unknown normalisation {kind!r}.")

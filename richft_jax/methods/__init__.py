@@ -1,0 +1,1 @@
+"""Methods as small functions plugged into the one train loop (loss terms, rates, updates)."""

@@ -1,0 +1,1 @@
+"""Backbones, the classifier (backbone -> feature dropout -> linear head) and weight loading."""

@@ -1,0 +1,92 @@
+"""The run outputs other tools read: results.jsonl rows and summary.json.
+
+Rows are appended one whole line per write and fsynced, so a crash leaves at most a
+truncated last line, which readers skip with a warning.
+"""
+
+import json
+import os
+import pathlib
+from collections.abc import Iterable
+
+from absl import logging
+
+RESULTS = "results.jsonl"
+SUMMARY = "summary.json"
+
+
+def append_rows(workdir: str, rows: Iterable[dict]) -> None:
+    """Appends rows to workdir/results.jsonl (one write per batch of rows, then fsync)."""
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+    with open(pathlib.Path(workdir) / RESULTS, "a", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_rows(path: str | os.PathLike) -> list[dict]:
+    """Reads a results.jsonl, skipping (with a warning) lines that are not whole JSON objects."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        path = path / RESULTS
+    if not path.exists():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            logging.warning(
+                "%s:%d is not a whole JSON line (truncated write?): skipped.", path, number
+            )
+    return rows
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    """Writes JSON through a temporary file and a rename, so readers never see half a file."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def truncate_after(workdir: str, step: int) -> int:
+    """Drops rows with step > `step` (written after the checkpoint we resume from)."""
+    path = pathlib.Path(workdir) / RESULTS
+    rows = read_rows(path)
+    kept = [r for r in rows if r["step"] <= step]
+    if len(kept) != len(rows) or path.exists():
+        tmp = path.with_name(RESULTS + ".tmp")
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept), "utf-8")
+        os.replace(tmp, path)
+    return len(rows) - len(kept)
+
+
+def select_training_domain_validation(rows: list[dict]) -> dict:
+    """DomainBed model selection within a run: the evaluated step whose mean out-split
+    accuracy over training domains is highest (earliest on ties), with its ID/OOD numbers."""
+    by_step: dict[int, list[dict]] = {}
+    for r in rows:
+        by_step.setdefault(r["step"], []).append(r)
+    if not by_step:
+        raise ValueError("No evaluation rows to select from.")
+
+    def summarize(step: int) -> dict:
+        rs = by_step[step]
+        mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+        pick = lambda test, split: [  # noqa: E731
+            r["accuracy"] for r in rs if r["is_test_domain"] == test and r["split"] == split
+        ]
+        return {
+            "step": step,
+            "id_accuracy": mean(pick(False, "out")),
+            "id_train_accuracy": mean(pick(False, "in")),
+            "ood_accuracy": mean(pick(True, "in")),
+            "ood_out_accuracy": mean(pick(True, "out")),
+        }
+
+    summaries = [summarize(s) for s in sorted(by_step)]
+    best = max(summaries, key=lambda s: (s["id_accuracy"], -s["step"]))
+    return {"selected": best, "last": summaries[-1], "curve": summaries}

@@ -1,0 +1,24 @@
+"""Keeps TensorFlow on the CPU so that JAX owns every accelerator.
+
+TensorFlow is only used for tf.data, TFDS and summaries. If it sees the GPUs it
+grabs their memory and, imported through clu's writers, can break multi-GPU JAX
+collectives; so every module that imports TensorFlow goes through `tf()` here.
+"""
+
+import functools
+import os
+
+
+@functools.cache
+def tf():
+    """Imports TensorFlow with GPUs and TPUs hidden from it, and returns the module."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf_module  # noqa: PLC0415  (deliberately late import)
+
+    for kind in ("GPU", "TPU"):
+        try:
+            tf_module.config.set_visible_devices([], kind)
+        except (RuntimeError, ValueError):
+            # Already initialised or no such device type: nothing of that kind to hide.
+            pass
+    return tf_module

@@ -1,0 +1,439 @@
+"""The one train loop: data -> model -> pure jitted data-parallel step -> eval -> checkpoints.
+
+Read top to bottom in phases (big_vision style). Methods plug in as functions (the
+rate passed to the step, the loss, the optimizer), never as forks of this loop.
+"""
+
+import collections
+import json
+import pathlib
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, metrics, parameter_overview, periodic_actions
+
+from richft_jax import checkpoints, config_lib, parallel, results
+from richft_jax.data import pipeline
+from richft_jax.models import registry
+
+
+# ----------------------------------------------------------------------------- state & metrics
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step reads and writes; a plain pytree, checkpointed whole."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array  # The run's root key (raw uint32[2]); per-step keys are fold_in(rng, step).
+
+
+@flax.struct.dataclass
+class TrainMetrics(metrics.Collection):
+    loss: metrics.Average.from_output("loss")
+    accuracy: metrics.Average.from_output("correct")
+    grad_norm: metrics.Average.from_output("grad_norm")
+    param_norm: metrics.LastValue.from_output("param_norm")
+    learning_rate: metrics.LastValue.from_output("learning_rate")
+
+
+@flax.struct.dataclass
+class EvalMetrics(metrics.Collection):
+    loss: metrics.Average.from_output("loss")
+    accuracy: metrics.Average.from_output("correct")
+
+
+# ----------------------------------------------------------------------------- optimizer
+def make_schedule(optim: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
+    """The base learning-rate schedule: step decay at fractions of training, or cosine."""
+    if optim.schedule == "step":
+        boundaries = {int(f * num_steps): optim.decay_factor for f in optim.decay_at}
+        schedule = optax.piecewise_constant_schedule(optim.lr, boundaries)
+    elif optim.schedule == "cosine":
+        schedule = optax.cosine_decay_schedule(optim.lr, max(num_steps - optim.warmup_steps, 1))
+    elif optim.schedule == "constant":
+        schedule = optax.constant_schedule(optim.lr)
+    else:
+        raise ValueError(f"config.optim.schedule: unknown schedule {optim.schedule!r}.")
+    if optim.warmup_steps:
+        warmup = optax.linear_schedule(0.0, optim.lr, optim.warmup_steps)
+        schedule = optax.join_schedules([warmup, schedule], [optim.warmup_steps])
+    return schedule
+
+
+def param_labels(params: Any) -> Any:
+    """'head' for the new linear classifier, 'backbone' for everything else."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "head" if path[0].key == "head" else "backbone", params
+    )
+
+
+def make_optimizer(
+    optim: ml_collections.ConfigDict, num_steps: int
+) -> optax.GradientTransformation:
+    """SGD with momentum and coupled weight decay (as torch), or AdamW; head lr x factor."""
+    schedule = make_schedule(optim, num_steps)
+
+    def one(factor: float) -> optax.GradientTransformation:
+        lr = lambda step: schedule(step) * factor  # noqa: E731
+        if optim.name == "sgd":
+            return optax.chain(
+                optax.add_decayed_weights(optim.weight_decay), optax.sgd(lr, optim.momentum)
+            )
+        if optim.name == "adamw":
+            return optax.adamw(lr, weight_decay=optim.weight_decay)
+        raise ValueError(f"config.optim.name: unknown optimizer {optim.name!r} (sgd | adamw).")
+
+    return optax.multi_transform(
+        {"backbone": one(1.0), "head": one(optim.head_lr_factor)}, param_labels
+    )
+
+
+# ----------------------------------------------------------------------------- steps
+def make_train_step(model, tx, schedule: optax.Schedule, normalize: str):
+    """Returns the pure step `(state, batch, dropout_rate) -> (state, TrainMetrics)`."""
+
+    def train_step(state: TrainState, batch: dict, dropout_rate: jax.Array):
+        key = jax.random.fold_in(state.rng, state.step)
+        images = pipeline.normalize(batch["image"], normalize)
+
+        def loss_fn(params):
+            (logits, _), updates = model.apply(
+                {"params": params, "batch_stats": state.batch_stats},
+                images,
+                train=True,
+                dropout_rate=dropout_rate,
+                rngs={"dropout": key},
+                mutable=["batch_stats"],
+            )
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+            return loss, (logits, updates.get("batch_stats", state.batch_stats))
+
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = state.replace(
+            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+        )
+        m = TrainMetrics.single_from_model_output(
+            loss=loss,
+            correct=(jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32),
+            grad_norm=optax.tree.norm(grads),
+            param_norm=optax.tree.norm(params),
+            learning_rate=schedule(state.step),
+        )
+        return new_state, m
+
+    return train_step
+
+
+def make_eval_step(model, normalize: str):
+    """Returns `(params, batch_stats, batch) -> EvalMetrics` over the masked batch."""
+
+    def eval_step(params, batch_stats, batch):
+        images = pipeline.normalize(batch["image"], normalize)
+        logits, _ = model.apply({"params": params, "batch_stats": batch_stats}, images, train=False)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+        correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+        return EvalMetrics.single_from_model_output(loss=loss, correct=correct, mask=batch["mask"])
+
+    return eval_step
+
+
+# ----------------------------------------------------------------------------- helpers
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Fails early, naming the config key, on values the loop would only trip on later."""
+    choices = {
+        "data.augment": ("none", "crop", "flip_crop"),
+        "data.normalize": ("minus_one_one", "imagenet"),
+        "optim.name": ("sgd", "adamw"),
+        "optim.schedule": ("step", "cosine", "constant"),
+        "model.name": tuple(registry.BACKBONES),
+    }
+    for key, valid in choices.items():
+        section, name = key.split(".")
+        value = config[section][name]
+        if value not in valid:
+            raise ValueError(f"config.{key}={value!r} is not one of {valid}.")
+    if not 0.0 <= config.dropout_rate < 1.0:
+        raise ValueError(f"config.dropout_rate={config.dropout_rate} must be in [0, 1).")
+    for key in ("num_steps", "log_every", "eval_every", "checkpoint_every"):
+        if config[key] <= 0:
+            raise ValueError(f"config.{key}={config[key]} must be positive.")
+
+
+def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> pathlib.Path:
+    """Creates the workdir and writes the resolved config; a clear error if it can't."""
+    path = pathlib.Path(workdir).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if jax.process_index() == 0:
+            results.write_json_atomic(
+                path / "config.json", json.loads(config.to_json_best_effort())
+            )
+    except OSError as e:
+        raise OSError(f"workdir {str(path)!r} is not writable: {e}") from e
+    return path
+
+
+def prefetch_to_device(batches: Iterable[dict], size: int, mesh) -> Iterator[dict]:
+    """Keeps `size` batches on the devices ahead of the step, so transfers overlap compute."""
+    queue = collections.deque()
+    for batch in batches:
+        queue.append(parallel.global_batch(batch, mesh))
+        if len(queue) > size:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()
+
+
+def load_pretrained(config: ml_collections.ConfigDict, params: dict, batch_stats: dict):
+    """Loads the backbone (params and BatchNorm statistics) from config.pretrained.path.
+
+    If nothing is there and config.pretrained.pretrain_config names a config, the backbone is
+    pretrained first with that config into that path (the embedded demo's first run).
+    """
+    path = config.pretrained.path
+    if not path:
+        return params, batch_stats
+    path = pathlib.Path(path).expanduser()
+    try:
+        checkpoints.latest_step_dir(path)
+    except FileNotFoundError:
+        if not config.pretrained.pretrain_config:
+            raise FileNotFoundError(
+                f"config.pretrained.path: no pretrained checkpoint at {path} "
+                "(expected an Orbax run directory with checkpoints/<step>)."
+            ) from None
+        logging.warning(
+            "Pretrained backbone not found at %s: pretraining it first with %s (once; later "
+            "runs reuse it).",
+            path,
+            config.pretrained.pretrain_config,
+        )
+        pre_config = config_lib.load_config_file(config.pretrained.pretrain_config)
+        pre_config.data.data_dir = config.data.data_dir
+        train_and_evaluate(pre_config, str(path))
+    tree = checkpoints.restore_state_tree(path)
+    source = str(checkpoints.latest_step_dir(path))
+    params = dict(params)
+    params["backbone"] = checkpoints.merge_pretrained(
+        params["backbone"], tree["params"].get("backbone", {}), source, "params/backbone"
+    )
+    if batch_stats:
+        batch_stats = dict(batch_stats)
+        batch_stats["backbone"] = checkpoints.merge_pretrained(
+            batch_stats["backbone"],
+            tree["batch_stats"].get("backbone", {}),
+            source,
+            "batch_stats/backbone",
+        )
+    logging.info("Loaded the pretrained backbone from %s.", source)
+    return params, batch_stats
+
+
+def evaluate(eval_step, state: TrainState, data: pipeline.DomainData, batch_size: int, mesh):
+    """Accuracy and loss on the in and out splits of every domain, each example once."""
+    out = []
+    for split in data.splits:
+        total = None
+        for batch in pipeline.eval_batches(split, batch_size):
+            m = eval_step(state.params, state.batch_stats, parallel.global_batch(batch, mesh))
+            total = m if total is None else total.merge(m)
+        out.append((split, jax.tree.map(float, total.compute())))
+    return out
+
+
+def check_finite(m: TrainMetrics | None, step: int, ckpt_dir: pathlib.Path, mngr) -> dict:
+    """Computes the accumulated train metrics; stops the run on a NaN/Inf loss or gradient."""
+    if m is None:
+        return {}
+    values = {k: float(v) for k, v in m.compute().items()}
+    if not (np.isfinite(values["loss"]) and np.isfinite(values["grad_norm"])):
+        raise FloatingPointError(
+            f"Non-finite training loss ({values['loss']}) or gradient norm "
+            f"({values['grad_norm']}) before step {step}; the last good checkpoint is step "
+            f"{mngr.latest_step()} in {ckpt_dir} (kept; not overwritten)."
+        )
+    return values
+
+
+# ----------------------------------------------------------------------------- the loop
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains and evaluates one run into `workdir`; resumes if checkpoints are there."""
+    # -- config and workdir.
+    validate_config(config)
+    workdir = prepare_workdir(workdir, config)
+    is_main = jax.process_index() == 0
+    start_time = time.time()
+
+    # -- mesh and data.
+    mesh = parallel.make_mesh()
+    data = pipeline.load_domains(
+        config.data.name,
+        config.data.test_domains,
+        config.trial_seed,
+        config.data.holdout_fraction,
+        data_dir=config.data.data_dir,
+        max_examples_per_split=config.data.get("eval_max_examples"),
+    )
+    logging.info(
+        "Data %s: train domains %s, test domains %s, %d classes.",
+        data.name,
+        data.train_domains,
+        data.test_domains,
+        data.num_classes,
+    )
+    global_batch = config.data.batch_size_per_domain * len(data.train_domains)
+    if global_batch % mesh.devices.size or config.data.eval_batch_size % mesh.devices.size:
+        raise ValueError(
+            f"Global batch {global_batch} (config.data.batch_size_per_domain x training domains) "
+            f"and config.data.eval_batch_size={config.data.eval_batch_size} must be multiples of "
+            f"the {mesh.devices.size} devices."
+        )
+
+    # -- model, optimizer, state (created directly with its sharding).
+    model = registry.build_classifier(config.model, data.num_classes)
+    tx = make_optimizer(config.optim, config.num_steps)
+    schedule = make_schedule(config.optim, config.num_steps)
+    root = jax.random.PRNGKey(config.seed)
+    init_key, root = jax.random.split(root)
+    image_shape = data.splits[0].images.shape[1:]
+    variables = jax.jit(
+        lambda k: model.init(k, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    )(init_key)
+    params, batch_stats = load_pretrained(
+        config, variables["params"], variables.get("batch_stats", {})
+    )
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=tx.init(params),
+        rng=root,
+    )
+    state = jax.device_put(state, parallel.replicated(mesh))
+    if is_main:
+        parameter_overview.log_parameter_overview(state.params)
+
+    # -- checkpoints: resume if there is one.
+    mngr = checkpoints.manager(workdir / checkpoints.LATEST, config.keep_checkpoints)
+    best_mngr = checkpoints.manager(workdir / checkpoints.BEST, 1)
+    restored = checkpoints.restore_latest(mngr, state)
+    if restored is not None:
+        state, meta = restored
+        dropped = results.truncate_after(workdir, int(state.step)) if is_main else 0
+        logging.info(
+            "Resumed from step %d (%s); dropped %d result rows written after it.",
+            int(state.step),
+            meta.get("config_name", ""),
+            dropped,
+        )
+    start_step = int(state.step)
+
+    # -- steps, compiled once.
+    rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    train_step = jax.jit(
+        make_train_step(model, tx, schedule, config.data.normalize),
+        in_shardings=(rep, shard, rep),
+        out_shardings=(rep, rep),
+        donate_argnums=(0,),
+    )
+    eval_step = jax.jit(make_eval_step(model, config.data.normalize), out_shardings=rep)
+
+    # -- writers and progress.
+    writer = metric_writers.create_default_writer(str(workdir), just_logging=not is_main)
+    progress = periodic_actions.ReportProgress(
+        num_train_steps=config.num_steps, writer=writer, every_steps=config.log_every
+    )
+    meta_base = {
+        "method": config.method,
+        "seed": config.seed,
+        "trial_seed": config.trial_seed,
+        "test_domains": list(data.test_domains),
+        "dropout_rate": float(config.dropout_rate),
+        "config_name": config.config_name,
+        "dataset": data.name,
+    }
+
+    # -- the loop.
+    batches = pipeline.train_dataset(
+        data,
+        seed=config.seed,
+        batch_size_per_domain=config.data.batch_size_per_domain,
+        start_step=start_step,
+        num_steps=config.num_steps,
+        augment=config.data.augment,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        prefetch=config.data.prefetch,
+    ).as_numpy_iterator()
+    rate = jnp.float32(config.dropout_rate)
+    acc, last_train = None, {}
+    for batch in prefetch_to_device(batches, config.data.prefetch, mesh):
+        state, m = train_step(state, batch, rate)
+        acc = m if acc is None else acc.merge(m)
+        step = start_step = start_step + 1
+        progress(step)
+        is_last = step == config.num_steps
+        if step % config.log_every == 0 or is_last:
+            last_train = check_finite(acc, step, workdir / checkpoints.LATEST, mngr)
+            writer.write_scalars(step, {f"train/{k}": v for k, v in last_train.items()})
+            acc = None
+        if step % config.eval_every == 0 or is_last:
+            evals = evaluate(eval_step, state, data, config.data.eval_batch_size, mesh)
+            rows = [
+                {
+                    "step": step,
+                    "domain": s.domain,
+                    "split": s.split,
+                    "is_test_domain": s.is_test_domain,
+                    "accuracy": v["accuracy"],
+                    "loss": v["loss"],
+                    "num_examples": len(s.labels),
+                    **meta_base,
+                }
+                for s, v in evals
+            ]
+            writer.write_scalars(
+                step, {f"eval/{r['domain']}_{r['split']}_accuracy": r["accuracy"] for r in rows}
+            )
+            if is_main:
+                results.append_rows(workdir, rows)
+            selection = results.select_training_domain_validation(results.read_rows(workdir))
+            if selection["selected"]["step"] == step:
+                checkpoints.save(best_mngr, step, state, {"selected": selection["selected"]})
+        if step % config.checkpoint_every == 0 or is_last:
+            check_finite(acc, step, workdir / checkpoints.LATEST, mngr)
+            checkpoints.save(mngr, step, state, {**meta_base, "step": step})
+    mngr.wait_until_finished()
+    best_mngr.wait_until_finished()
+    writer.flush()
+
+    # -- summary.
+    rows = results.read_rows(workdir)
+    selection = results.select_training_domain_validation(rows)
+    summary = {
+        **meta_base,
+        "selection": "training_domain_validation",
+        "selected": selection["selected"],
+        "last": selection["last"],
+        "final_train": last_train,
+        "num_steps": config.num_steps,
+        "wall_time_s": time.time() - start_time,
+    }
+    if is_main:
+        results.write_json_atomic(workdir / results.SUMMARY, summary)
+    logging.info("Summary: %s", json.dumps(summary["selected"]))
+    return summary

@@ -1,0 +1,121 @@
+"""One tiny end-to-end run of the real entry point: data build, pretraining, fine-tuning with
+feature dropout, checkpoints, per-domain evaluation, results; determinism and resume."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from richft_jax import config_lib, results, train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny_config(data_dir, pretrain_dir, **overrides):
+    c = config_lib.load_config_file("configs/demo.py:tiny")
+    c.data.data_dir = str(data_dir)
+    c.pretrained.path = str(pretrain_dir)
+    for key, value in overrides.items():
+        section, _, name = key.rpartition(".")
+        (c[section] if section else c)[name] = value
+    return c
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    return {"data": root / "tfds", "pretrain": root / "pretrain", "root": root}
+
+
+@pytest.fixture(scope="module")
+def first_run(dirs):
+    workdir = dirs["root"] / "run_a"
+    summary = train.train_and_evaluate(tiny_config(dirs["data"], dirs["pretrain"]), str(workdir))
+    return workdir, summary
+
+
+def test_first_run_pretrains_then_fine_tunes(first_run, dirs):
+    workdir, summary = first_run
+    # The missing backbone was pretrained first, into the configured path.
+    assert (dirs["pretrain"] / "results.jsonl").exists()
+    pre_rows = results.read_rows(dirs["pretrain"])
+    assert {r["domain"] for r in pre_rows} == {"train", "test"}
+    rows = results.read_rows(workdir)
+    # 2 evaluations (steps 10, 20) x 4 domains x 2 splits.
+    assert len(rows) == 16
+    assert {r["step"] for r in rows} == {10, 20}
+    assert {r["domain"] for r in rows} == {"mnist", "mnist_m", "digits", "syn"}
+    for r in rows:
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["loss"] > 0
+        assert r["is_test_domain"] == (r["domain"] == "syn")
+        assert r["method"] == "very_large_dropout" and r["dropout_rate"] == pytest.approx(0.9)
+        assert r["test_domains"] == ["syn"] and r["config_name"] == "demo_tiny"
+        assert {"seed", "trial_seed", "split"} <= set(r)
+    saved = json.loads((workdir / "summary.json").read_text())
+    assert saved["selected"]["step"] in (10, 20)
+    assert saved["selected"] == summary["selected"]
+    assert 0.0 < saved["selected"]["id_accuracy"] <= 1.0
+    assert (workdir / "config.json").exists()
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20"]
+    assert os.listdir(workdir / "best") == [str(saved["selected"]["step"])]
+
+
+def test_same_seed_gives_identical_results(first_run, dirs):
+    workdir, _ = first_run
+    again = dirs["root"] / "run_b"
+    train.train_and_evaluate(tiny_config(dirs["data"], dirs["pretrain"]), str(again))
+    a = [
+        (r["step"], r["domain"], r["split"], r["accuracy"], r["loss"])
+        for r in results.read_rows(workdir)
+    ]
+    b = [
+        (r["step"], r["domain"], r["split"], r["accuracy"], r["loss"])
+        for r in results.read_rows(again)
+    ]
+    assert a == b
+
+
+def test_other_seed_differs(first_run, dirs):
+    workdir, _ = first_run
+    other = dirs["root"] / "run_seed1"
+    train.train_and_evaluate(tiny_config(dirs["data"], dirs["pretrain"], seed=1), str(other))
+    a = [r["loss"] for r in results.read_rows(workdir)]
+    b = [r["loss"] for r in results.read_rows(other)]
+    assert a != b
+
+
+def test_kill_and_rerun_resumes_to_the_same_result(first_run, dirs):
+    """SIGKILL the real CLI after its first checkpoint, rerun the same command, compare."""
+    workdir, _ = first_run
+    killed = dirs["root"] / "run_killed"
+    cmd = [
+        sys.executable,
+        "-m",
+        "richft_jax.main",
+        "--config=configs/demo.py:tiny",
+        f"--workdir={killed}",
+        f"--config.data.data_dir={dirs['data']}",
+        f"--config.pretrained.path={dirs['pretrain']}",
+    ]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "10").is_dir() and time.time() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists(), "the run finished before it was killed"
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Resumed from step 10" in done.stderr
+    a = [(r["step"], r["domain"], r["split"], r["accuracy"]) for r in results.read_rows(workdir)]
+    b = [(r["step"], r["domain"], r["split"], r["accuracy"]) for r in results.read_rows(killed)]
+    assert a == b

@@ -1,0 +1,92 @@
+"""The pure, jitted, data-parallel train step: 1 vs 8 devices, determinism, optimizer."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from richft_jax import config_lib, parallel, train
+from richft_jax.models.classifier import Classifier
+from richft_jax.models.demo import SmallResNet
+
+
+def _run(devices, steps=10, rate=0.9, freeze_bn=True, seed=0):
+    mesh = parallel.make_mesh(devices)
+    model = Classifier(SmallResNet(widths=(8, 8, 16, 16), feature_dim=64), 10, freeze_bn=freeze_bn)
+    optim = config_lib.base_config().optim
+    optim.lr = 0.05
+    optim.head_lr_factor = 10.0
+    tx = train.make_optimizer(optim, steps)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    state = train.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        opt_state=tx.init(variables["params"]),
+        rng=jax.random.PRNGKey(seed),
+    )
+    rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    state = jax.device_put(state, rep)
+    step_fn = jax.jit(
+        train.make_train_step(model, tx, train.make_schedule(optim, steps), "minus_one_one"),
+        in_shardings=(rep, shard, rep),
+        out_shardings=(rep, rep),
+    )
+    rng = np.random.default_rng(0)
+    losses = []
+    for _ in range(steps):
+        batch = {
+            "image": rng.integers(0, 256, (48, 32, 32, 3), dtype=np.uint8),
+            "label": rng.integers(0, 10, 48).astype(np.int32),
+        }
+        state, m = step_fn(state, parallel.global_batch(batch, mesh), jnp.float32(rate))
+        losses.append(float(m.compute()["loss"]))
+    return jax.device_get(state.params), jax.device_get(state.batch_stats), losses
+
+
+def test_one_device_equals_eight_devices():
+    assert jax.device_count() == 8, "tests/conftest.py simulates 8 CPU devices"
+    p1, _, l1 = _run(jax.devices()[:1])
+    p8, _, l8 = _run(jax.devices())
+    np.testing.assert_allclose(l1, l8, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+    # The parameters moved: the comparison is not between two untouched inits.
+    p0, _, _ = _run(jax.devices()[:1], steps=0)
+    assert not np.allclose(p1["head"]["kernel"], p0["head"]["kernel"])
+
+
+def test_batchnorm_statistics_with_one_and_eight_devices():
+    """Unfrozen BatchNorm (pretraining) normalises over the global batch on any mesh."""
+    _, s1, _ = _run(jax.devices()[:1], steps=3, rate=0.0, freeze_bn=False)
+    _, s8, _ = _run(jax.devices(), steps=3, rate=0.0, freeze_bn=False)
+    for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s8), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_same_seed_is_bit_identical_and_frozen_bn_stays_frozen():
+    pa, sa, la = _run(jax.devices(), steps=4)
+    pb, sb, lb = _run(jax.devices(), steps=4)
+    assert la == lb
+    for a, b in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=True):
+        np.testing.assert_array_equal(a, b)
+    _, s0, _ = _run(jax.devices(), steps=0)
+    for a, b in zip(jax.tree.leaves(sa), jax.tree.leaves(s0), strict=True):
+        np.testing.assert_array_equal(a, b)  # freeze_bn: running statistics untouched.
+
+
+def test_head_learning_rate_factor_and_step_decay():
+    optim = config_lib.base_config().optim
+    optim.lr, optim.weight_decay, optim.momentum, optim.head_lr_factor = 0.1, 0.0, 0.0, 10.0
+    tx = train.make_optimizer(optim, num_steps=10)
+    params = {"head": {"kernel": jnp.ones(2)}, "backbone": {"w": jnp.ones(2)}}
+    grads = jax.tree.map(jnp.ones_like, params)
+    opt_state = tx.init(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    np.testing.assert_allclose(updates["backbone"]["w"], -0.1)
+    np.testing.assert_allclose(updates["head"]["kernel"], -1.0)
+    schedule = train.make_schedule(optim, 10)
+    np.testing.assert_allclose(
+        [schedule(4), schedule(5), schedule(9)], [0.1, 0.01, 0.01], rtol=1e-6
+    )
+    assert isinstance(tx, optax.GradientTransformation)
