@@ -33,9 +33,9 @@ def get_config(arg: str | None = None):
     c.optim.weight_decay = 1e-4
     c.optim.schedule = "cosine"
     c.optim.warmup_steps = 50
-    c.num_steps = 900
+    c.num_steps = 1200
     c.log_every = 100
-    c.eval_every = 900
+    c.eval_every = 600
     c.checkpoint_every = 300
     if arg == "tiny":  # Seconds-long smoke runs and tests.
         c.config_name = "demo_pretrain_tiny"

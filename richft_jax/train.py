@@ -243,15 +243,24 @@ def load_pretrained(config: ml_collections.ConfigDict, params: dict, batch_stats
     return params, batch_stats
 
 
-def evaluate(eval_step, state: TrainState, data: pipeline.DomainData, batch_size: int, mesh):
+def evaluate(
+    eval_step,
+    state: TrainState,
+    data: pipeline.DomainData,
+    batch_size: int,
+    mesh,
+    max_examples: int | None = None,
+) -> list[tuple[pipeline.Split, dict]]:
     """Accuracy and loss on the in and out splits of every domain, each example once."""
     out = []
     for split in data.splits:
         total = None
-        for batch in pipeline.eval_batches(split, batch_size):
+        for batch in pipeline.eval_batches(split, batch_size, max_examples):
             m = eval_step(state.params, state.batch_stats, parallel.global_batch(batch, mesh))
             total = m if total is None else total.merge(m)
-        out.append((split, jax.tree.map(float, total.compute())))
+        values = {k: float(v) for k, v in total.compute().items()}
+        values["count"] = min(len(split.labels), max_examples or len(split.labels))
+        out.append((split, values))
     return out
 
 
@@ -286,7 +295,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         config.trial_seed,
         config.data.holdout_fraction,
         data_dir=config.data.data_dir,
-        max_examples_per_split=config.data.get("eval_max_examples"),
     )
     logging.info(
         "Data %s: train domains %s, test domains %s, %d classes.",
@@ -392,7 +400,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             writer.write_scalars(step, {f"train/{k}": v for k, v in last_train.items()})
             acc = None
         if step % config.eval_every == 0 or is_last:
-            evals = evaluate(eval_step, state, data, config.data.eval_batch_size, mesh)
+            evals = evaluate(
+                eval_step, state, data, config.data.eval_batch_size, mesh,
+                config.data.eval_max_examples,
+            )
             rows = [
                 {
                     "step": step,
@@ -401,7 +412,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     "is_test_domain": s.is_test_domain,
                     "accuracy": v["accuracy"],
                     "loss": v["loss"],
-                    "num_examples": len(s.labels),
+                    "num_examples": v["count"],
                     **meta_base,
                 }
                 for s, v in evals

@@ -27,9 +27,9 @@ def tiny_config(data_dir, pretrain_dir, **overrides):
 
 
 @pytest.fixture(scope="module")
-def dirs(tmp_path_factory):
+def dirs(tmp_path_factory, data_dir):
     root = tmp_path_factory.mktemp("e2e")
-    return {"data": root / "tfds", "pretrain": root / "pretrain", "root": root}
+    return {"data": data_dir, "pretrain": root / "pretrain", "root": root}
 
 
 @pytest.fixture(scope="module")

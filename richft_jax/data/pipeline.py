@@ -87,7 +87,6 @@ def load_domains(
     trial_seed: int,
     holdout_fraction: float = 0.2,
     data_dir: str | None = None,
-    max_examples_per_split: int | None = None,
 ) -> DomainData:
     """Loads every domain of `name` and splits each 80/20 in/out as DomainBed does."""
     domains = sources.domains_of(name)
@@ -101,7 +100,6 @@ def load_domains(
             raise ValueError(f"Dataset {name!r}: domain {domain!r} is empty.")
         in_idx, out_idx = splits.in_out_split(len(labels), trial_seed, index, holdout_fraction)
         for split, idx in (("in", in_idx), ("out", out_idx)):
-            idx = idx[:max_examples_per_split] if max_examples_per_split else idx
             out.append(
                 Split(domain, split, domain in tests, images[idx], labels[idx].astype(np.int32))
             )
@@ -174,9 +172,12 @@ def train_dataset(
     return ds.with_options(options).prefetch(prefetch)
 
 
-def eval_batches(split: Split, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-    """Fixed-size batches of a split; the last is padded and masked, so each example counts once."""
-    n = len(split.labels)
+def eval_batches(
+    split: Split, batch_size: int, max_examples: int | None = None
+) -> Iterator[dict[str, np.ndarray]]:
+    """Fixed-size batches of a split (its first `max_examples` if set); the last is padded
+    and masked, so each example counts exactly once."""
+    n = len(split.labels) if not max_examples else min(max_examples, len(split.labels))
     for start in range(0, n, batch_size):
         images = split.images[start : start + batch_size]
         labels = split.labels[start : start + batch_size]

@@ -40,7 +40,9 @@ class BasicBlock(nn.Module):
             **kw,
         )
         y = nn.relu(norm("bn1")(conv(self.features, 3, self.strides, "conv1")(x)))
-        y = norm("bn2", scale_init=nn.initializers.zeros)(conv(self.features, 3, 1, "conv2")(y))
+        # Plain (not zero) init of the last BN scale: zero-init residuals stalled pretraining of
+        # this small net on 52 letter classes for hundreds of steps.
+        y = norm("bn2")(conv(self.features, 3, 1, "conv2")(y))
         if x.shape[-1] != self.features or self.strides != 1:
             x = norm("proj_bn")(conv(self.features, 1, self.strides, "proj_conv")(x))
         return nn.relu(x + y)
