@@ -401,7 +401,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             acc = None
         if step % config.eval_every == 0 or is_last:
             evals = evaluate(
-                eval_step, state, data, config.data.eval_batch_size, mesh,
+                eval_step,
+                state,
+                data,
+                config.data.eval_batch_size,
+                mesh,
                 config.data.eval_max_examples,
             )
             rows = [

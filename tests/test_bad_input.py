@@ -41,8 +41,13 @@ def test_bad_config_values_are_named(data_dir, tmp_path):
 
 
 def test_unknown_config_key_and_wrong_type_on_the_command_line(tmp_path):
-    base = [sys.executable, "-m", "richft_jax.main", "--config=configs/demo.py:tiny",
-            f"--workdir={tmp_path}"]
+    base = [
+        sys.executable,
+        "-m",
+        "richft_jax.main",
+        "--config=configs/demo.py:tiny",
+        f"--workdir={tmp_path}",
+    ]
     for flag, expected in [
         ("--config.dropout_rat=0.5", "dropout_rat"),
         ("--config.num_steps=many", "num_steps"),
@@ -73,7 +78,9 @@ def test_shape_mismatched_pretrained_checkpoint_names_the_parameter(data_dir, tm
     other = Classifier(SmallResNet(widths=(8, 8, 16, 16), feature_dim=32, stem_stride=2), 52)
     variables = other.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
     mngr = checkpoints.manager(tmp_path / "pre" / checkpoints.LATEST)
-    checkpoints.save(mngr, 1, {"params": variables["params"], "batch_stats": variables["batch_stats"]})
+    checkpoints.save(
+        mngr, 1, {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+    )
     mngr.wait_until_finished()
     c = tiny(data_dir)
     c.pretrained.path = str(tmp_path / "pre")
@@ -92,7 +99,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_
     rows_before = results.read_rows(workdir)
     # Resume the same workdir with an exploding learning rate.
     bad = tiny(data_dir, num_steps=20, **{"optim.lr": 1e12})
-    with pytest.raises(FloatingPointError, match="Non-finite training loss.*last good checkpoint is step 10"):
+    with pytest.raises(
+        FloatingPointError, match="Non-finite training loss.*last good checkpoint is step 10"
+    ):
         train.train_and_evaluate(bad, str(workdir))
     assert sorted(os.listdir(workdir / "checkpoints")) == ["10"]
     assert results.read_rows(workdir) == rows_before

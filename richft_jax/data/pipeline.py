@@ -168,7 +168,9 @@ def train_dataset(
     ds = tf.data.Dataset.range(start_step, num_steps)
     ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     options = tf.data.Options()
-    options.threading.private_threadpool_size = 1  # Leave the cores to XLA.
+    # One thread per op: the batch is cheap to make, and the cores belong to XLA. (A private
+    # thread pool of size 1 instead deadlocked TF when the finished iterator was deleted.)
+    options.threading.max_intra_op_parallelism = 1
     return ds.with_options(options).prefetch(prefetch)
 
 

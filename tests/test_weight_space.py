@@ -1,0 +1,61 @@
+"""Soups, interpolation and vmapped ensembles as pytree operations."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from richft_jax.methods import weight_space as ws
+
+
+def tree(v):
+    return {"backbone": {"w": jnp.full((2, 3), float(v))}, "head": {"b": jnp.full((3,), -float(v))}}
+
+
+def test_uniform_soup_and_interpolation_endpoints():
+    soup = ws.uniform_soup([tree(1), tree(2), tree(6)])
+    np.testing.assert_allclose(soup["backbone"]["w"], 3.0)
+    np.testing.assert_allclose(soup["head"]["b"], -3.0)
+    a, b = tree(1), tree(5)
+    for alpha, expected in [(0.0, 1.0), (1.0, 5.0), (0.25, 2.0)]:
+        np.testing.assert_allclose(ws.interpolate(a, b, alpha)["backbone"]["w"], expected)
+    path = ws.wise_ft(a, b, [0.0, 0.5, 1.0])
+    np.testing.assert_allclose([p["backbone"]["w"][0, 0] for p in path], [1.0, 3.0, 5.0])
+
+
+def test_incompatible_trees_name_the_first_differing_path():
+    bad = {"backbone": {"w": jnp.zeros((2, 4))}, "head": {"b": jnp.zeros(3)}}
+    with pytest.raises(ValueError, match=r"\['backbone'\]\['w'\].*\(2, 3\).*\(2, 4\)"):
+        ws.uniform_soup([tree(1), bad])
+    missing = {"backbone": {"w": jnp.zeros((2, 3))}}
+    with pytest.raises(ValueError, match=r"\['head'\]\['b'\] is missing"):
+        ws.stack([tree(1), missing])
+
+
+def test_greedy_soup_strict_and_ties():
+    trees = [tree(0), tree(10), tree(4)]
+    # Held-out score: closer to 6 is better; the ingredients' own scores are -6, -4, -2.
+    evaluate = lambda t: -abs(float(t["backbone"]["w"][0, 0]) - 6.0)  # noqa: E731
+    soup, kept = ws.greedy_soup(trees, [evaluate(t) for t in trees], evaluate)
+    # Start from 4 (-2); adding 10 gives 7 (-1 > -2): kept; adding 0 gives 14/3 (-1.33): not.
+    assert kept == [2, 1]
+    np.testing.assert_allclose(soup["backbone"]["w"], 7.0)
+    # Ties: an ingredient that leaves the score unchanged is kept only when strict=False.
+    flat = lambda t: 0.0  # noqa: E731
+    assert ws.greedy_soup(trees, [0.0, 0.0, 0.0], flat, strict=True)[1] == [0]
+    assert ws.greedy_soup(trees, [0.0, 0.0, 0.0], flat, strict=False)[1] == [0, 1, 2]
+
+
+def test_vmapped_ensemble_equals_per_model_loop():
+    keys = jax.random.split(jax.random.key(0), 3)
+    models = [{"w": jax.random.normal(k, (5, 4))} for k in keys]
+    x = jax.random.normal(jax.random.key(1), (7, 5))
+    apply = lambda p, x: x @ p["w"]  # noqa: E731
+    stacked = ws.stack(models)
+    summed = ws.ensemble_logits(apply, stacked, x, "sum_logits")
+    np.testing.assert_allclose(summed, sum(apply(m, x) for m in models), rtol=1e-5)
+    probs = ws.ensemble_logits(apply, stacked, x, "mean_probs")
+    expected = np.mean([jax.nn.softmax(apply(m, x)) for m in models], 0)
+    np.testing.assert_allclose(np.exp(probs), expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="Unknown ensemble"):
+        ws.ensemble_logits(apply, stacked, x, "vote")
