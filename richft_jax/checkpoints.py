@@ -62,12 +62,19 @@ def latest_step_dir(directory: str | os.PathLike) -> pathlib.Path:
 
 
 def restore_state_tree(directory: str | os.PathLike) -> dict:
-    """Restores a saved train state as plain nested dicts of numpy arrays (no target needed)."""
+    """Restores a saved train state as plain nested dicts of numpy arrays (no target needed),
+    on the host: a checkpoint from any topology loads anywhere."""
     step_dir = latest_step_dir(directory)
     with ocp.PyTreeCheckpointer() as ckptr:
-        tree = ckptr.restore(step_dir / "state")
+        metadata = ckptr.metadata(step_dir / "state").item_metadata
+        restore_args = jax.tree.map(
+            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata.tree
+        )
+        tree = ckptr.restore(
+            step_dir / "state", args=ocp.args.PyTreeRestore(restore_args=restore_args)
+        )
     logging.info("Restored %s", step_dir)
-    return jax.tree.map(np.asarray, tree)
+    return tree
 
 
 def merge_pretrained(init: dict, pretrained: dict, source: str, prefix: str = "") -> dict:

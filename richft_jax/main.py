@@ -11,7 +11,7 @@ tf_cpu.tf()  # Before anything else imports TensorFlow: keep it off the accelera
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from richft_jax import train  # noqa: E402
+from richft_jax import combine, train  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and results.")
@@ -22,7 +22,10 @@ def main(argv: list[str]) -> None:
     del argv
     config = _CONFIG.value
     logging.info("Config:\n%s", config)
-    train.train_and_evaluate(config, _WORKDIR.value)
+    if config.get("task") == "combine":
+        combine.combine_and_evaluate(config, _WORKDIR.value)
+    else:
+        train.train_and_evaluate(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import collections
 import json
 import pathlib
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import flax
@@ -138,12 +138,21 @@ def make_train_step(model, tx, schedule: optax.Schedule, normalize: str):
     return train_step
 
 
-def make_eval_step(model, normalize: str):
-    """Returns `(params, batch_stats, batch) -> EvalMetrics` over the masked batch."""
+def model_logits(model) -> Callable[[dict, jax.Array], jax.Array]:
+    """`(variables, images) -> logits` of one model in eval mode (no dropout)."""
+    return lambda variables, images: model.apply(variables, images, train=False)[0]
 
-    def eval_step(params, batch_stats, batch):
+
+def make_eval_step(logits_fn: Callable[[Any, jax.Array], jax.Array], normalize: str):
+    """Returns `(variables, batch) -> EvalMetrics` over the masked batch.
+
+    `logits_fn` is one model (`model_logits`) or any combination of models, e.g. a vmapped
+    ensemble over stacked variables: evaluation is the same for all of them.
+    """
+
+    def eval_step(variables, batch):
         images = pipeline.normalize(batch["image"], normalize)
-        logits, _ = model.apply({"params": params, "batch_stats": batch_stats}, images, train=False)
+        logits = logits_fn(variables, images)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
         correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
         return EvalMetrics.single_from_model_output(loss=loss, correct=correct, mask=batch["mask"])
@@ -245,7 +254,7 @@ def load_pretrained(config: ml_collections.ConfigDict, params: dict, batch_stats
 
 def evaluate(
     eval_step,
-    state: TrainState,
+    variables: Any,
     data: pipeline.DomainData,
     batch_size: int,
     mesh,
@@ -256,7 +265,7 @@ def evaluate(
     for split in data.splits:
         total = None
         for batch in pipeline.eval_batches(split, batch_size, max_examples):
-            m = eval_step(state.params, state.batch_stats, parallel.global_batch(batch, mesh))
+            m = eval_step(variables, parallel.global_batch(batch, mesh))
             total = m if total is None else total.merge(m)
         values = {k: float(v) for k, v in total.compute().items()}
         values["count"] = min(len(split.labels), max_examples or len(split.labels))
@@ -358,7 +367,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         out_shardings=(rep, rep),
         donate_argnums=(0,),
     )
-    eval_step = jax.jit(make_eval_step(model, config.data.normalize), out_shardings=rep)
+    eval_step = jax.jit(
+        make_eval_step(model_logits(model), config.data.normalize), out_shardings=rep
+    )
 
     # -- writers and progress.
     writer = metric_writers.create_default_writer(str(workdir), just_logging=not is_main)
@@ -400,9 +411,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             writer.write_scalars(step, {f"train/{k}": v for k, v in last_train.items()})
             acc = None
         if step % config.eval_every == 0 or is_last:
+            variables = {"params": state.params, "batch_stats": state.batch_stats}
             evals = evaluate(
                 eval_step,
-                state,
+                variables,
                 data,
                 config.data.eval_batch_size,
                 mesh,

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from richft_jax import config_lib, results, train
+from richft_jax import combine, config_lib, results, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -80,10 +80,16 @@ def test_same_seed_gives_identical_results(first_run, dirs):
     assert a == b
 
 
-def test_other_seed_differs(first_run, dirs):
-    workdir, _ = first_run
+@pytest.fixture(scope="module")
+def second_run(first_run, dirs):
     other = dirs["root"] / "run_seed1"
     train.train_and_evaluate(tiny_config(dirs["data"], dirs["pretrain"], seed=1), str(other))
+    return other
+
+
+def test_other_seed_differs(first_run, second_run):
+    workdir, _ = first_run
+    other = second_run
     a = [r["loss"] for r in results.read_rows(workdir)]
     b = [r["loss"] for r in results.read_rows(other)]
     assert a != b
@@ -119,3 +125,54 @@ def test_kill_and_rerun_resumes_to_the_same_result(first_run, dirs):
     a = [(r["step"], r["domain"], r["split"], r["accuracy"]) for r in results.read_rows(workdir)]
     b = [(r["step"], r["domain"], r["split"], r["accuracy"]) for r in results.read_rows(killed)]
     assert a == b
+
+
+def _accuracies(rows, method, **match):
+    return {
+        (r["domain"], r["split"]): r["accuracy"]
+        for r in rows
+        if r["method"] == method and all(r.get(k) == v for k, v in match.items())
+    }
+
+
+def test_combine_restores_runs_and_evaluates_soups_and_ensembles(first_run, second_run, dirs):
+    run_a, _ = first_run
+    c = config_lib.load_config_file("configs/combine.py")
+    c.checkpoints = f"{run_a},{second_run}"
+    c.data_dir = str(dirs["data"])
+    c.combinations = ",".join(combine.COMBINATIONS)
+    out = dirs["root"] / "combined"
+    summary = combine.combine_and_evaluate(c, str(out))
+    rows = results.read_rows(out)
+    assert {r["method"] for r in rows} == set(combine.COMBINATIONS)
+    # The restored best checkpoint of run A scores exactly what run A logged at that step.
+    selected = json.loads((run_a / "summary.json").read_text())["selected"]["step"]
+    logged = {
+        (r["domain"], r["split"]): r["accuracy"]
+        for r in results.read_rows(run_a)
+        if r["step"] == selected
+    }
+    assert _accuracies(rows, "individual", member=str(run_a)) == pytest.approx(logged, abs=1e-6)
+    # Interpolation endpoints are the two runs themselves.
+    assert _accuracies(rows, "interpolation", alpha=0.0) == pytest.approx(
+        _accuracies(rows, "individual", member=str(run_a)), abs=1e-6
+    )
+    assert _accuracies(rows, "interpolation", alpha=1.0) == pytest.approx(
+        _accuracies(rows, "individual", member=str(second_run)), abs=1e-6
+    )
+    assert set(summary) >= {"uniform_soup", "greedy_soup", "ensemble_sum_logits"}
+    greedy = [r for r in rows if r["method"] == "greedy_soup"]
+    assert len(greedy) == 8 and 1 <= len(greedy[0]["members"]) <= 2
+
+
+def test_combining_a_run_with_itself_changes_nothing(first_run, dirs):
+    run_a, _ = first_run
+    c = config_lib.load_config_file("configs/combine.py")
+    c.checkpoints = f"{run_a},{run_a}"
+    c.data_dir = str(dirs["data"])
+    out = dirs["root"] / "self_combined"
+    combine.combine_and_evaluate(c, str(out))
+    rows = results.read_rows(out)
+    single = _accuracies(rows, "individual", member=str(run_a))
+    for method in ("uniform_soup", "greedy_soup", "ensemble_sum_logits", "ensemble_mean_probs"):
+        assert _accuracies(rows, method) == pytest.approx(single, abs=1e-6), method

@@ -1,0 +1,23 @@
+"""Combine fine-tuned runs: uniform and greedy soups, output ensembles, interpolation.
+
+  python -m richft_jax.main --config=configs/combine.py --workdir=/tmp/combined \
+      --config.checkpoints=/tmp/run_seed0,/tmp/run_seed1,/tmp/run_seed2
+
+Runs must share the dataset, test domains, trial seed and architecture (and, for weight
+averaging to make sense, the pretrained initialisation).
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None):
+    c = ml_collections.ConfigDict()
+    c.task = "combine"
+    c.config_name = "combine"
+    c.checkpoints = ""  # Comma-separated run directories.
+    c.which = "best"  # "best" (training-domain-validation selected) | "latest".
+    c.combinations = "individual,uniform_soup,greedy_soup,ensemble_sum_logits,ensemble_mean_probs"
+    c.greedy_strict = True  # Model soups: strictly better; False: not worse (DiWA/Ratatouille).
+    c.interpolation_alphas = (0.0, 0.25, 0.5, 0.75, 1.0)  # Between the first two runs.
+    c.data_dir = ml_collections.FieldReference(None, field_type=str)
+    return c
