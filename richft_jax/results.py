@@ -64,11 +64,14 @@ def truncate_after(workdir: str, step: int) -> int:
     return len(rows) - len(kept)
 
 
-def select_training_domain_validation(rows: list[dict]) -> dict:
+def select_training_domain_validation(rows: list[dict], method: str | None = None) -> dict:
     """DomainBed model selection within a run: the evaluated step whose mean out-split
-    accuracy over training domains is highest (earliest on ties), with its ID/OOD numbers."""
+    accuracy over training domains is highest (earliest on ties), with its ID/OOD numbers.
+    `method` restricts the rows to one method (a run may also log its weight average)."""
     by_step: dict[int, list[dict]] = {}
     for r in rows:
+        if method is not None and r["method"] != method:
+            continue
         by_step.setdefault(r["step"], []).append(r)
     if not by_step:
         raise ValueError("No evaluation rows to select from.")

@@ -22,6 +22,7 @@ from clu import metric_writers, metrics, parameter_overview, periodic_actions
 
 from richft_jax import checkpoints, config_lib, parallel, results
 from richft_jax.data import pipeline
+from richft_jax.methods import moving_average
 from richft_jax.models import registry
 
 
@@ -35,6 +36,7 @@ class TrainState:
     batch_stats: Any
     opt_state: Any
     rng: jax.Array  # The run's root key (raw uint32[2]); per-step keys are fold_in(rng, step).
+    avg_params: Any = None  # Running weight average (config.moving_average_start), else {}.
 
 
 @flax.struct.dataclass
@@ -99,7 +101,13 @@ def make_optimizer(
 
 
 # ----------------------------------------------------------------------------- steps
-def make_train_step(model, tx, schedule: optax.Schedule, normalize: str):
+def make_train_step(
+    model,
+    tx,
+    schedule: optax.Schedule,
+    normalize: str,
+    moving_average_start: int | None = None,
+):
     """Returns the pure step `(state, batch, dropout_rate) -> (state, TrainMetrics)`."""
 
     def train_step(state: TrainState, batch: dict, dropout_rate: jax.Array):
@@ -123,8 +131,17 @@ def make_train_step(model, tx, schedule: optax.Schedule, normalize: str):
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        avg_params = state.avg_params
+        if moving_average_start is not None:
+            avg_params = moving_average.update(
+                avg_params, params, state.step + 1, moving_average_start
+            )
         new_state = state.replace(
-            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+            step=state.step + 1,
+            params=params,
+            batch_stats=batch_stats,
+            opt_state=opt_state,
+            avg_params=avg_params,
         )
         m = TrainMetrics.single_from_model_output(
             loss=loss,
@@ -339,6 +356,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         batch_stats=batch_stats,
         opt_state=tx.init(params),
         rng=root,
+        # A copy, not an alias: the state is donated to the step, and a buffer donated
+        # twice (as params and as avg_params) crashes XLA.
+        avg_params=(
+            jax.tree.map(lambda x: jnp.array(x, copy=True), params)
+            if config.moving_average_start is not None
+            else {}
+        ),
     )
     state = jax.device_put(state, parallel.replicated(mesh))
     if is_main:
@@ -362,7 +386,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # -- steps, compiled once.
     rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     train_step = jax.jit(
-        make_train_step(model, tx, schedule, config.data.normalize),
+        make_train_step(model, tx, schedule, config.data.normalize, config.moving_average_start),
         in_shardings=(rep, shard, rep),
         out_shardings=(rep, rep),
         donate_argnums=(0,),
@@ -411,34 +435,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             writer.write_scalars(step, {f"train/{k}": v for k, v in last_train.items()})
             acc = None
         if step % config.eval_every == 0 or is_last:
-            variables = {"params": state.params, "batch_stats": state.batch_stats}
-            evals = evaluate(
-                eval_step,
-                variables,
-                data,
-                config.data.eval_batch_size,
-                mesh,
-                config.data.eval_max_examples,
-            )
-            rows = [
-                {
-                    "step": step,
-                    "domain": s.domain,
-                    "split": s.split,
-                    "is_test_domain": s.is_test_domain,
-                    "accuracy": v["accuracy"],
-                    "loss": v["loss"],
-                    "num_examples": v["count"],
-                    **meta_base,
-                }
-                for s, v in evals
-            ]
+            weights = {config.method: state.params}
+            if config.moving_average_start is not None and step >= config.moving_average_start:
+                weights[f"{config.method}+moving_average"] = state.avg_params
+            rows = []
+            for method, params in weights.items():
+                evals = evaluate(
+                    eval_step,
+                    {"params": params, "batch_stats": state.batch_stats},
+                    data,
+                    config.data.eval_batch_size,
+                    mesh,
+                    config.data.eval_max_examples,
+                )
+                rows += [
+                    {
+                        "step": step,
+                        "domain": s.domain,
+                        "split": s.split,
+                        "is_test_domain": s.is_test_domain,
+                        "accuracy": v["accuracy"],
+                        "loss": v["loss"],
+                        "num_examples": v["count"],
+                        **meta_base,
+                        "method": method,
+                    }
+                    for s, v in evals
+                ]
             writer.write_scalars(
-                step, {f"eval/{r['domain']}_{r['split']}_accuracy": r["accuracy"] for r in rows}
+                step,
+                {
+                    f"eval/{r['method']}/{r['domain']}_{r['split']}_accuracy": r["accuracy"]
+                    for r in rows
+                },
             )
             if is_main:
                 results.append_rows(workdir, rows)
-            selection = results.select_training_domain_validation(results.read_rows(workdir))
+            selection = results.select_training_domain_validation(
+                results.read_rows(workdir), config.method
+            )
             if selection["selected"]["step"] == step:
                 checkpoints.save(best_mngr, step, state, {"selected": selection["selected"]})
         if step % config.checkpoint_every == 0 or is_last:
@@ -450,7 +485,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     # -- summary.
     rows = results.read_rows(workdir)
-    selection = results.select_training_domain_validation(rows)
+    selection = results.select_training_domain_validation(rows, config.method)
     summary = {
         **meta_base,
         "selection": "training_domain_validation",
@@ -460,6 +495,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "num_steps": config.num_steps,
         "wall_time_s": time.time() - start_time,
     }
+    if config.moving_average_start is not None:
+        ma = results.select_training_domain_validation(rows, f"{config.method}+moving_average")
+        summary["moving_average"] = {"selected": ma["selected"], "last": ma["last"]}
     if is_main:
         results.write_json_atomic(workdir / results.SUMMARY, summary)
     logging.info("Summary: %s", json.dumps(summary["selected"]))

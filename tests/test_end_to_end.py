@@ -176,3 +176,20 @@ def test_combining_a_run_with_itself_changes_nothing(first_run, dirs):
     single = _accuracies(rows, "individual", member=str(run_a))
     for method in ("uniform_soup", "greedy_soup", "ensemble_sum_logits", "ensemble_mean_probs"):
         assert _accuracies(rows, method) == pytest.approx(single, abs=1e-6), method
+
+
+def test_moving_average_is_kept_in_the_state_and_evaluated(first_run, dirs):
+    workdir = dirs["root"] / "run_ma"
+    c = tiny_config(dirs["data"], dirs["pretrain"], moving_average_start=5)
+    summary = train.train_and_evaluate(c, str(workdir))
+    rows = results.read_rows(workdir)
+    ma = [r for r in rows if r["method"] == "very_large_dropout+moving_average"]
+    model = [r for r in rows if r["method"] == "very_large_dropout"]
+    assert len(ma) == len(model) == 16
+    # The model's own rows are those of the run without averaging: averaging changes nothing else.
+    base = results.read_rows(first_run[0])
+    assert [(r["step"], r["accuracy"]) for r in model] == [(r["step"], r["accuracy"]) for r in base]
+    assert [r["loss"] for r in ma] != [r["loss"] for r in model]
+    assert summary["moving_average"]["selected"]["step"] in (10, 20)
+    tree = __import__("richft_jax.checkpoints").checkpoints.restore_state_tree(workdir)
+    assert tree["avg_params"]["head"]["kernel"].shape == tree["params"]["head"]["kernel"].shape
