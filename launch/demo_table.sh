@@ -15,4 +15,4 @@ for seed in $seeds; do
     done
   done
 done
-python -m richft_jax.report "$out"
+python -m richft_jax.report "$out" --out "$out/report"

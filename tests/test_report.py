@@ -1,0 +1,54 @@
+"""Report: DomainBed selection and mean ± standard error against a hand-computed example."""
+
+import json
+import math
+
+import pytest
+
+from richft_jax import report
+
+
+def write_run(path, method, trial_seed, test, steps):
+    """steps: {step: (id_out_acc, test_in_acc, test_out_acc)} for a 2-domain dataset."""
+    path.mkdir(parents=True)
+    rows = []
+    for step, (id_acc, ood_in, ood_out) in steps.items():
+        base = {
+            "step": step,
+            "method": method,
+            "trial_seed": trial_seed,
+            "seed": 0,
+            "test_domains": [test],
+            "dataset": "toy",
+            "loss": 1.0,
+        }
+        train = "b" if test == "a" else "a"
+        rows += [
+            {**base, "domain": train, "split": "out", "is_test_domain": False, "accuracy": id_acc},
+            {**base, "domain": train, "split": "in", "is_test_domain": False, "accuracy": 1.0},
+            {**base, "domain": test, "split": "in", "is_test_domain": True, "accuracy": ood_in},
+            {**base, "domain": test, "split": "out", "is_test_domain": True, "accuracy": ood_out},
+        ]
+    (path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_selection_and_mean_standard_error(tmp_path):
+    # Trial seed 0: two hyper-parameter runs; run h1 has the best validation (0.9 at step 2).
+    write_run(tmp_path / "h0s0", "erm", 0, "a", {1: (0.5, 0.30, 0.8), 2: (0.6, 0.40, 0.2)})
+    write_run(tmp_path / "h1s0", "erm", 0, "a", {1: (0.7, 0.10, 0.1), 2: (0.9, 0.20, 0.3)})
+    # Trial seed 1: one run; best validation at step 1 (ties broken by the earliest step).
+    write_run(tmp_path / "h0s1", "erm", 1, "a", {1: (0.8, 0.50, 0.5), 2: (0.8, 0.90, 0.6)})
+    records = report.run_records([str(tmp_path)])
+    tdv = report.aggregate(records, "training_domain_validation")[("toy", "erm", "a")]
+    assert tdv["ood"] == pytest.approx([0.20, 0.50])  # h1s0 at step 2; h0s1 at step 1.
+    assert tdv["id"] == pytest.approx([0.9, 0.8])
+    oracle = report.aggregate(records, "oracle")[("toy", "erm", "a")]
+    # Oracle: last step, run with the best test out split (h1s0: 0.3 > h0s0: 0.2).
+    assert oracle["ood"] == pytest.approx([0.20, 0.90])
+    m, se = report.mean_se([0.2, 0.5])
+    assert m == pytest.approx(0.35) and se == pytest.approx(math.sqrt(0.045) / math.sqrt(2))
+    text = report.main([str(tmp_path), "--out", str(tmp_path / "out")])
+    assert "| erm | 35.0 ± 15.0 | 35.0 |" in text
+    assert (tmp_path / "out" / "id_vs_ood.png").stat().st_size > 1000
+    csv_text = (tmp_path / "out" / "results.csv").read_text()
+    assert "oracle,toy,erm,a,2,0.55" in csv_text
