@@ -1,0 +1,41 @@
+"""launch/sweep.py: grid expansion, workdir naming, skipping finished runs."""
+
+import importlib.util
+import pathlib
+import sys
+
+spec = importlib.util.spec_from_file_location(
+    "sweep", pathlib.Path(__file__).resolve().parents[1] / "launch" / "sweep.py"
+)
+sweep = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(sweep)
+
+
+def test_expand_is_the_full_product(tmp_path):
+    runs = sweep.expand(
+        ["configs/demo.py", "configs/demo_erm.py"],
+        {"data.test_domains": ["mnist", "syn"], "dropout_rate": ["0.5", "0.9"]},
+        [0, 1, 2],
+        str(tmp_path),
+    )
+    assert len(runs) == 2 * 2 * 2 * 3
+    workdirs = [w for w, _ in runs]
+    assert len(set(workdirs)) == len(workdirs)
+    w, cmd = runs[0]
+    assert w == tmp_path / "demo" / "test_domains=mnist" / "dropout_rate=0.5" / "seed0"
+    assert "--config.data.test_domains=mnist" in cmd and "--config.trial_seed=0" in cmd
+
+
+def test_run_mode_skips_finished_runs(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(sweep.subprocess, "run", lambda cmd, check: calls.append(cmd))
+    args = ["--out", str(tmp_path), "--config", "configs/demo.py", "--seeds", "0,1"]
+    done = tmp_path / "demo" / "seed0"
+    done.mkdir(parents=True)
+    (done / "summary.json").write_text("{}")
+    assert sweep.main(args) == 0
+    assert len(calls) == 1 and f"--workdir={tmp_path / 'demo' / 'seed1'}" in calls[0]
+    assert "skip (finished)" in capsys.readouterr().out
+    sweep.main(args + ["--mode", "print"])
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 2 and printed[0].startswith(sys.executable)
