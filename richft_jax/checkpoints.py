@@ -49,8 +49,11 @@ def restore_latest(mngr: ocp.CheckpointManager, target: Any) -> tuple[Any, dict]
 
 
 def latest_step_dir(directory: str | os.PathLike) -> pathlib.Path:
-    """The directory of the latest finished checkpoint under a run's workdir or manager dir."""
+    """The latest finished checkpoint under a run's workdir or manager dir (or the step dir
+    itself when given one)."""
     directory = pathlib.Path(directory)
+    if (directory / "state").is_dir():
+        return directory
     for candidate in (directory / LATEST, directory):
         if candidate.is_dir():
             steps = ocp.utils.checkpoint_steps(candidate)

@@ -4,7 +4,9 @@
       --config.checkpoints=RUN1,RUN2,RUN3
 
 Each RUN is a fine-tuning workdir (its config.json says how to rebuild the model and data);
-its selected (`best/`) or latest (`checkpoints/`) checkpoint is restored with Orbax. Writes
+its selected (`best/`) or latest (`checkpoints/`) checkpoint is restored with Orbax. A step
+directory RUN/checkpoints/STEP selects that step: ensembles and soups of the checkpoints
+saved every N steps along one run (keep them with --config.keep_checkpoints). Writes
 results.jsonl rows like a training run, with `method` naming the combination, and a
 summary.json of ID / OOD accuracy per combination. Held-out scores (greedy soup order and
 acceptance) use only the training domains' out splits, never the test domain.
@@ -34,18 +36,22 @@ COMBINATIONS = (
 )
 
 
-def load_run(run_dir: str, which: str = "best") -> tuple[ml_collections.ConfigDict, dict, int]:
-    """(run config, {"params", "batch_stats"}, step) of a run's best or latest checkpoint."""
-    run = pathlib.Path(run_dir).expanduser()
+def load_run(path: str, which: str = "best") -> tuple[ml_collections.ConfigDict, dict, int]:
+    """(run config, {"params", "batch_stats"}, step) of a run's best or latest checkpoint, or
+    of one step directory (RUN/checkpoints/STEP: ensembles and averages along one run)."""
+    path = pathlib.Path(path).expanduser()
+    if (path / "state").is_dir():
+        run, step_dir = path.parent.parent, path
+    else:
+        sub = {"best": checkpoints.BEST, "latest": checkpoints.LATEST}.get(which)
+        if sub is None:
+            raise ValueError(f"config.which={which!r} is not 'best' or 'latest'.")
+        run, step_dir = path, checkpoints.latest_step_dir(path / sub)
     config_file = run / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"config.checkpoints: {run} has no config.json (not a run dir).")
     config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
-    sub = {"best": checkpoints.BEST, "latest": checkpoints.LATEST}.get(which)
-    if sub is None:
-        raise ValueError(f"config.which={which!r} is not 'best' or 'latest'.")
-    step_dir = checkpoints.latest_step_dir(run / sub)
-    tree = checkpoints.restore_state_tree(step_dir.parent)
+    tree = checkpoints.restore_state_tree(step_dir)
     return (
         config,
         {"params": tree["params"], "batch_stats": tree["batch_stats"]},

@@ -479,9 +479,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if step % config.checkpoint_every == 0 or is_last:
             check_finite(acc, step, workdir / checkpoints.LATEST, mngr)
             checkpoints.save(mngr, step, state, {**meta_base, "step": step})
+    # Release everything that owns threads, here and in order, rather than at interpreter exit.
+    del batches
     mngr.wait_until_finished()
     best_mngr.wait_until_finished()
-    writer.flush()
+    mngr.close()
+    best_mngr.close()
+    writer.close()
 
     # -- summary.
     rows = results.read_rows(workdir)

@@ -193,3 +193,22 @@ def test_moving_average_is_kept_in_the_state_and_evaluated(first_run, dirs):
     assert summary["moving_average"]["selected"]["step"] in (10, 20)
     tree = __import__("richft_jax.checkpoints").checkpoints.restore_state_tree(workdir)
     assert tree["avg_params"]["head"]["kernel"].shape == tree["params"]["head"]["kernel"].shape
+
+
+def test_combine_checkpoints_along_one_run(first_run, dirs):
+    run_a, _ = first_run
+    c = config_lib.load_config_file("configs/combine.py")
+    c.checkpoints = f"{run_a}/checkpoints/10,{run_a}/checkpoints/20"
+    c.data_dir = str(dirs["data"])
+    c.combinations = "individual,ensemble_sum_logits"
+    out = dirs["root"] / "along_run"
+    combine.combine_and_evaluate(c, str(out))
+    rows = results.read_rows(out)
+    logged = {
+        (r["domain"], r["split"]): r["accuracy"]
+        for r in results.read_rows(run_a)
+        if r["step"] == 10
+    }
+    step10 = _accuracies(rows, "individual", member=f"{run_a}/checkpoints/10")
+    assert step10 == pytest.approx(logged, abs=1e-6)
+    assert len(_accuracies(rows, "ensemble_sum_logits")) == 8
