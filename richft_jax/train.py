@@ -22,7 +22,7 @@ from clu import metric_writers, metrics, parameter_overview, periodic_actions
 
 from richft_jax import checkpoints, config_lib, parallel, results
 from richft_jax.data import pipeline
-from richft_jax.methods import moving_average
+from richft_jax.methods import feature_dropout, moving_average
 from richft_jax.models import registry
 
 
@@ -187,6 +187,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "optim.schedule": ("step", "cosine", "constant"),
         "model.name": tuple(registry.BACKBONES),
     }
+    if config.dropout_schedule not in feature_dropout.SCHEDULES:
+        raise ValueError(
+            f"config.dropout_schedule={config.dropout_schedule!r} is not one of "
+            f"{feature_dropout.SCHEDULES}."
+        )
     for key, valid in choices.items():
         section, name = key.split(".")
         value = config[section][name]
@@ -422,16 +427,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         process_count=jax.process_count(),
         prefetch=config.data.prefetch,
     ).as_numpy_iterator()
-    rate = jnp.float32(config.dropout_rate)
+    rate_of_step = feature_dropout.rate_schedule(
+        config.dropout_schedule, config.dropout_rate, int(config.dropout_cutoff * config.num_steps)
+    )
     acc, last_train = None, {}
     for batch in prefetch_to_device(batches, config.data.prefetch, mesh):
-        state, m = train_step(state, batch, rate)
+        state, m = train_step(state, batch, jnp.float32(rate_of_step(start_step)))
         acc = m if acc is None else acc.merge(m)
         step = start_step = start_step + 1
         progress(step)
         is_last = step == config.num_steps
         if step % config.log_every == 0 or is_last:
             last_train = check_finite(acc, step, workdir / checkpoints.LATEST, mngr)
+            last_train["dropout_rate"] = rate_of_step(step - 1)
             writer.write_scalars(step, {f"train/{k}": v for k, v in last_train.items()})
             acc = None
         if step % config.eval_every == 0 or is_last:

@@ -65,3 +65,15 @@ def test_classifier_dropout_on_in_training_off_in_eval():
     np.testing.assert_array_equal(train_a, train_b)
     assert not np.allclose(train_a, eval_a)
     assert not np.allclose(train_a, train_c)
+
+
+def test_rate_schedules_at_chosen_steps():
+    from richft_jax.methods.feature_dropout import rate_schedule
+
+    assert [rate_schedule("constant", 0.9, 10)(s) for s in (0, 9, 10, 99)] == [0.9] * 4
+    assert [rate_schedule("early", 0.9, 10)(s) for s in (0, 9, 10, 99)] == [0.9, 0.9, 0.0, 0.0]
+    linear = rate_schedule("early_linear", 0.8, 10)
+    np.testing.assert_allclose([linear(s) for s in (0, 5, 10, 50)], [0.8, 0.4, 0.0, 0.0])
+    assert [rate_schedule("late", 0.9, 10)(s) for s in (0, 9, 10, 99)] == [0.0, 0.0, 0.9, 0.9]
+    with pytest.raises(ValueError, match="dropout_schedule='sometimes'"):
+        rate_schedule("sometimes", 0.9, 10)
