@@ -46,7 +46,7 @@ def flops_of(jitted, *args) -> float:
     return float((cost or {}).get("flops", 0.0))
 
 
-def run(model_name: str, batch: int, steps: int, k: int) -> dict:
+def run(model_name: str, batch: int, steps: int, k: int, data_dir: str | None = None) -> dict:
     """All measurements for one backbone."""
     config = config_lib.load_config_file("configs/demo.py")
     config.model.name = model_name
@@ -86,15 +86,15 @@ def run(model_name: str, batch: int, steps: int, k: int) -> dict:
         "devices": jax.device_count(),
         "platform": jax.devices()[0].platform,
     }
+    holder = {"state": state}  # The step donates its state: always pass the newest one.
     for rate in (0.0, 0.9):
-        holder = {"state": state}
 
-        def one(rate=rate, holder=holder):
+        def one(rate=rate):
             holder["state"], m = step(holder["state"], dev_batch, jnp.float32(rate))
             jax.block_until_ready(m)
 
         out[f"train_images_per_s_dropout{rate}"] = batch / timeit(one, steps)
-        state = holder["state"]
+    state = holder["state"]
     flops = flops_of(step, state, dev_batch, jnp.float32(0.9))
     peak = matmul_peak()
     out["train_step_gflops"] = flops / 1e9
@@ -105,7 +105,7 @@ def run(model_name: str, batch: int, steps: int, k: int) -> dict:
     )
 
     # Input pipeline: the demo's real tf.data path on the embedded data.
-    data = pipeline.load_domains("digits_domains", "syn", 0)
+    data = pipeline.load_domains("digits_domains", "syn", 0, data_dir=data_dir)
     per_domain = batch // len(data.train_domains)
     it = pipeline.train_dataset(
         data,
@@ -119,6 +119,8 @@ def run(model_name: str, batch: int, steps: int, k: int) -> dict:
 
     # Ensemble of K models (stacked + vmapped) against K single evaluations.
     logits = train.model_logits(model)
+    # Fresh variables: the train state built from the first ones was donated to the step.
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
     single = jax.jit(lambda v, x: logits(v, x))
     members = [
         {
@@ -143,8 +145,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--k", type=int, default=4, help="Ensemble size.")
     parser.add_argument("--out", default=None, help="Write the results as JSON here.")
+    parser.add_argument("--data_dir", default=None, help="TFDS data dir (default: TFDS's).")
     args = parser.parse_args(argv)
-    rows = [run(m, args.batch, args.steps, args.k) for m in args.model.split(",")]
+    rows = [run(m, args.batch, args.steps, args.k, args.data_dir) for m in args.model.split(",")]
     keys = list(rows[0])
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))
