@@ -107,3 +107,12 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_
     assert results.read_rows(workdir) == rows_before
     tree = checkpoints.restore_state_tree(workdir)
     assert all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(tree["params"]))
+
+
+def test_second_run_on_the_same_workdir_is_refused(data_dir, tmp_path):
+    path = tmp_path / "run"
+    path.mkdir()
+    with train.exclusive_workdir(path):  # Another run holds the workdir.
+        with pytest.raises(RuntimeError, match="is in use by another run"):
+            train.train_and_evaluate(tiny(data_dir), str(path))
+    assert not (path / "config.json").exists()  # Nothing of the running run was touched.

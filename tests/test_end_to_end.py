@@ -212,3 +212,39 @@ def test_combine_checkpoints_along_one_run(first_run, dirs):
     step10 = _accuracies(rows, "individual", member=f"{run_a}/checkpoints/10")
     assert step10 == pytest.approx(logged, abs=1e-6)
     assert len(_accuracies(rows, "ensemble_sum_logits")) == 8
+
+
+def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(first_run, dirs):
+    workdir = dirs["root"] / "run_sigterm"
+    cmd = [
+        sys.executable,
+        "-m",
+        "richft_jax.main",
+        "--config=configs/demo.py:tiny",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={dirs['data']}",
+        f"--config.pretrained.path={dirs['pretrain']}",
+        "--config.num_steps=1000",
+        "--config.checkpoint_every=1000",
+        "--config.eval_every=1000",
+    ]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.time() + 300
+    while not (workdir / "checkpoints").is_dir() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    err = err.decode()
+    assert proc.returncode == 0, err[-3000:]
+    assert "SIGTERM: saved a checkpoint at step" in err
+    saved = sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
+    assert len(saved) == 1 and 0 < saved[0] < 1000
+    assert not (workdir / "summary.json").exists()
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"Resumed from step {saved[0]}" in done.stderr
+    assert json.loads((workdir / "summary.json").read_text())["num_steps"] == 1000

@@ -22,7 +22,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
-from richft_jax.data import render
+from richft_jax.data import builder_lib, render
 
 DOMAINS = ("mnist", "mnist_m", "digits", "syn")
 NUM_CLASSES = 10
@@ -149,16 +149,8 @@ class DigitsDomains(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         """Describes the features: a 32x32 RGB image and a 10-way label."""
-        return self.dataset_info_from_configs(
-            description=__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 3)),
-                    "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
-                }
-            ),
-            supervised_keys=("image", "label"),
-            disable_shuffling=True,  # Keep generation order: split indices refer to it.
+        return builder_lib.image_label_info(
+            self, tfds.features.ClassLabel(num_classes=NUM_CLASSES), IMAGE_SIZE, __doc__
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict:
@@ -168,6 +160,4 @@ class DigitsDomains(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, domain: str):
         """Yields (index, example) pairs of one domain."""
-        images, labels = generate_domain(domain)
-        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
-            yield i, {"image": image, "label": int(label)}
+        yield from builder_lib.examples(*generate_domain(domain))

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from richft_jax.data import render
+from richft_jax.data import builder_lib, render
 
 CLASSES = tuple(string.ascii_uppercase + string.ascii_lowercase)
 IMAGE_SIZE = 32
@@ -48,16 +48,8 @@ class Letters(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         """Describes the features: a 32x32 RGB image and a 52-way named label."""
-        return self.dataset_info_from_configs(
-            description=__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 3)),
-                    "label": tfds.features.ClassLabel(names=list(CLASSES)),
-                }
-            ),
-            supervised_keys=("image", "label"),
-            disable_shuffling=True,  # Keep generation order: split indices refer to it.
+        return builder_lib.image_label_info(
+            self, tfds.features.ClassLabel(names=list(CLASSES)), IMAGE_SIZE, __doc__
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict:
@@ -67,6 +59,4 @@ class Letters(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, split: str):
         """Yields (index, example) pairs of one split."""
-        images, labels = generate_split(split)
-        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
-            yield i, {"image": image, "label": int(label)}
+        yield from builder_lib.examples(*generate_split(split))

@@ -13,6 +13,13 @@ import jax
 import jax.numpy as jnp
 
 
+def _batch_norm(train: bool, dtype: jnp.dtype, name: str) -> nn.BatchNorm:
+    """BatchNorm with torch's defaults (momentum 0.1 = Flax 0.9, eps 1e-5)."""
+    return nn.BatchNorm(
+        use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name
+    )
+
+
 class BasicBlock(nn.Module):
     """ResNet basic block (two 3x3 convs) with a projection shortcut when shapes change."""
 
@@ -31,14 +38,7 @@ class BasicBlock(nn.Module):
             dtype=self.dtype,
             name=name,
         )
-        norm = lambda name, **kw: nn.BatchNorm(  # noqa: E731
-            use_running_average=not train,
-            momentum=0.9,
-            epsilon=1e-5,
-            dtype=self.dtype,
-            name=name,
-            **kw,
-        )
+        norm = lambda name: _batch_norm(train, self.dtype, name)  # noqa: E731
         y = nn.relu(norm("bn1")(conv(self.features, 3, self.strides, "conv1")(x)))
         # Plain (not zero) init of the last BN scale: zero-init residuals stalled pretraining of
         # this small net on 52 letter classes for hundreds of steps.
@@ -68,15 +68,7 @@ class SmallResNet(nn.Module):
             dtype=self.dtype,
             name="stem_conv",
         )(x.astype(self.dtype))
-        x = nn.relu(
-            nn.BatchNorm(
-                use_running_average=not train,
-                momentum=0.9,
-                epsilon=1e-5,
-                dtype=self.dtype,
-                name="stem_bn",
-            )(x)
-        )
+        x = nn.relu(_batch_norm(train, self.dtype, "stem_bn")(x))
         for i, (width, n) in enumerate(zip(self.widths, self.blocks, strict=True)):
             for j in range(n):
                 strides = 2 if (i > 0 and j == 0) else 1
@@ -87,15 +79,7 @@ class SmallResNet(nn.Module):
             x = nn.Conv(
                 self.feature_dim, (1, 1), use_bias=False, dtype=self.dtype, name="widen_conv"
             )(x)
-            x = nn.relu(
-                nn.BatchNorm(
-                    use_running_average=not train,
-                    momentum=0.9,
-                    epsilon=1e-5,
-                    dtype=self.dtype,
-                    name="widen_bn",
-                )(x)
-            )
+            x = nn.relu(_batch_norm(train, self.dtype, "widen_bn")(x))
         return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
 
 
