@@ -5,8 +5,12 @@ rate passed to the step, the loss, the optimizer), never as forks of this loop.
 """
 
 import collections
+import contextlib
+import fcntl
 import json
 import pathlib
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -19,6 +23,7 @@ import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers, metrics, parameter_overview, periodic_actions
+from jax.experimental import multihost_utils
 
 from richft_jax import checkpoints, config_lib, parallel, results
 from richft_jax.data import pipeline
@@ -204,18 +209,71 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config.{key}={config[key]} must be positive.")
 
 
-def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> pathlib.Path:
-    """Creates the workdir and writes the resolved config; a clear error if it can't."""
+def make_workdir(workdir: str) -> pathlib.Path:
+    """Creates the workdir; a clear error naming it if that is impossible."""
     path = pathlib.Path(workdir).expanduser()
     try:
         path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"workdir {str(path)!r} is not writable: {e}") from e
+    return path
+
+
+def write_config(path: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+    """Writes the resolved config as workdir/config.json (process 0)."""
+    try:
         if jax.process_index() == 0:
             results.write_json_atomic(
                 path / "config.json", json.loads(config.to_json_best_effort())
             )
     except OSError as e:
         raise OSError(f"workdir {str(path)!r} is not writable: {e}") from e
+
+
+def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> pathlib.Path:
+    """Creates the workdir and writes the resolved config; a clear error if it can't."""
+    path = make_workdir(workdir)
+    write_config(path, config)
     return path
+
+
+@contextlib.contextmanager
+def exclusive_workdir(path: pathlib.Path) -> Iterator[None]:
+    """Holds an flock on workdir/.lock for the whole run, so a second run started on the same
+    workdir is refused instead of interleaving checkpoints and results. The OS releases the
+    lock when the process ends, even on SIGKILL, so a crashed run never blocks its rerun."""
+    if jax.process_index() != 0:
+        yield
+        return
+    lock = open(path / ".lock", "a+")  # noqa: SIM115 (held until the run ends)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise RuntimeError(
+            f"workdir {str(path)!r} is in use by another run (it holds {path / '.lock'}); "
+            "wait for it to finish or choose another --workdir."
+        ) from None
+    try:
+        yield
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+
+
+@contextlib.contextmanager
+def preemption_notice() -> Iterator[threading.Event]:
+    """Turns SIGTERM (a preemption notice on TPU pods and SLURM) into an event the loop checks
+    at step boundaries: it then saves a checkpoint and returns, and a rerun resumes."""
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield event  # Signal handlers can only be installed from the main thread.
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: event.set())
+    try:
+        yield event
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def prefetch_to_device(batches: Iterable[dict], size: int, mesh) -> Iterator[dict]:
@@ -311,10 +369,21 @@ def check_finite(m: TrainMetrics | None, step: int, ckpt_dir: pathlib.Path, mngr
 
 # ----------------------------------------------------------------------------- the loop
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains and evaluates one run into `workdir`; resumes if checkpoints are there."""
-    # -- config and workdir.
+    """Trains and evaluates one run into `workdir`; resumes if checkpoints are there.
+
+    Returns the summary, or {"preempted": True, "step": N} when a SIGTERM stopped the run
+    after saving step N.
+    """
     validate_config(config)
-    workdir = prepare_workdir(workdir, config)
+    path = make_workdir(workdir)
+    with exclusive_workdir(path), preemption_notice() as preempted:
+        write_config(path, config)
+        return _train_and_evaluate(config, path, preempted)
+
+
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: pathlib.Path, preempted: threading.Event
+) -> dict:
     is_main = jax.process_index() == 0
     start_time = time.time()
 
@@ -484,9 +553,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             )
             if selection["selected"]["step"] == step:
                 checkpoints.save(best_mngr, step, state, {"selected": selection["selected"]})
-        if step % config.checkpoint_every == 0 or is_last:
+        stop = preempted.is_set()
+        if jax.process_count() > 1:
+            # Every host must stop at the same step: agree on the notice at log boundaries.
+            stop = step % config.log_every == 0 and bool(
+                multihost_utils.process_allgather(np.array(stop)).any()
+            )
+        if step % config.checkpoint_every == 0 or is_last or stop:
             check_finite(acc, step, workdir / checkpoints.LATEST, mngr)
             checkpoints.save(mngr, step, state, {**meta_base, "step": step})
+        if stop and not is_last:
+            logging.warning(
+                "SIGTERM: saved a checkpoint at step %d in %s and stopped; rerun the same "
+                "command to resume.",
+                step,
+                workdir / checkpoints.LATEST,
+            )
+            break
     # Release everything that owns threads, here and in order, rather than at interpreter exit.
     del batches
     mngr.wait_until_finished()
@@ -494,6 +577,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mngr.close()
     best_mngr.close()
     writer.close()
+
+    if int(state.step) < config.num_steps:
+        return {"preempted": True, "step": int(state.step)}
 
     # -- summary.
     rows = results.read_rows(workdir)
