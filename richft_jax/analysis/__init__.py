@@ -1,0 +1,1 @@
+"""Analyses of fine-tuned networks: linearisation, interpolation, feature distortion."""
