@@ -5,8 +5,9 @@
 
 Numbers, not assertions: train-step images/s and model FLOP utilisation against the measured
 peak of this device (a large jitted matmul timed in the same process), feature-dropout
-overhead (rate 0.9 vs 0), input-pipeline images/s against the step, and the cost of a
-K-model vmapped ensemble evaluation against K single evaluations.
+overhead (rate 0.9 vs 0), input-pipeline images/s against the step, the cost of a K-model
+vmapped ensemble evaluation against K single evaluations, and of a Taylor-model evaluation
+(one jvp) against a forward pass.
 """
 
 import argparse
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from richft_jax import config_lib, parallel, train
+from richft_jax.analysis import linearization
 from richft_jax.data import pipeline
 from richft_jax.methods import weight_space as ws
 from richft_jax.models import registry
@@ -135,6 +137,19 @@ def run(model_name: str, batch: int, steps: int, k: int, data_dir: str | None = 
     t_single = timeit(lambda: [single(m, images).block_until_ready() for m in members], 5)
     t_ens = timeit(lambda: ensemble(stacked, images).block_until_ready(), 5)
     out[f"ensemble{k}_over_{k}_singles"] = t_ens / t_single
+
+    # Taylor model (one jvp around the pretrained weights) against a plain forward pass.
+    bs = variables.get("batch_stats", {})
+    forward = jax.jit(lambda p, x: logits({"params": p, "batch_stats": bs}, x))
+    taylor = jax.jit(
+        lambda p0, p, x: linearization.taylor_model(
+            lambda q, y: logits({"params": q, "batch_stats": bs}, y), p0, p, x
+        )
+    )
+    p0, p1 = members[0]["params"], members[-1]["params"]
+    t_forward = timeit(lambda: forward(p1, images).block_until_ready(), 5)
+    t_taylor = timeit(lambda: taylor(p0, p1, images).block_until_ready(), 5)
+    out["taylor_over_forward"] = t_taylor / t_forward
     return out
 
 
