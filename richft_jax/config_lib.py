@@ -45,6 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.pretrained.pretrain_config = ml_collections.FieldReference(None, field_type=str)
 
     c.dropout_rate = 0.0  # Penultimate-feature dropout rate (0.9 in the paper's runs).
+    c.lp_head = False  # LP-FT: start from the linear-probe head (LP is logged as step 0).
     c.dropout_schedule = "constant"  # | "early" | "early_linear" | "late" (Liu et al. 2023).
     c.dropout_cutoff = 0.25  # Fraction of num_steps where early dropout ends / late begins.
     # Uniform running average of the weights from this step on, evaluated beside the model

@@ -27,7 +27,7 @@ from jax.experimental import multihost_utils
 
 from richft_jax import checkpoints, config_lib, parallel, results
 from richft_jax.data import pipeline
-from richft_jax.methods import feature_dropout, moving_average
+from richft_jax.methods import feature_dropout, lpft, moving_average
 from richft_jax.models import registry
 
 
@@ -332,6 +332,37 @@ def load_pretrained(config: ml_collections.ConfigDict, params: dict, batch_stats
     return params, batch_stats
 
 
+def linear_probe_head(model, params, batch_stats, data, config, mesh) -> dict:
+    """LP-FT's head: logistic regression on the frozen features of the training domains' in
+    splits, its L2 strength chosen on their out splits (ID validation)."""
+    features_of = jax.jit(
+        lambda v, x: model.apply(v, pipeline.normalize(x, config.data.normalize), train=False)[1][
+            "features"
+        ]
+    )
+    variables = {"params": params, "batch_stats": batch_stats}
+
+    def extract(split_name):
+        feats, labels = [], []
+        for domain in data.train_domains:
+            split = data.get(domain, split_name)
+            for batch in pipeline.eval_batches(split, config.data.eval_batch_size):
+                f = np.asarray(features_of(variables, parallel.global_batch(batch, mesh)["image"]))
+                feats.append(f[batch["mask"]])
+                labels.append(batch["label"][batch["mask"]])
+        return np.concatenate(feats), np.concatenate(labels)
+
+    (xt, yt), (xv, yv) = extract("in"), extract("out")
+    probe = lpft.linear_probe(xt, yt, xv, yv, data.num_classes)
+    logging.info(
+        "Linear probe: C=%g, ID validation accuracy %.4f (grid %s).",
+        probe["c"],
+        probe["val_accuracy"],
+        probe["scores"],
+    )
+    return {"kernel": np.asarray(probe["kernel"]), "bias": np.asarray(probe["bias"])}
+
+
 def evaluate(
     eval_step,
     variables: Any,
@@ -424,6 +455,9 @@ def _train_and_evaluate(
     params, batch_stats = load_pretrained(
         config, variables["params"], variables.get("batch_stats", {})
     )
+    if config.lp_head:
+        params = dict(params)
+        params["head"] = linear_probe_head(model, params, batch_stats, data, config, mesh)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -455,6 +489,9 @@ def _train_and_evaluate(
             meta.get("config_name", ""),
             dropped,
         )
+    elif is_main and results.read_rows(workdir):
+        # Rows without any checkpoint come from a run killed before its first save.
+        results.truncate_after(workdir, -1)
     start_step = int(state.step)
 
     # -- steps, compiled once.
@@ -483,6 +520,47 @@ def _train_and_evaluate(
         "config_name": config.config_name,
         "dataset": data.name,
     }
+
+    def evaluate_and_log(step: int, weights: dict, batch_stats) -> list[dict]:
+        """Evaluates each named parameter tree on every split; returns the result rows."""
+        rows = []
+        for method, params in weights.items():
+            evals = evaluate(
+                eval_step,
+                {"params": params, "batch_stats": batch_stats},
+                data,
+                config.data.eval_batch_size,
+                mesh,
+                config.data.eval_max_examples,
+            )
+            rows += [
+                {
+                    "step": step,
+                    "domain": s.domain,
+                    "split": s.split,
+                    "is_test_domain": s.is_test_domain,
+                    "accuracy": v["accuracy"],
+                    "loss": v["loss"],
+                    "num_examples": v["count"],
+                    **meta_base,
+                    "method": method,
+                }
+                for s, v in evals
+            ]
+        writer.write_scalars(
+            step,
+            {
+                f"eval/{r['method']}/{r['domain']}_{r['split']}_accuracy": r["accuracy"]
+                for r in rows
+            },
+        )
+        return rows
+
+    if config.lp_head and start_step == 0:
+        # LP is LP-FT's step 0: the pretrained backbone with the linear-probe head.
+        lp_rows = evaluate_and_log(0, {"lp": state.params}, state.batch_stats)
+        if is_main:
+            results.append_rows(workdir, lp_rows)
 
     # -- the loop.
     batches = pipeline.train_dataset(
@@ -515,37 +593,7 @@ def _train_and_evaluate(
             weights = {config.method: state.params}
             if config.moving_average_start is not None and step >= config.moving_average_start:
                 weights[f"{config.method}+moving_average"] = state.avg_params
-            rows = []
-            for method, params in weights.items():
-                evals = evaluate(
-                    eval_step,
-                    {"params": params, "batch_stats": state.batch_stats},
-                    data,
-                    config.data.eval_batch_size,
-                    mesh,
-                    config.data.eval_max_examples,
-                )
-                rows += [
-                    {
-                        "step": step,
-                        "domain": s.domain,
-                        "split": s.split,
-                        "is_test_domain": s.is_test_domain,
-                        "accuracy": v["accuracy"],
-                        "loss": v["loss"],
-                        "num_examples": v["count"],
-                        **meta_base,
-                        "method": method,
-                    }
-                    for s, v in evals
-                ]
-            writer.write_scalars(
-                step,
-                {
-                    f"eval/{r['method']}/{r['domain']}_{r['split']}_accuracy": r["accuracy"]
-                    for r in rows
-                },
-            )
+            rows = evaluate_and_log(step, weights, state.batch_stats)
             if is_main:
                 results.append_rows(workdir, rows)
             selection = results.select_training_domain_validation(

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from richft_jax import combine, config_lib, results, train
@@ -248,3 +249,19 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(first_run, dirs):
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"Resumed from step {saved[0]}" in done.stderr
     assert json.loads((workdir / "summary.json").read_text())["num_steps"] == 1000
+
+
+def test_lp_ft_logs_the_linear_probe_at_step_0_and_starts_from_its_head(first_run, dirs):
+    workdir = dirs["root"] / "run_lpft"
+    c = config_lib.load_config_file("configs/demo_lpft.py:tiny")
+    c.data.data_dir = str(dirs["data"])
+    c.pretrained.path = str(dirs["pretrain"])
+    train.train_and_evaluate(c, str(workdir))
+    rows = results.read_rows(workdir)
+    lp = [r for r in rows if r["method"] == "lp"]
+    ft = [r for r in rows if r["method"] == "lp_ft"]
+    assert {r["step"] for r in lp} == {0} and len(lp) == 8
+    assert {r["step"] for r in ft} == {10, 20}
+    # The probe is a trained classifier on the training domains (chance is 0.1).
+    id_lp = np.mean([r["accuracy"] for r in lp if not r["is_test_domain"] and r["split"] == "out"])
+    assert id_lp > 0.3

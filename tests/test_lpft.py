@@ -1,0 +1,45 @@
+"""Linear probing: the JAX L-BFGS solution matches scikit-learn's LogisticRegression."""
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from richft_jax.methods import lpft
+
+
+def data(n=300, d=12, k=4, seed=0):
+    centers = np.random.default_rng(0).normal(size=(k, d)) * 1.5  # One distribution,
+    rng = np.random.default_rng(seed)  # different draws per seed.
+    y = rng.integers(0, k, n)
+    x = centers[y] + rng.normal(size=(n, d))
+    return x.astype(np.float32), y
+
+
+def test_logistic_regression_matches_scikit_learn():
+    x, y = data()
+    for c in (0.01, 1.0):
+        w, b = lpft.fit_logistic_regression(x, y, 4, c, max_iter=300)
+        ref = LogisticRegression(C=c, tol=1e-10, max_iter=10_000).fit(x, y)
+        # The softmax parametrisation is shift-invariant over classes only without penalty;
+        # with the L2 term both solvers reach the same unique minimiser.
+        np.testing.assert_allclose(np.asarray(w).T, ref.coef_, atol=2e-3, rtol=2e-3)
+        probs = np.asarray(jax_softmax(x @ np.asarray(w) + np.asarray(b)))
+        np.testing.assert_allclose(probs, ref.predict_proba(x), atol=2e-3)
+
+
+def jax_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_linear_probe_picks_c_on_validation_and_folds_standardisation():
+    x, y = data(400)
+    xv, yv = data(200, seed=1)
+    shift = np.linspace(-3, 3, x.shape[1]).astype(np.float32)  # raw, unstandardised features
+    result = lpft.linear_probe(x * 5 + shift, y, xv * 5 + shift, yv, 4, cs=(1e-6, 1e-2, 1.0))
+    assert result["c"] in (1e-2, 1.0)  # A vanishing C (all-zero weights) scores at chance.
+    assert dict(result["scores"])[1e-6] < 0.5
+    logits = (xv * 5 + shift) @ np.asarray(result["kernel"]) + np.asarray(result["bias"])
+    acc = np.mean(logits.argmax(-1) == yv)
+    assert acc == pytest.approx(result["val_accuracy"], abs=1e-6) and acc > 0.8
