@@ -1,13 +1,17 @@
 """Entry point: `python -m richft_jax.main --config=configs/demo.py --workdir=DIR`.
 
-Flags only; the work is `train.train_and_evaluate(config, workdir)`, importable from
-tests and notebooks. Any config value can be overridden with `--config.key=value`.
+Flags only; the work is `train.train_and_evaluate(config, workdir)` (or
+`combine.combine_and_evaluate` for `task="combine"`), importable from tests and notebooks. Any
+config value can be overridden with `--config.key=value`. Multi-host: `--distributed` calls
+`jax.distributed.initialize()`, which detects TPU pods and SLURM by itself; elsewhere give
+`--coordinator_address`, `--num_processes` and `--process_id`.
 """
 
 from richft_jax import tf_cpu
 
 tf_cpu.tf()  # Before anything else imports TensorFlow: keep it off the accelerators.
 
+import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
@@ -15,11 +19,30 @@ from richft_jax import combine, train  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and results.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() (multi-host runs)."
+)
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
     del argv
+    if _DISTRIBUTED.value or _COORDINATOR.value:
+        jax.distributed.initialize(
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+        )
+        logging.info(
+            "Process %d of %d; %d local / %d global devices.",
+            jax.process_index(),
+            jax.process_count(),
+            jax.local_device_count(),
+            jax.device_count(),
+        )
     config = _CONFIG.value
     logging.info("Config:\n%s", config)
     if config.get("task") == "combine":

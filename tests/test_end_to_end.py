@@ -265,3 +265,35 @@ def test_lp_ft_logs_the_linear_probe_at_step_0_and_starts_from_its_head(first_ru
     # The probe is a trained classifier on the training domains (chance is 0.1).
     id_lp = np.mean([r["accuracy"] for r in lp if not r["is_test_domain"] and r["split"] == "out"])
     assert id_lp > 0.3
+
+
+def test_distributed_flags_initialise_jax_distributed(first_run, dirs):
+    """The multi-host entry path (jax.distributed with a localhost coordinator), one process."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workdir = dirs["root"] / "run_distributed"
+    cmd = [
+        sys.executable,
+        "-m",
+        "richft_jax.main",
+        "--config=configs/demo.py:tiny",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={dirs['data']}",
+        f"--config.pretrained.path={dirs['pretrain']}",
+        f"--coordinator_address=127.0.0.1:{port}",
+        "--num_processes=1",
+        "--process_id=0",
+    ]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Process 0 of 1; 8 local / 8 global devices." in done.stderr
+    key = lambda r: (r["step"], r["domain"], r["split"])  # noqa: E731
+    a = {key(r): r["accuracy"] for r in results.read_rows(first_run[0])}
+    b = {key(r): r["accuracy"] for r in results.read_rows(workdir)}
+    # Same run; the distributed runtime may sum in another order (a few examples may flip).
+    assert b.keys() == a.keys()
+    assert b == pytest.approx(a, abs=0.02)
