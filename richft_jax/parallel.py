@@ -29,6 +29,18 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def host_slice(batch: dict) -> dict:
+    """This host's contiguous share of a batch every host holds whole (evaluation data)."""
+    count, index = jax.process_count(), jax.process_index()
+    if count == 1:
+        return batch
+    n = len(next(iter(batch.values())))
+    if n % count:
+        raise ValueError(f"A batch of {n} rows cannot be split over {count} hosts.")
+    share = n // count
+    return {k: v[index * share : (index + 1) * share] for k, v in batch.items()}
+
+
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
     """Assembles each host's numpy batch into one global jax.Array sharded over the mesh."""
     sharding = batch_sharded(mesh)

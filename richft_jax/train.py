@@ -376,7 +376,7 @@ def evaluate(
     for split in data.splits:
         total = None
         for batch in pipeline.eval_batches(split, batch_size, max_examples):
-            m = eval_step(variables, parallel.global_batch(batch, mesh))
+            m = eval_step(variables, parallel.global_batch(parallel.host_slice(batch), mesh))
             total = m if total is None else total.merge(m)
         values = {k: float(v) for k, v in total.compute().items()}
         values["count"] = min(len(split.labels), max_examples or len(split.labels))
