@@ -27,6 +27,20 @@ def tiny_config(data_dir, pretrain_dir, **overrides):
     return c
 
 
+def cli_command(dirs, workdir, *extra):
+    """The real CLI on the tiny demo config, with the test's data and pretrained dirs."""
+    return [
+        sys.executable,
+        "-m",
+        "richft_jax.main",
+        "--config=configs/demo.py:tiny",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={dirs['data']}",
+        f"--config.pretrained.path={dirs['pretrain']}",
+        *extra,
+    ]
+
+
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory, data_dir):
     root = tmp_path_factory.mktemp("e2e")
@@ -100,15 +114,7 @@ def test_kill_and_rerun_resumes_to_the_same_result(first_run, dirs):
     """SIGKILL the real CLI after its first checkpoint, rerun the same command, compare."""
     workdir, _ = first_run
     killed = dirs["root"] / "run_killed"
-    cmd = [
-        sys.executable,
-        "-m",
-        "richft_jax.main",
-        "--config=configs/demo.py:tiny",
-        f"--workdir={killed}",
-        f"--config.data.data_dir={dirs['data']}",
-        f"--config.pretrained.path={dirs['pretrain']}",
-    ]
+    cmd = cli_command(dirs, killed)
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -217,18 +223,13 @@ def test_combine_checkpoints_along_one_run(first_run, dirs):
 
 def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(first_run, dirs):
     workdir = dirs["root"] / "run_sigterm"
-    cmd = [
-        sys.executable,
-        "-m",
-        "richft_jax.main",
-        "--config=configs/demo.py:tiny",
-        f"--workdir={workdir}",
-        f"--config.data.data_dir={dirs['data']}",
-        f"--config.pretrained.path={dirs['pretrain']}",
+    cmd = cli_command(
+        dirs,
+        workdir,
         "--config.num_steps=1000",
         "--config.checkpoint_every=1000",
         "--config.eval_every=1000",
-    ]
+    )
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -275,18 +276,13 @@ def test_distributed_flags_initialise_jax_distributed(first_run, dirs):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     workdir = dirs["root"] / "run_distributed"
-    cmd = [
-        sys.executable,
-        "-m",
-        "richft_jax.main",
-        "--config=configs/demo.py:tiny",
-        f"--workdir={workdir}",
-        f"--config.data.data_dir={dirs['data']}",
-        f"--config.pretrained.path={dirs['pretrain']}",
+    cmd = cli_command(
+        dirs,
+        workdir,
         f"--coordinator_address=127.0.0.1:{port}",
         "--num_processes=1",
         "--process_id=0",
-    ]
+    )
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
