@@ -57,7 +57,7 @@ def truncate_after(workdir: str, step: int) -> int:
     path = pathlib.Path(workdir) / RESULTS
     rows = read_rows(path)
     kept = [r for r in rows if r["step"] <= step]
-    if len(kept) != len(rows) or path.exists():
+    if len(kept) != len(rows):
         tmp = path.with_name(RESULTS + ".tmp")
         tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept), "utf-8")
         os.replace(tmp, path)
