@@ -27,7 +27,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.test_domains = "syn"  # Comma-separated names or indices ("3", "syn,digits").
     c.data.holdout_fraction = 0.2
     c.data.batch_size_per_domain = 32  # One batch of B images per training domain.
-    c.data.augment = "crop"  # "none" | "crop" (pad-and-crop) | "flip_crop".
+    c.data.augment = "crop"  # "none" | "crop" (pad-and-crop) | "flip_crop" | "domainbed".
+    # Side of the square images fed to the model: images are decoded and resized to it at load
+    # (the paper's eval resize). None: the dataset's own size (32 for the digits, 224 for the
+    # variable-size DomainBed photos).
+    c.data.image_size = ml_collections.FieldReference(None, field_type=int)
+    # Where DomainBed's downloaded folders are (PACS/, VLCS/, office_home/, ...); None: TFDS's
+    # <data_dir>/downloads/manual.
+    c.data.manual_dir = ml_collections.FieldReference(None, field_type=str)
     c.data.normalize = "minus_one_one"  # "minus_one_one" | "imagenet".
     c.data.eval_batch_size = 512
     c.data.eval_max_examples = ml_collections.FieldReference(None, field_type=int)  # Per split.
