@@ -44,10 +44,12 @@ def get_config(arg: str | None = None):
     c.optim.weight_decay = 1e-4
     c.optim.head_lr_factor = 10.0
     c.optim.decay_at = (0.5,)
-    c.num_steps = 1800
+    c.num_steps = 900
     c.log_every = 100
-    c.eval_every = 300
-    c.checkpoint_every = 300
+    c.eval_every = 150
+    c.checkpoint_every = 150
+    c.keep_checkpoints = 6  # All of them: the along-run ensembles and soups use them.
+    c.moving_average_start = 150  # The paper's along-run weight average, evaluated alongside.
     if arg == "tiny":  # Seconds-long smoke runs and tests: same path, tiny sizes.
         c.config_name = "demo_tiny"
         c.model.kwargs.widths = (8, 8, 16, 16)
@@ -55,4 +57,5 @@ def get_config(arg: str | None = None):
         c.pretrained.path = os.path.join(CACHE, "demo_pretrain_tiny")
         c.pretrained.pretrain_config = "configs/demo_pretrain.py:tiny"
         c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 20, 5, 10, 10
+        c.moving_average_start = None
     return c

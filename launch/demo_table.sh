@@ -1,18 +1,13 @@
 #!/usr/bin/env bash
-# The embedded comparison table: very-large dropout vs ERM on each of the four test domains,
-# run locally one after another (finished runs are skipped), then collected into tables.
-#   bash launch/demo_table.sh [OUT_DIR] [SEEDS...]
+# The embedded comparison table (README "Embedded benchmark"): ERM and very-large dropout on
+# each of the four test domains × 3 seeds, each run keeping its checkpoints for the along-run
+# ensembles and soups and a moving average of its weights, then collected into tables + plot.
+# Finished runs and combinations are skipped, so rerunning resumes an interrupted sweep.
+#   bash launch/demo_table.sh [OUT_DIR] [SEEDS]      # defaults: workdirs/demo_table 0,1,2
 set -euo pipefail
-out=${1:-workdirs/demo_table}; shift || true
-seeds=${*:-0}
-for seed in $seeds; do
-  for domain in mnist mnist_m digits syn; do
-    for config in demo demo_erm; do
-      workdir="$out/$config/$domain/seed$seed"
-      [ -f "$workdir/summary.json" ] && continue
-      python -m richft_jax.main --config="configs/$config.py" --workdir="$workdir" \
-        --config.data.test_domains="$domain" --config.seed="$seed" --config.trial_seed="$seed"
-    done
-  done
-done
+out=${1:-workdirs/demo_table}
+seeds=${2:-0,1,2}
+python launch/sweep.py --out="$out" --config=configs/demo_erm.py --config=configs/demo.py \
+  --grid=data.test_domains=mnist,mnist_m,digits,syn --seeds="$seeds" \
+  --along-run=uniform_soup,greedy_soup,ensemble_sum_logits
 python -m richft_jax.report "$out" --out "$out/report"

@@ -2,16 +2,21 @@
 
   python launch/sweep.py --out=workdirs/sweep --config=configs/demo.py \
       --config=configs/demo_erm.py --grid=data.test_domains=mnist,mnist_m,digits,syn \
-      --seeds=0,1,2 [--mode=run|print] [--dry]
+      --seeds=0,1,2 [--mode=run|print] [--along-run=uniform_soup,greedy_soup,...]
 
 --mode=run runs them here one after another, skipping runs whose summary.json exists (so an
 interrupted sweep is resumed by rerunning it); --mode=print prints one command per line, to
 feed a SLURM array (`sed -n ${SLURM_ARRAY_TASK_ID}p`) or a TPU pod's `--command`. Each
 seed sets both `seed` and `trial_seed` (DomainBed: the trial seed draws the splits).
+--along-run=COMBINATIONS also combines, after each run, the checkpoints it saved along the
+way (configs/combine.py into RUN/along_run, rows named "<method>+<combination>"): the
+paper's along-run ensembles and soups. Runs must keep those checkpoints
+(--grid=keep_checkpoints=N).
 """
 
 import argparse
 import itertools
+import json
 import pathlib
 import shlex
 import subprocess
@@ -47,6 +52,34 @@ def expand(
     return runs
 
 
+def along_run_command(workdir: pathlib.Path, combinations: str) -> list[str] | None:
+    """The configs/combine.py command over the checkpoints a finished run saved, or None when
+    its along-run combinations are already written."""
+    out = workdir / "along_run"
+    if (out / "summary.json").exists():
+        return None
+    steps = sorted(
+        (p for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()),
+        key=lambda p: int(p.name),
+    )
+    if len(steps) < 2:
+        raise SystemExit(
+            f"--along-run: {workdir}/checkpoints has {len(steps)} checkpoint(s), "
+            "need 2 or more (set --grid=keep_checkpoints=N)."
+        )
+    method = json.loads((workdir / "config.json").read_text())["method"]
+    return [
+        sys.executable,
+        "-m",
+        "richft_jax.main",
+        "--config=configs/combine.py",
+        f"--workdir={out}",
+        f"--config.checkpoints={','.join(map(str, steps))}",
+        f"--config.combinations={combinations}",
+        f"--config.method_prefix={method}+",
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="Root directory of the sweep's workdirs.")
@@ -54,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", action="append", default=[], help="key=v1,v2,... (repeatable).")
     parser.add_argument("--seeds", default="0", help="Comma-separated seeds.")
     parser.add_argument("--mode", choices=("run", "print"), default="run")
+    parser.add_argument(
+        "--along-run", default="", help="Combinations of each run's saved checkpoints."
+    )
     args = parser.parse_args(argv)
     grid = {}
     for item in args.grid:
@@ -68,9 +104,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if (workdir / "summary.json").exists():
             print(f"skip (finished): {workdir}", flush=True)
-            continue
-        print(f"run: {shlex.join(cmd)}", flush=True)
-        subprocess.run(cmd, check=True)
+        else:
+            print(f"run: {shlex.join(cmd)}", flush=True)
+            subprocess.run(cmd, check=True)
+        if args.along_run and (combine := along_run_command(workdir, args.along_run)):
+            print(f"run: {shlex.join(combine)}", flush=True)
+            subprocess.run(combine, check=True)
     return 0
 
 

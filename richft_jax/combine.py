@@ -128,7 +128,7 @@ def combine_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dic
         rows.extend(
             {
                 **meta,
-                "method": name,
+                "method": config.method_prefix + name,
                 "domain": s.domain,
                 "split": s.split,
                 "is_test_domain": s.is_test_domain,
@@ -145,7 +145,8 @@ def combine_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dic
     if "individual" in combos or "greedy_soup" in combos:
         scores = []
         for run, v in zip(run_dirs, variables, strict=True):
-            evals = evaluate(single, v)
+            # Greedy soup alone needs only the held-out splits: skip the rest (K evaluations).
+            evals = evaluate(single, v, None if "individual" in combos else held_out)
             scores.append(float(np.mean([m["accuracy"] for s, m in evals if s in held_out])))
             if "individual" in combos:
                 add("individual", evals, member=str(run))

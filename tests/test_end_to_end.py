@@ -208,17 +208,19 @@ def test_combine_checkpoints_along_one_run(first_run, dirs):
     c.checkpoints = f"{run_a}/checkpoints/10,{run_a}/checkpoints/20"
     c.data_dir = str(dirs["data"])
     c.combinations = "individual,ensemble_sum_logits"
+    c.method_prefix = "erm+"
     out = dirs["root"] / "along_run"
     combine.combine_and_evaluate(c, str(out))
     rows = results.read_rows(out)
+    assert {r["method"] for r in rows} == {"erm+individual", "erm+ensemble_sum_logits"}
     logged = {
         (r["domain"], r["split"]): r["accuracy"]
         for r in results.read_rows(run_a)
         if r["step"] == 10
     }
-    step10 = _accuracies(rows, "individual", member=f"{run_a}/checkpoints/10")
+    step10 = _accuracies(rows, "erm+individual", member=f"{run_a}/checkpoints/10")
     assert step10 == pytest.approx(logged, abs=1e-6)
-    assert len(_accuracies(rows, "ensemble_sum_logits")) == 8
+    assert len(_accuracies(rows, "erm+ensemble_sum_logits")) == 8
 
 
 def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(first_run, dirs):

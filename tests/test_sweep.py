@@ -39,3 +39,23 @@ def test_run_mode_skips_finished_runs(tmp_path, monkeypatch, capsys):
     sweep.main(args + ["--mode", "print"])
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) == 2 and printed[0].startswith(sys.executable)
+
+
+def test_along_run_combines_the_checkpoints_each_run_saved(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(sweep.subprocess, "run", lambda cmd, check: calls.append(cmd))
+    run = tmp_path / "demo_erm" / "seed0"
+    for step in (300, 1200, 600):
+        (run / "checkpoints" / str(step)).mkdir(parents=True)
+    (run / "summary.json").write_text("{}")
+    (run / "config.json").write_text('{"method": "erm"}')
+    args = ["--out", str(tmp_path), "--config", "configs/demo_erm.py", "--seeds", "0"]
+    assert sweep.main(args + ["--along-run", "greedy_soup,ensemble_sum_logits"]) == 0
+    (cmd,) = calls  # The run itself is finished: only its combination runs.
+    steps = ",".join(str(run / "checkpoints" / s) for s in ("300", "600", "1200"))
+    assert f"--config.checkpoints={steps}" in cmd
+    assert "--config.method_prefix=erm+" in cmd and f"--workdir={run / 'along_run'}" in cmd
+    (run / "along_run").mkdir()
+    (run / "along_run" / "summary.json").write_text("{}")
+    sweep.main(args + ["--along-run", "greedy_soup"])
+    assert len(calls) == 1  # Already combined: skipped.
