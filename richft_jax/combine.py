@@ -155,11 +155,13 @@ def combine_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dic
     if "greedy_soup" in combos:
         soup, kept = ws.greedy_soup(variables, scores, score, strict=config.greedy_strict)
         add("greedy_soup", evaluate(single, soup), members=[run_dirs[i] for i in kept])
+    per_pass = config.models_per_pass or (1 if jax.default_backend() == "cpu" else None)
     for combine in ("sum_logits", "mean_probs"):
         if f"ensemble_{combine}" in combos:
             step_fn = jax.jit(
                 train.make_eval_step(
-                    lambda v, x, c=combine: ws.ensemble_logits(logits, v, x, c), base.data.normalize
+                    lambda v, x, c=combine: ws.ensemble_logits(logits, v, x, c, per_pass),
+                    base.data.normalize,
                 )
             )
             add(f"ensemble_{combine}", evaluate(step_fn, ws.stack(variables)))

@@ -7,6 +7,7 @@ rate passed to the step, the loss, the optimizer), never as forks of this loop.
 import collections
 import contextlib
 import fcntl
+import inspect
 import json
 import pathlib
 import signal
@@ -26,8 +27,9 @@ from clu import metric_writers, metrics, parameter_overview, periodic_actions
 from jax.experimental import multihost_utils
 
 from richft_jax import checkpoints, config_lib, parallel, results
+from richft_jax.analysis import feature_distortion, noise_stability
 from richft_jax.data import pipeline
-from richft_jax.methods import feature_dropout, lpft, moving_average
+from richft_jax.methods import feature_dropout, label_noise, lpft, moving_average, self_labeling
 from richft_jax.models import registry
 
 
@@ -42,6 +44,7 @@ class TrainState:
     opt_state: Any
     rng: jax.Array  # The run's root key (raw uint32[2]); per-step keys are fold_in(rng, step).
     avg_params: Any = None  # Running weight average (config.moving_average_start), else {}.
+    anchor_params: Any = None  # Projection centres (config.self_labeling radii), else {}.
 
 
 @flax.struct.dataclass
@@ -112,12 +115,23 @@ def make_train_step(
     schedule: optax.Schedule,
     normalize: str,
     moving_average_start: int | None = None,
+    label_transform: Callable | None = None,
+    radii: Any = None,
 ):
-    """Returns the pure step `(state, batch, dropout_rate) -> (state, TrainMetrics)`."""
+    """Returns the pure step `(state, batch, dropout_rate) -> (state, TrainMetrics)`.
 
-    def train_step(state: TrainState, batch: dict, dropout_rate: jax.Array):
+    `dropout_rate` is the feature-dropout rate, or a dict of rates from
+    `feature_dropout.step_rates` ("feature" and the backbone's own, e.g. "drop_path_rate").
+    Method hooks: `label_transform(logits, labels, step) -> (labels, example weights)` (self
+    label-correction / reweighting) and `radii`, a tree of ball radii: after the update, params
+    are projected around `state.anchor_params` (self_labeling.project).
+    """
+
+    def train_step(state: TrainState, batch: dict, dropout_rate: jax.Array | dict):
         key = jax.random.fold_in(state.rng, state.step)
         images = pipeline.normalize(batch["image"], normalize)
+        rates = dict(dropout_rate) if isinstance(dropout_rate, dict) else {"feature": dropout_rate}
+        dropout_rate = rates.pop("feature")
 
         def loss_fn(params):
             (logits, _), updates = model.apply(
@@ -125,10 +139,15 @@ def make_train_step(
                 images,
                 train=True,
                 dropout_rate=dropout_rate,
+                backbone_rates=rates,
                 rngs={"dropout": key},
                 mutable=["batch_stats"],
             )
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+            labels, weights = batch["label"], None
+            if label_transform is not None:
+                labels, weights = label_transform(logits, labels, state.step)
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+            loss = ce.mean() if weights is None else jnp.sum(weights * ce)
             return loss, (logits, updates.get("batch_stats", state.batch_stats))
 
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -136,6 +155,8 @@ def make_train_step(
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        if radii is not None:
+            params = self_labeling.project(params, state.anchor_params, radii)
         avg_params = state.avg_params
         if moving_average_start is not None:
             avg_params = moving_average.update(
@@ -204,6 +225,23 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config.{key}={value!r} is not one of {valid}.")
     if not 0.0 <= config.dropout_rate < 1.0:
         raise ValueError(f"config.dropout_rate={config.dropout_rate} must be in [0, 1).")
+    backbone_call = inspect.signature(registry.BACKBONES[config.model.name].__call__).parameters
+    for key in ("block_dropout_rate", "drop_path_rate"):
+        if not 0.0 <= config[key] < 1.0:
+            raise ValueError(f"config.{key}={config[key]} must be in [0, 1).")
+        if config[key] > 0 and key not in backbone_call:
+            raise ValueError(
+                f"config.{key}={config[key]}: backbone {config.model.name!r} has no {key} "
+                "(only backbones with dropout inside their blocks, e.g. small_vit, do)."
+            )
+    if config.label_noise.kind not in label_noise.KINDS:
+        raise ValueError(
+            f"config.label_noise.kind={config.label_noise.kind!r} is not one of "
+            f"{label_noise.KINDS}."
+        )
+    if not 0.0 <= config.label_noise.rate <= 1.0:
+        raise ValueError(f"config.label_noise.rate={config.label_noise.rate} must be in [0, 1].")
+    self_labeling.validate(config.self_labeling)
     for key in ("num_steps", "log_every", "eval_every", "checkpoint_every"):
         if config[key] <= 0:
             raise ValueError(f"config.{key}={config[key]} must be positive.")
@@ -398,6 +436,50 @@ def check_finite(m: TrainMetrics | None, step: int, ckpt_dir: pathlib.Path, mngr
     return values
 
 
+def end_of_run_measurements(config, model, pretrained: dict, state, data, mesh) -> dict:
+    """The summary fields of `config.measure`: feature distortion (pretrained vs final
+    backbone), distance per tensor from the pretrained weights, and noise stability."""
+    final = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+    normalize, batch_size = config.data.normalize, config.data.eval_batch_size
+    max_examples = config.measure.max_examples
+    features_jit = jax.jit(
+        lambda v, x: model.apply(v, pipeline.normalize(x, normalize), train=False)[1]["features"],
+        out_shardings=parallel.replicated(mesh),
+    )
+
+    def features_of(variables, batch):
+        images = parallel.global_batch(parallel.host_slice(batch), mesh)["image"]
+        return features_jit(variables, images)
+
+    out = {}
+    if config.measure.feature_distortion:
+        out["feature_distortion"] = feature_distortion.feature_distortion(
+            features_of, pretrained, final, data, batch_size, max_examples
+        )
+    if config.measure.layer_distances:
+        anchor = self_labeling.anchor_params(pretrained["params"])
+        out["layer_distances"] = self_labeling.layer_distances(final["params"], anchor)
+    if config.measure.noise_stability:
+        logits_fn = jax.jit(model_logits(model))
+        groups = {
+            "id": [s for s in data.splits if not s.is_test_domain and s.split == "out"],
+            "ood": [s for s in data.splits if s.is_test_domain and s.split == "in"],
+        }
+        key = jax.random.PRNGKey(config.seed)
+        out["noise_stability"] = {}
+        for name, splits in groups.items():
+            images = np.concatenate([s.images[: max_examples or None] for s in splits])
+            x = pipeline.normalize(jnp.asarray(images), normalize)
+            out["noise_stability"][name] = {
+                f"{target}_sigma_{sigma:g}": noise_stability.noise_stability(
+                    logits_fn, final, x, sigma, key, target
+                )
+                for target in ("input", "weights")
+                for sigma in config.measure.noise_sigmas
+            }
+    return out
+
+
 # ----------------------------------------------------------------------------- the loop
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains and evaluates one run into `workdir`; resumes if checkpoints are there.
@@ -427,6 +509,8 @@ def _train_and_evaluate(
         config.data.holdout_fraction,
         data_dir=config.data.data_dir,
     )
+    noise = config.label_noise
+    data = label_noise.apply_label_noise(data, noise.kind, noise.rate, noise.seed)
     logging.info(
         "Data %s: train domains %s, test domains %s, %d classes.",
         data.name,
@@ -455,9 +539,21 @@ def _train_and_evaluate(
     params, batch_stats = load_pretrained(
         config, variables["params"], variables.get("batch_stats", {})
     )
+    # Host copy of the starting point, for the end-of-run measurements.
+    measures = [
+        k for k in ("feature_distortion", "layer_distances", "noise_stability") if config.measure[k]
+    ]
+    pretrained = (
+        jax.device_get({"params": params, "batch_stats": batch_stats}) if measures else None
+    )
     if config.lp_head:
         params = dict(params)
         params["head"] = linear_probe_head(model, params, batch_stats, data, config, mesh)
+    radii = None
+    if self_labeling.constrained(config.self_labeling):
+        sl = config.self_labeling
+        stages = self_labeling.backbone_stage_order(model, image_shape)
+        radii = self_labeling.projection_radii(params, stages, sl.radius, sl.gamma, sl.head_radius)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -471,6 +567,7 @@ def _train_and_evaluate(
             if config.moving_average_start is not None
             else {}
         ),
+        anchor_params=self_labeling.anchor_params(params) if radii is not None else {},
     )
     state = jax.device_put(state, parallel.replicated(mesh))
     if is_main:
@@ -497,7 +594,15 @@ def _train_and_evaluate(
     # -- steps, compiled once.
     rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     train_step = jax.jit(
-        make_train_step(model, tx, schedule, config.data.normalize, config.moving_average_start),
+        make_train_step(
+            model,
+            tx,
+            schedule,
+            config.data.normalize,
+            config.moving_average_start,
+            self_labeling.make_label_transform(config.self_labeling),
+            radii,
+        ),
         in_shardings=(rep, shard, rep),
         out_shardings=(rep, rep),
         donate_argnums=(0,),
@@ -574,19 +679,27 @@ def _train_and_evaluate(
         process_count=jax.process_count(),
         prefetch=config.data.prefetch,
     ).as_numpy_iterator()
-    rate_of_step = feature_dropout.rate_schedule(
-        config.dropout_schedule, config.dropout_rate, int(config.dropout_cutoff * config.num_steps)
+    rates_of_step = feature_dropout.step_rates(
+        config.dropout_schedule,
+        int(config.dropout_cutoff * config.num_steps),
+        {
+            "feature": config.dropout_rate,
+            "block_dropout_rate": config.block_dropout_rate,
+            "drop_path_rate": config.drop_path_rate,
+        },
     )
     acc, last_train = None, {}
     for batch in prefetch_to_device(batches, config.data.prefetch, mesh):
-        state, m = train_step(state, batch, jnp.float32(rate_of_step(start_step)))
+        rates = {k: jnp.float32(v) for k, v in rates_of_step(start_step).items()}
+        state, m = train_step(state, batch, rates)
         acc = m if acc is None else acc.merge(m)
         step = start_step = start_step + 1
         progress(step)
         is_last = step == config.num_steps
         if step % config.log_every == 0 or is_last:
             last_train = check_finite(acc, step, workdir / checkpoints.LATEST, mngr)
-            last_train["dropout_rate"] = rate_of_step(step - 1)
+            for name, rate in rates_of_step(step - 1).items():
+                last_train["dropout_rate" if name == "feature" else name] = rate
             writer.write_scalars(step, {f"train/{k}": v for k, v in last_train.items()})
             acc = None
         if step % config.eval_every == 0 or is_last:
@@ -628,6 +741,10 @@ def _train_and_evaluate(
 
     if int(state.step) < config.num_steps:
         return {"preempted": True, "step": int(state.step)}
+    # Every host takes part (the features are computed over the mesh); process 0 writes.
+    measured = (
+        end_of_run_measurements(config, model, pretrained, state, data, mesh) if measures else {}
+    )
 
     # -- summary.
     rows = results.read_rows(workdir)
@@ -644,6 +761,7 @@ def _train_and_evaluate(
     if config.moving_average_start is not None:
         ma = results.select_training_domain_validation(rows, f"{config.method}+moving_average")
         summary["moving_average"] = {"selected": ma["selected"], "last": ma["last"]}
+    summary.update(measured)
     if is_main:
         results.write_json_atomic(workdir / results.SUMMARY, summary)
     logging.info("Summary: %s", json.dumps(summary["selected"]))

@@ -57,5 +57,8 @@ def test_vmapped_ensemble_equals_per_model_loop():
     probs = ws.ensemble_logits(apply, stacked, x, "mean_probs")
     expected = np.mean([jax.nn.softmax(apply(m, x)) for m in models], 0)
     np.testing.assert_allclose(np.exp(probs), expected, rtol=1e-5)
+    for per_pass in (1, 2):  # lax.map over chunks of models: the same ensemble.
+        chunked = ws.ensemble_logits(apply, stacked, x, "sum_logits", per_pass)
+        np.testing.assert_allclose(chunked, summed, rtol=1e-5)
     with pytest.raises(ValueError, match="Unknown ensemble"):
         ws.ensemble_logits(apply, stacked, x, "vote")
