@@ -35,6 +35,7 @@ class RunRecord:
     test_domains: str
     trial_seed: int
     scores: dict  # selection -> (selection score, ood accuracy, id accuracy)
+    domains: tuple[str, ...] = ()  # The dataset's domains, in the order its rows list them.
 
 
 def run_records(paths: list[str]) -> list[RunRecord]:
@@ -57,6 +58,7 @@ def run_records(paths: list[str]) -> list[RunRecord]:
                     method=method,
                     test_domains=",".join(rows[0]["test_domains"]),
                     trial_seed=rows[0]["trial_seed"],
+                    domains=tuple(dict.fromkeys(r["domain"] for r in rows)),
                     scores={
                         "training_domain_validation": (
                             best["id_accuracy"],
@@ -103,6 +105,17 @@ def _cell(xs: list[float] | None) -> str:
     return f"{100 * m:.1f} ± {100 * se:.1f}"
 
 
+def _domain_order(records: list[RunRecord], dataset: str, tested: set[str]) -> list[str]:
+    """Test-domain columns in the dataset's own domain order (as DomainBed prints them): the
+    order its results rows list the domains in."""
+    rank = {}
+    for r in records:
+        if r.dataset == dataset:
+            for d in r.domains:
+                rank.setdefault(d, len(rank))
+    return sorted(tested, key=lambda t: ([rank.get(d, len(rank)) for d in t.split(",")], t))
+
+
 def markdown(records: list[RunRecord]) -> str:
     """DomainBed-style tables: per dataset and selection, methods × test domains + Avg."""
     out = []
@@ -112,7 +125,7 @@ def markdown(records: list[RunRecord]) -> str:
         averages = {}
         for dataset in datasets:
             methods = sorted({k[1] for k in agg if k[0] == dataset})
-            domains = sorted({k[2] for k in agg if k[0] == dataset})
+            domains = _domain_order(records, dataset, {k[2] for k in agg if k[0] == dataset})
             lines = [
                 f"**{dataset}, {selection}** (OOD accuracy: test domain, in split)\n",
                 "| method | " + " | ".join(domains) + " | Avg |",

@@ -52,3 +52,11 @@ def test_selection_and_mean_standard_error(tmp_path):
     assert (tmp_path / "out" / "id_vs_ood.png").stat().st_size > 1000
     csv_text = (tmp_path / "out" / "results.csv").read_text()
     assert "oracle,toy,erm,a,2,0.55" in csv_text
+
+
+def test_columns_follow_the_datasets_domain_order(tmp_path):
+    write_run(tmp_path / "r0", "erm", 0, "a", {1: (0.5, 0.3, 0.8)})
+    write_run(tmp_path / "r1", "erm", 0, "b", {1: (0.5, 0.6, 0.8)})
+    records = report.run_records([str(tmp_path)])
+    assert records[0].domains == ("b", "a")  # r0's rows list b (training) first.
+    assert "| method | b | a | Avg |" in report.markdown(records)

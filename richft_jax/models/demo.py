@@ -12,6 +12,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from richft_jax.methods.drop_path import depth_rates, drop_path
+from richft_jax.methods.feature_dropout import feature_dropout
+
 
 def _batch_norm(train: bool, dtype: jnp.dtype, name: str) -> nn.BatchNorm:
     """BatchNorm with torch's defaults (momentum 0.1 = Flax 0.9, eps 1e-5)."""
@@ -84,7 +87,13 @@ class SmallResNet(nn.Module):
 
 
 class SmallViT(nn.Module):
-    """A small pre-LayerNorm ViT (patch embedding, [CLS]-free mean pooling)."""
+    """A small pre-LayerNorm ViT (patch embedding, [CLS]-free mean pooling).
+
+    Training-time regularisers take their rates at call time (traced: a schedule never
+    recompiles): `block_dropout_rate` (inverted dropout on the attention output and on the
+    MLP's hidden and output activations) and `drop_path_rate` (stochastic depth on both
+    residual branches, rising linearly with depth to that rate). None (eval) turns them off.
+    """
 
     patch: int = 4
     dim: int = 128
@@ -95,8 +104,28 @@ class SmallViT(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        del train  # no dropout or batch statistics inside the blocks
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        train: bool,
+        block_dropout_rate: jax.Array | float | None = None,
+        drop_path_rate: jax.Array | float | None = None,
+    ) -> jax.Array:
+        del train  # no batch statistics; dropout is on exactly when a rate is passed
+
+        def dropout(y):
+            if block_dropout_rate is None:
+                return y
+            return feature_dropout(y, block_dropout_rate, self.make_rng("dropout"))
+
+        path_rates = None if drop_path_rate is None else depth_rates(drop_path_rate, self.depth)
+
+        def residual(x, y, i):
+            if path_rates is not None:
+                y = drop_path(y, path_rates[i], self.make_rng("dropout"))
+            return x + y
+
         x = nn.Conv(
             self.dim, (self.patch,) * 2, (self.patch,) * 2, dtype=self.dtype, name="embedding"
         )(x.astype(self.dtype))
@@ -109,11 +138,11 @@ class SmallViT(nn.Module):
             y = nn.MultiHeadDotProductAttention(
                 self.heads, dtype=self.dtype, name=f"block{i}_attn"
             )(y, y)
-            x = x + y
+            x = residual(x, dropout(y), i)
             y = nn.LayerNorm(dtype=self.dtype, name=f"block{i}_ln2")(x)
             y = nn.Dense(self.dim * self.mlp_ratio, dtype=self.dtype, name=f"block{i}_mlp1")(y)
-            y = nn.Dense(self.dim, dtype=self.dtype, name=f"block{i}_mlp2")(nn.gelu(y))
-            x = x + y
+            y = nn.Dense(self.dim, dtype=self.dtype, name=f"block{i}_mlp2")(dropout(nn.gelu(y)))
+            x = residual(x, dropout(y), i)
         x = nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x).mean(axis=1)
         if self.feature_dim:
             x = nn.gelu(nn.Dense(self.feature_dim, dtype=self.dtype, name="widen")(x))
