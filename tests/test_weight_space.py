@@ -32,6 +32,21 @@ def test_incompatible_trees_name_the_first_differing_path():
         ws.stack([tree(1), missing])
 
 
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("strict", [True, False])
+def test_greedy_soup_never_scores_below_its_best_ingredient(seed, strict):
+    rng = np.random.default_rng(seed)
+    trees = [tree(v) for v in rng.normal(0, 5, size=6)]
+    freqs = rng.uniform(0.2, 2.0, size=3)  # A bumpy held-out score of the weights.
+    evaluate = lambda t: float(np.sin(freqs * float(t["backbone"]["w"][0, 0])).sum())  # noqa: E731
+    scores = [evaluate(t) for t in trees]
+    soup, kept = ws.greedy_soup(trees, scores, evaluate, strict=strict)
+    assert evaluate(soup) >= max(scores)
+    assert kept[0] == int(np.argmax(scores))
+    mean = np.mean([float(trees[i]["backbone"]["w"][0, 0]) for i in kept])
+    np.testing.assert_allclose(soup["backbone"]["w"], mean, rtol=1e-5)  # Uniform over kept.
+
+
 def test_greedy_soup_strict_and_ties():
     trees = [tree(0), tree(10), tree(4)]
     # Held-out score: closer to 6 is better; the ingredients' own scores are -6, -4, -2.
