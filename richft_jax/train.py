@@ -207,7 +207,7 @@ def make_eval_step(logits_fn: Callable[[Any, jax.Array], jax.Array], normalize: 
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Fails early, naming the config key, on values the loop would only trip on later."""
     choices = {
-        "data.augment": ("none", "crop", "flip_crop"),
+        "data.augment": ("none", "crop", "flip_crop", "domainbed"),
         "data.normalize": ("minus_one_one", "imagenet"),
         "optim.name": ("sgd", "adamw"),
         "optim.schedule": ("step", "cosine", "constant"),
@@ -508,6 +508,8 @@ def _train_and_evaluate(
         config.trial_seed,
         config.data.holdout_fraction,
         data_dir=config.data.data_dir,
+        image_size=config.data.get("image_size"),
+        manual_dir=config.data.get("manual_dir"),
     )
     noise = config.label_noise
     data = label_noise.apply_label_noise(data, noise.kind, noise.rate, noise.seed)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from richft_jax.data import sources, splits
+from richft_jax.data import augment, sources, splits
 from richft_jax.tf_cpu import tf as _tf
 
 tf = _tf()
@@ -87,13 +87,25 @@ def load_domains(
     trial_seed: int,
     holdout_fraction: float = 0.2,
     data_dir: str | None = None,
+    image_size: int | None = None,
+    manual_dir: str | None = None,
 ) -> DomainData:
-    """Loads every domain of `name` and splits each 80/20 in/out as DomainBed does."""
+    """Loads every domain of `name` (images resized to `image_size`, see sources.load_arrays)
+    and splits each 80/20 in/out as DomainBed does (or by its official splits, if it has them)."""
     domains = sources.domains_of(name)
     tests = parse_test_domains(test_domains, domains)
-    arrays = sources.load_arrays(name, data_dir=data_dir)
     num_classes = sources.num_classes_of(name)
     out = []
+    if sources.has_official_splits(name):
+        official = sources.load_official_splits(name, data_dir, image_size)
+        for domain in domains:
+            for split in ("in", "out"):
+                images, labels = official[domain][split]
+                out.append(Split(domain, split, domain in tests, images, labels))
+        return DomainData(name, tuple(domains), tests, num_classes, tuple(out))
+    arrays = sources.load_arrays(
+        name, data_dir=data_dir, image_size=image_size, manual_dir=manual_dir
+    )
     for index, domain in enumerate(domains):
         images, labels = arrays[domain]
         if len(labels) == 0:
@@ -110,6 +122,8 @@ def _augment(images: "tf.Tensor", kind: str, seed: "tf.Tensor", pad: int = 4) ->
     """Per-example random pad-and-crop (and flip) with stateless ops, seeded per step."""
     if kind == "none":
         return images
+    if kind == "domainbed":  # The paper's RandomResizedCrop, flip, colour jitter, grayscale.
+        return augment.domainbed_train(images, seed)
     if kind not in ("crop", "flip_crop"):
         raise ValueError(f"config.data.augment: unknown augmentation {kind!r}.")
     b, h, w = tf.shape(images)[0], images.shape[1], images.shape[2]

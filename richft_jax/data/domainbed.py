@@ -1,0 +1,303 @@
+"""DomainBed's photo datasets (PACS, VLCS, OfficeHome, TerraIncognita, DomainNet) as TFDS builders.
+
+They read the folders DomainBed's download script leaves (`python -m
+domainbed.scripts.download --data_dir=D`), `<root>/<DOMAIN>/<class>/<image>`, from TFDS's manual
+dir, and keep DomainBed's conventions so that `test_domains=0` means what it means in DomainBed
+and in the paper (Zhang & Bottou 2024): domains are the sorted domain folders, classes the sorted
+class folders, and a domain's images are in torchvision ImageFolder's order (sorted walk), which
+DomainBed's in/out split indices refer to. Images are kept as their encoded JPEG/PNG bytes at
+their own size; decoding and resizing happen when the data is loaded. Images that do not decode
+are counted, logged by path and skipped; a missing domain or class folder is an error naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+from collections.abc import Iterator
+
+import tensorflow_datasets as tfds
+from absl import logging
+from etils import epath
+from PIL import Image
+
+# torchvision's ImageFolder extensions (IMG_EXTENSIONS), matched case-insensitively as it does.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# Encodings TF decodes to 3 channels as they are; anything else is re-encoded as PNG at build.
+_PASS_THROUGH = {"JPEG": ("L", "RGB"), "PNG": ("L", "LA", "P", "RGB", "RGBA")}
+_DOWNLOAD = (
+    "Get it with DomainBed's download script (github.com/facebookresearch/DomainBed): "
+    "`python -m domainbed.scripts.download --data_dir=DIR`, then point "
+    "--config.data.manual_dir at DIR (or copy {folder}/ to <data_dir>/downloads/manual/)."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """What DomainBed defines of one dataset: its folder, domains, classes."""
+
+    name: str  # Dataset name in this project (config.data.name).
+    folder: str  # DomainBed's folder under its data root.
+    domains: tuple[str, ...]  # DomainBed's domain order (sorted folder names).
+    num_classes: int
+    classes: tuple[str, ...] | None = None  # Known class folders (sorted); None: read them.
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """TFDS split (and domain) names: the folders with spaces as "_" ("Real_World")."""
+        return tuple(split_name(d) for d in self.domains)
+
+
+def split_name(folder: str) -> str:
+    r"""A domain folder's TFDS split name: TFDS's file names allow only [\w-] in splits."""
+    return folder.replace(" ", "_")
+
+
+SPECS = {
+    s.name: s
+    for s in (
+        Spec(
+            "pacs",
+            "PACS",
+            ("art_painting", "cartoon", "photo", "sketch"),
+            7,
+            ("dog", "elephant", "giraffe", "guitar", "horse", "house", "person"),
+        ),
+        Spec(
+            "vlcs",
+            "VLCS",
+            ("Caltech101", "LabelMe", "SUN09", "VOC2007"),
+            5,
+            ("bird", "car", "chair", "dog", "person"),
+        ),
+        Spec("office_home", "office_home", ("Art", "Clipart", "Product", "Real World"), 65),
+        Spec(
+            "terra_incognita",
+            "terra_incognita",
+            ("location_100", "location_38", "location_43", "location_46"),
+            10,
+            (
+                "bird",
+                "bobcat",
+                "cat",
+                "coyote",
+                "dog",
+                "empty",
+                "opossum",
+                "rabbit",
+                "raccoon",
+                "squirrel",
+            ),
+        ),
+        Spec(
+            "domainnet",
+            "domain_net",
+            ("clipart", "infograph", "painting", "quickdraw", "real", "sketch"),
+            345,
+        ),
+    )
+}
+
+
+def find_root(manual_dir: epath.PathLike, spec: Spec) -> epath.Path:
+    """The dataset's folder: `<manual_dir>/<DomainBed folder>`, or manual_dir itself if it
+    holds the domain folders; a FileNotFoundError with the expected layout otherwise."""
+    manual_dir = epath.Path(manual_dir)
+    for candidate in (manual_dir / spec.folder, manual_dir):
+        if candidate.is_dir() and any((candidate / d).is_dir() for d in spec.domains):
+            return candidate
+    raise FileNotFoundError(
+        f"DomainBed dataset {spec.name!r} not found: expected {manual_dir / spec.folder}/ with "
+        f"one folder per domain {list(spec.domains)}, each with one folder per class "
+        f"(e.g. {spec.folder}/{spec.domains[0]}/<class>/<image>.jpg). "
+        + _DOWNLOAD.format(folder=spec.folder)
+    )
+
+
+def _subdirs(path: epath.Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir() if p.is_dir())
+
+
+def check_layout(root: epath.Path, spec: Spec) -> tuple[str, ...]:
+    """Checks every domain folder and its class folders; returns the class names in order.
+
+    ImageFolder numbers each domain's classes by its sorted folders, so every domain must hold
+    the same class folders, or a label would mean different classes in different domains.
+    """
+    missing = [d for d in spec.domains if not (root / d).is_dir()]
+    if missing:
+        raise FileNotFoundError(
+            f"DomainBed dataset {spec.name!r}: domain folder(s) {missing} missing in {root} "
+            f"(expected {list(spec.domains)})."
+        )
+    found = {d: _subdirs(root / d) for d in spec.domains}
+    classes = spec.classes or tuple(sorted(set().union(*found.values())))
+    for domain, names in found.items():
+        absent = sorted(set(classes) - set(names))
+        if absent:
+            raise FileNotFoundError(
+                f"DomainBed dataset {spec.name!r}: class folder(s) {absent} missing in "
+                f"{root / domain}."
+            )
+        extra = sorted(set(names) - set(classes))
+        if extra:
+            raise ValueError(
+                f"DomainBed dataset {spec.name!r}: unexpected class folder(s) {extra} in "
+                f"{root / domain} (classes are {list(classes)})."
+            )
+    if len(classes) != spec.num_classes:
+        raise ValueError(
+            f"DomainBed dataset {spec.name!r}: {len(classes)} class folders in {root} "
+            f"{list(classes)}, expected {spec.num_classes}."
+        )
+    return tuple(classes)
+
+
+def image_files(class_dir: epath.Path) -> list[str]:
+    """Image paths under a class folder in torchvision ImageFolder's order (sorted walk)."""
+    files = []
+    for dirpath, _, names in sorted(os.walk(os.fspath(class_dir), followlinks=True)):
+        files += [
+            os.path.join(dirpath, n) for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS)
+        ]
+    return files
+
+
+def encoded_image(path: str) -> bytes:
+    """The file's bytes if TF can decode them to RGB as they are, else the image re-encoded as
+    PNG; raises (OSError, ValueError, ...) if PIL cannot decode the whole image."""
+    data = epath.Path(path).read_bytes()
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()  # Decodes every pixel: truncated and corrupt files fail here.
+        if im.mode in _PASS_THROUGH.get(im.format, ()):
+            return data
+        out = io.BytesIO()
+        im.convert("RGB").save(out, format="PNG")
+        return out.getvalue()
+
+
+def domain_examples(root: epath.Path, domain: str, classes: tuple[str, ...]) -> Iterator[dict]:
+    """Examples of one domain in ImageFolder order; undecodable images are logged and skipped."""
+    skipped = []
+    for label, name in enumerate(classes):
+        for path in image_files(root / domain / name):
+            try:
+                image = encoded_image(path)
+            except Exception as e:  # noqa: BLE001  (any decoder failure means: skip this file)
+                logging.warning("Skipping undecodable image %s: %s", path, e)
+                skipped.append(path)
+                continue
+            yield {"image": image, "label": label, "filename": os.path.relpath(path, root)}
+    if skipped:
+        logging.warning(
+            "%s: skipped %d undecodable image(s): %s", root / domain, len(skipped), skipped
+        )
+
+
+class DomainBedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """One TFDS split per domain of a DomainBed folder dataset, read from the manual dir."""
+
+    SPEC: Spec
+    code_path = epath.Path(__file__)  # See digits_domains.DigitsDomains.
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "DomainBed's folder layout, domains and classes."}
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        """Variable-size encoded images, the class label and the file's path in the dataset."""
+        spec = self.SPEC
+        label = (
+            tfds.features.ClassLabel(names=list(spec.classes))
+            if spec.classes
+            else tfds.features.ClassLabel(num_classes=spec.num_classes)
+        )
+        return self.dataset_info_from_configs(
+            description=__doc__,
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(None, None, 3)),
+                    "label": label,
+                    "filename": tfds.features.Text(),
+                }
+            ),
+            supervised_keys=("image", "label"),
+            disable_shuffling=True,  # ImageFolder order: DomainBed's split indices refer to it.
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict:
+        """Checks the whole layout first, then one split per domain in DomainBed's order."""
+        spec = self.SPEC
+        try:
+            manual_dir = dl_manager.manual_dir
+        except AssertionError as e:  # TFDS's "manual dir missing or empty".
+            raise FileNotFoundError(
+                f"DomainBed dataset {spec.name!r}: {str(e).split('. ')[0]} (the TFDS manual "
+                "dir). " + _DOWNLOAD.format(folder=spec.folder)
+            ) from None
+        root = find_root(manual_dir, spec)
+        classes = check_layout(root, spec)
+        if not spec.classes:
+            self.info.features["label"].names = list(classes)
+        return {split_name(d): self._generate_examples(root, d, classes) for d in spec.domains}
+
+    def _generate_examples(self, root: epath.Path, domain: str, classes: tuple[str, ...]):
+        """Yields (index, example) pairs of one domain."""
+        yield from enumerate(domain_examples(root, domain, classes))
+
+
+class DomainBedPACS(DomainBedBuilder):
+    """PACS (art painting, cartoon, photo, sketch; 7 classes) in DomainBed's layout."""
+
+    name = "domainbed_pacs"
+    SPEC = SPECS["pacs"]
+    num_classes = SPEC.num_classes
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _DOWNLOAD.format(folder="PACS")
+
+
+class DomainBedVLCS(DomainBedBuilder):
+    """VLCS (Caltech101, LabelMe, SUN09, VOC2007; 5 classes) in DomainBed's layout."""
+
+    name = "domainbed_vlcs"
+    SPEC = SPECS["vlcs"]
+    num_classes = SPEC.num_classes
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _DOWNLOAD.format(folder="VLCS")
+
+
+class DomainBedOfficeHome(DomainBedBuilder):
+    """OfficeHome (Art, Clipart, Product, Real World; 65 classes) in DomainBed's layout."""
+
+    name = "domainbed_office_home"
+    SPEC = SPECS["office_home"]
+    num_classes = SPEC.num_classes
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _DOWNLOAD.format(folder="office_home")
+
+
+class DomainBedTerraIncognita(DomainBedBuilder):
+    """DomainBed's TerraIncognita subset (locations 100, 38, 43, 46; 10 classes)."""
+
+    name = "domainbed_terra_incognita"
+    SPEC = SPECS["terra_incognita"]
+    num_classes = SPEC.num_classes
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _DOWNLOAD.format(folder="terra_incognita")
+
+
+class DomainBedDomainNet(DomainBedBuilder):
+    """DomainNet (clipart, infograph, painting, quickdraw, real, sketch; 345 classes), with
+    DomainBed's splits (not the official train/test: see sources' "domainnet_official")."""
+
+    name = "domainbed_domainnet"
+    SPEC = SPECS["domainnet"]
+    num_classes = SPEC.num_classes
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _DOWNLOAD.format(folder="domain_net")
+
+
+BUILDERS = {
+    b.SPEC.name: b
+    for b in (
+        DomainBedPACS,
+        DomainBedVLCS,
+        DomainBedOfficeHome,
+        DomainBedTerraIncognita,
+        DomainBedDomainNet,
+    )
+}
