@@ -67,7 +67,8 @@ def latest_step_dir(directory: str | os.PathLike) -> pathlib.Path:
 def restore_state_tree(directory: str | os.PathLike) -> dict:
     """Restores a saved train state as plain nested dicts of numpy arrays (no target needed),
     on the host: a checkpoint from any topology loads anywhere."""
-    step_dir = latest_step_dir(directory)
+    # Absolute: Orbax's metadata reader silently returns None for a relative path.
+    step_dir = latest_step_dir(pathlib.Path(directory).expanduser().absolute())
     with ocp.PyTreeCheckpointer() as ckptr:
         metadata = ckptr.metadata(step_dir / "state").item_metadata
         restore_args = jax.tree.map(

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from richft_jax import combine, config_lib, results, train
+from richft_jax import checkpoints, combine, config_lib, results, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -198,8 +198,18 @@ def test_moving_average_is_kept_in_the_state_and_evaluated(first_run, dirs):
     assert [(r["step"], r["accuracy"]) for r in model] == [(r["step"], r["accuracy"]) for r in base]
     assert [r["loss"] for r in ma] != [r["loss"] for r in model]
     assert summary["moving_average"]["selected"]["step"] in (10, 20)
-    tree = __import__("richft_jax.checkpoints").checkpoints.restore_state_tree(workdir)
+    tree = checkpoints.restore_state_tree(workdir)
     assert tree["avg_params"]["head"]["kernel"].shape == tree["params"]["head"]["kernel"].shape
+
+
+def test_restore_from_a_relative_path(first_run, monkeypatch):
+    run_a, _ = first_run
+    monkeypatch.chdir(run_a.parent)
+    tree = checkpoints.restore_state_tree(pathlib.Path(run_a.name, "checkpoints", "10"))
+    absolute = checkpoints.restore_state_tree(run_a / "checkpoints" / "10")
+    np.testing.assert_array_equal(
+        tree["params"]["head"]["kernel"], absolute["params"]["head"]["kernel"]
+    )
 
 
 def test_combine_checkpoints_along_one_run(first_run, dirs):
