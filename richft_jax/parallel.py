@@ -7,6 +7,7 @@ devices, a GPU, or every chip of a multi-host TPU pod.
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -54,3 +55,11 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch
     )
+
+
+def from_main_process(flag: bool) -> bool:
+    """Process 0's value of `flag` on every host: for decisions that every host must share
+    (e.g. whether to join a checkpoint save) but only process 0 can make (it holds the logs)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag, np.int32)))

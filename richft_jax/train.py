@@ -30,6 +30,7 @@ from richft_jax import checkpoints, config_lib, parallel, results
 from richft_jax.analysis import feature_distortion, noise_stability
 from richft_jax.data import pipeline
 from richft_jax.methods import feature_dropout, label_noise, lpft, moving_average, self_labeling
+from richft_jax.models import pretrained as published
 from richft_jax.models import registry
 
 
@@ -335,6 +336,10 @@ def load_pretrained(config: ml_collections.ConfigDict, params: dict, batch_stats
     if not path:
         return params, batch_stats
     path = pathlib.Path(path).expanduser()
+    if path.is_file() or config.model.name in published.NAMES:
+        # Published weights (.npz / .safetensors) or their converted Orbax checkpoint: read
+        # directly, ViT position embeddings resized to the input size, strict merge.
+        return published.load_backbone(config.model.name, path, params, batch_stats)
     try:
         checkpoints.latest_step_dir(path)
     except FileNotFoundError:
@@ -373,10 +378,12 @@ def load_pretrained(config: ml_collections.ConfigDict, params: dict, batch_stats
 def linear_probe_head(model, params, batch_stats, data, config, mesh) -> dict:
     """LP-FT's head: logistic regression on the frozen features of the training domains' in
     splits, its L2 strength chosen on their out splits (ID validation)."""
+    # Each host feeds its share of the batch; the features come back whole on every host.
     features_of = jax.jit(
         lambda v, x: model.apply(v, pipeline.normalize(x, config.data.normalize), train=False)[1][
             "features"
-        ]
+        ],
+        out_shardings=parallel.replicated(mesh),
     )
     variables = {"params": params, "batch_stats": batch_stats}
 
@@ -385,7 +392,8 @@ def linear_probe_head(model, params, batch_stats, data, config, mesh) -> dict:
         for domain in data.train_domains:
             split = data.get(domain, split_name)
             for batch in pipeline.eval_batches(split, config.data.eval_batch_size):
-                f = np.asarray(features_of(variables, parallel.global_batch(batch, mesh)["image"]))
+                images = parallel.global_batch(parallel.host_slice(batch), mesh)["image"]
+                f = np.asarray(features_of(variables, images))
                 feats.append(f[batch["mask"]])
                 labels.append(batch["label"][batch["mask"]])
         return np.concatenate(feats), np.concatenate(labels)
@@ -711,10 +719,13 @@ def _train_and_evaluate(
             rows = evaluate_and_log(step, weights, state.batch_stats)
             if is_main:
                 results.append_rows(workdir, rows)
-            selection = results.select_training_domain_validation(
-                results.read_rows(workdir), config.method
+            # Process 0 holds results.jsonl: it decides, and every host joins the Orbax save.
+            selection = (
+                results.select_training_domain_validation(results.read_rows(workdir), config.method)
+                if is_main
+                else {"selected": {"step": -1}}
             )
-            if selection["selected"]["step"] == step:
+            if parallel.from_main_process(selection["selected"]["step"] == step):
                 checkpoints.save(best_mngr, step, state, {"selected": selection["selected"]})
         stop = preempted.is_set()
         if jax.process_count() > 1:
@@ -747,6 +758,8 @@ def _train_and_evaluate(
     measured = (
         end_of_run_measurements(config, model, pretrained, state, data, mesh) if measures else {}
     )
+    if not is_main:
+        return {"step": int(state.step), "process_index": jax.process_index()}
 
     # -- summary.
     rows = results.read_rows(workdir)
@@ -764,7 +777,6 @@ def _train_and_evaluate(
         ma = results.select_training_domain_validation(rows, f"{config.method}+moving_average")
         summary["moving_average"] = {"selected": ma["selected"], "last": ma["last"]}
     summary.update(measured)
-    if is_main:
-        results.write_json_atomic(workdir / results.SUMMARY, summary)
+    results.write_json_atomic(workdir / results.SUMMARY, summary)
     logging.info("Summary: %s", json.dumps(summary["selected"]))
     return summary

@@ -118,23 +118,31 @@ def load_domains(
     return DomainData(name, tuple(domains), tests, num_classes, tuple(out))
 
 
-def _augment(images: "tf.Tensor", kind: str, seed: "tf.Tensor", pad: int = 4) -> "tf.Tensor":
-    """Per-example random pad-and-crop (and flip) with stateless ops, seeded per step."""
+def _augment(
+    images: "tf.Tensor", kind: str, seed: "tf.Tensor", pad: int = 4, rows: tuple | None = None
+) -> "tf.Tensor":
+    """Per-example random pad-and-crop (and flip) with stateless ops, seeded per step.
+
+    `rows=(start, total)`: the images are rows [start, start + n) of a global batch of `total`
+    (one host's share); each row gets the draw it gets in the whole batch, whatever the hosts.
+    """
     if kind == "none":
         return images
     if kind == "domainbed":  # The paper's RandomResizedCrop, flip, colour jitter, grayscale.
-        return augment.domainbed_train(images, seed)
+        return augment.domainbed_train(images, seed, rows)
     if kind not in ("crop", "flip_crop"):
         raise ValueError(f"config.data.augment: unknown augmentation {kind!r}.")
     b, h, w = tf.shape(images)[0], images.shape[1], images.shape[2]
+    start, total = rows if rows is not None else (0, b)
     padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
-    offsets = tf.random.stateless_uniform([b, 2], seed, 0, 2 * pad + 1, dtype=tf.int32)
+    offsets = tf.random.stateless_uniform([total, 2], seed, 0, 2 * pad + 1, dtype=tf.int32)
+    offsets = offsets[start : start + b]
     rows = offsets[:, :1] + tf.range(h)[None]
     cols = offsets[:, 1:] + tf.range(w)[None]
     images = tf.gather(padded, rows, axis=1, batch_dims=1)
     images = tf.gather(images, cols, axis=2, batch_dims=1)
     if kind == "flip_crop":
-        flip = tf.random.stateless_uniform([b, 1, 1, 1], seed + 1) < 0.5
+        flip = tf.random.stateless_uniform([total, 1, 1, 1], seed + 1)[start : start + b] < 0.5
         images = tf.where(flip, tf.reverse(images, axis=[2]), images)
     return images
 
@@ -151,32 +159,42 @@ def train_dataset(
     process_count: int = 1,
     prefetch: int = 2,
 ) -> "tf.data.Dataset":
-    """tf.data pipeline of this host's part of each step's batch, for steps [start, num_steps)."""
-    if batch_size_per_domain % process_count:
+    """tf.data pipeline of this host's part of each step's batch, for steps [start, num_steps).
+
+    Host i gets the contiguous rows [i * n / hosts, (i + 1) * n / hosts) of the global batch
+    (domains concatenated), gathering only those images: the hosts' shares, concatenated in
+    process order as the mesh does, are exactly the one-host batch (same augmentation too).
+    """
+    total = batch_size_per_domain * len(data.train_domains)
+    if total % process_count:
         raise ValueError(
-            f"config.data.batch_size_per_domain={batch_size_per_domain} is not divisible by "
-            f"the number of hosts ({process_count})."
+            f"The global batch ({batch_size_per_domain} x {len(data.train_domains)} training "
+            f"domains = {total}) is not divisible by the number of hosts ({process_count}): "
+            "change config.data.batch_size_per_domain."
         )
-    local = batch_size_per_domain // process_count
+    lo, hi = process_index * total // process_count, (process_index + 1) * total // process_count
     sources_ = []
-    for domain in data.train_domains:
+    for d, domain in enumerate(data.train_domains):
         s = data.get(domain, "in")
         domain_seed = splits.seed_hash(seed, data.domains.index(domain))
-        sources_.append((tf.constant(s.images), tf.constant(s.labels), domain_seed))
+        # This host's rows of this domain's block [d * B, (d + 1) * B) of the global batch.
+        first = min(max(lo - d * batch_size_per_domain, 0), batch_size_per_domain)
+        last = min(max(hi - d * batch_size_per_domain, 0), batch_size_per_domain)
+        sources_.append((tf.constant(s.images), tf.constant(s.labels), domain_seed, first, last))
 
     def make_batch(step):
         images, labels = [], []
-        for d_images, d_labels, domain_seed in sources_:
+        for d_images, d_labels, domain_seed, first, last in sources_:
             key = tf.stack([tf.constant(domain_seed, tf.int64), step])
             idx = tf.random.stateless_uniform(
                 [batch_size_per_domain], key, 0, tf.shape(d_labels, tf.int64)[0], dtype=tf.int64
             )
-            idx = idx[process_index * local : (process_index + 1) * local]
+            idx = idx[first:last]
             images.append(tf.gather(d_images, idx))
             labels.append(tf.gather(d_labels, idx))
         images = tf.concat(images, 0)
         aug_seed = tf.stack([tf.constant(splits.seed_hash(seed, "augment"), tf.int64), step])
-        images = _augment(images, augment, aug_seed)
+        images = _augment(images, augment, aug_seed, rows=(lo, total))
         return {"image": images, "label": tf.concat(labels, 0)}
 
     ds = tf.data.Dataset.range(start_step, num_steps)
