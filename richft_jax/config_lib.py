@@ -58,6 +58,35 @@ def base_config() -> ml_collections.ConfigDict:
     # Uniform running average of the weights from this step on, evaluated beside the model
     # (rows with method "<method>+moving_average"); None: off.
     c.moving_average_start = ml_collections.FieldReference(None, field_type=int)
+    # Rates of the ViT's own dropout (inside blocks) and stochastic depth (rising linearly with
+    # depth to this rate), on the same schedule as dropout_rate; 0: off.
+    c.block_dropout_rate = 0.0
+    c.drop_path_rate = 0.0
+
+    # Regularized self-labeling (Li & Zhang 2021; richft_jax/methods/self_labeling.py).
+    c.self_labeling = ml_collections.ConfigDict()
+    sl = c.self_labeling
+    sl.radius = ml_collections.FieldReference(None, field_type=float)  # D; None: unconstrained.
+    sl.gamma = 1.0  # Radius factor per stage, input to output: D, D gamma, D gamma^2, ...
+    sl.head_radius = ml_collections.FieldReference(None, field_type=float)  # Head kernel norm.
+    sl.correction_start = ml_collections.FieldReference(None, field_type=int)  # Step; None: off.
+    sl.correction_threshold = 0.9
+    sl.reweight_start = ml_collections.FieldReference(None, field_type=int)  # Step; None: off.
+    sl.reweight_temperature = 2.0
+
+    # Label noise in the training domains' in splits (richft_jax/methods/label_noise.py).
+    c.label_noise = ml_collections.ConfigDict()
+    c.label_noise.kind = "none"  # | "symmetric" | "pairwise" (class-dependent).
+    c.label_noise.rate = 0.0
+    c.label_noise.seed = 0
+
+    # End-of-run measurements, written into summary.json.
+    c.measure = ml_collections.ConfigDict()
+    c.measure.feature_distortion = False  # Penultimate features, pretrained vs fine-tuned.
+    c.measure.layer_distances = False  # |W - W_pretrained| per tensor.
+    c.measure.noise_stability = False  # Logit change under Gaussian input / weight noise.
+    c.measure.noise_sigmas = (0.01, 0.1)
+    c.measure.max_examples = 512  # Per split.
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "sgd"  # "sgd" (momentum, coupled weight decay as torch) | "adamw".

@@ -40,3 +40,21 @@ def rate_schedule(kind: str, rate: float, cutoff: int) -> Callable[[int], float]
     if kind == "late":
         return lambda step: 0.0 if step < cutoff else rate
     raise ValueError(f"config.dropout_schedule={kind!r} is not one of {SCHEDULES}.")
+
+
+def step_rates(
+    kind: str, cutoff: int, rates: dict[str, float]
+) -> Callable[[int], dict[str, float]]:
+    """Every configured rate of a step under one schedule: `{"feature": p, name: p', ...}`.
+
+    "feature" (the penultimate dropout) is always present; other entries (e.g. the ViT's
+    `block_dropout_rate`, `drop_path_rate`) only when their configured rate is non-zero, so a
+    backbone without them never receives them and the dict's structure (hence the compiled
+    step) is the same at every step.
+    """
+    schedules = {
+        name: rate_schedule(kind, rate, cutoff)
+        for name, rate in rates.items()
+        if name == "feature" or rate > 0
+    }
+    return lambda step: {name: float(s(step)) for name, s in schedules.items()}

@@ -25,9 +25,17 @@ class Classifier(nn.Module):
 
     @nn.compact
     def __call__(
-        self, images: jax.Array, *, train: bool, dropout_rate: jax.Array | float = 0.0
+        self,
+        images: jax.Array,
+        *,
+        train: bool,
+        dropout_rate: jax.Array | float = 0.0,
+        backbone_rates: dict[str, jax.Array | float] | None = None,
     ) -> tuple[jax.Array, dict[str, Any]]:
-        features = self.backbone(images, train=train and not self.freeze_bn)
+        # backbone_rates: rates of the backbone's own regularisers at training (e.g. the ViT's
+        # block_dropout_rate / drop_path_rate), passed through as keyword arguments.
+        extra = backbone_rates if train and backbone_rates else {}
+        features = self.backbone(images, train=train and not self.freeze_bn, **extra)
         x = features
         if train:
             x = feature_dropout(x, dropout_rate, self.make_rng("dropout"))

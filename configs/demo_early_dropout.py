@@ -1,0 +1,45 @@
+"""Early dropout (Liu et al. 2023, "Dropout reduces underfitting") on the embedded digits domains.
+
+The demo's penultimate dropout at rate 0.9 for the first quarter of the steps, then none
+(`dropout_schedule="early"`, `dropout_cutoff=0.25`; `early_linear` decays it to 0 instead).
+The rate is an argument of the jitted step: the schedule never recompiles it.
+
+  python -m richft_jax.main --config=configs/demo_early_dropout.py --workdir=/tmp/demo_early
+
+Args (comma-separated): `tiny`; `vit` (the small ViT, with dropout 0.1 inside its blocks on the
+same schedule, as Liu et al.'s early-dropout recipe); `domainbed[/ARG]` / `domainbed_vit[/ARG]`
+(the paper's DomainBed ResNet-50 / ViT-B/16 config with this schedule).
+"""
+
+from richft_jax import config_lib
+
+
+def base(arg: str | None):
+    """The demo (ResNet or ViT), or the paper's DomainBed configs, loaded lazily."""
+    args = [a for a in (arg or "").split(",") if a]
+    for a in args:
+        kind, _, rest = a.partition("/")
+        if kind in ("domainbed", "domainbed_vit"):
+            name = "resnet50_dropout" if kind == "domainbed" else "vit_b16_dropout"
+            return config_lib.load_config_file(f"configs/{name}.py", rest or None), args
+    c = config_lib.load_config_file("configs/demo.py", "tiny" if "tiny" in args else None)
+    if "vit" in args:
+        c.model.name = "small_vit"
+        c.model.kwargs = {"depth": 2, "dim": 32, "feature_dim": 64} if "tiny" in args else {}
+        # The tiny ViT has no pretrained checkpoint: it trains from its init (tests only).
+        vit_path = c.pretrained.path.replace("small_resnet", "small_vit")
+        c.pretrained.path = None if "tiny" in args else vit_path
+        c.pretrained.pretrain_config = None if "tiny" in args else "configs/demo_pretrain.py:vit"
+    return c, args
+
+
+def get_config(arg: str | None = None):
+    c, args = base(arg)
+    c.config_name = c.config_name.replace("demo", "demo_early_dropout", 1)
+    c.method = "early_dropout"
+    c.dropout_rate = 0.9
+    c.dropout_schedule = "early"
+    c.dropout_cutoff = 0.25
+    if "vit" in c.model.name:
+        c.block_dropout_rate = 0.1
+    return c
