@@ -4,12 +4,15 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
-from richft_jax.models import demo
+from richft_jax.models import demo, pretrained
 from richft_jax.models.classifier import Classifier
 
 BACKBONES = {
     "small_resnet": demo.SmallResNet,
     "small_vit": demo.SmallViT,
+    # Real scale, laid out as their published checkpoints (models/vit.py, models/resnet.py):
+    # vit_s16, vit_b16, vit_l16, resnet18, resnet50, resnet101.
+    **pretrained.model_builders(),
 }
 
 

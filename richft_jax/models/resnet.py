@@ -1,0 +1,111 @@
+"""ResNet-18/50/101 in torchvision's layout (He et al. 2016; v1.5: stride on the 3x3 conv).
+
+Module names follow torchvision's state_dict with "." between a stage and its block index
+replaced by "_" (`layer1_0/conv1`, `layer1_0/downsample_0`, `fc`), so torchvision and timm
+weights map by a fixed rename (models/pretrained.py). NHWC; explicit symmetric padding
+(Flax's 'SAME' pads stride-2 convolutions asymmetrically and would not match torch); BatchNorm
+with torch's eps 1e-5 and momentum 0.1 (Flax 0.9). Inputs are ImageNet mean/std normalised.
+"""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# name -> (block kind, blocks per stage)
+VARIANTS = {
+    "resnet18": {"block": "basic", "stage_sizes": (2, 2, 2, 2)},
+    "resnet50": {"block": "bottleneck", "stage_sizes": (3, 4, 6, 3)},
+    "resnet101": {"block": "bottleneck", "stage_sizes": (3, 4, 23, 3)},
+}
+EXPANSION = {"basic": 1, "bottleneck": 4}
+
+
+def _conv(features: int, kernel: int, stride: int, dtype: jnp.dtype, name: str) -> nn.Conv:
+    """Bias-free conv with torch's symmetric padding kernel // 2."""
+    pad = kernel // 2
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        (stride, stride),
+        padding=[(pad, pad), (pad, pad)],
+        use_bias=False,
+        dtype=dtype,
+        name=name,
+    )
+
+
+def _bn(train: bool, dtype: jnp.dtype, name: str) -> nn.BatchNorm:
+    """BatchNorm with torch's defaults; running statistics update only when `train`."""
+    return nn.BatchNorm(
+        use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name
+    )
+
+
+class Block(nn.Module):
+    """torchvision's BasicBlock (two 3x3) or Bottleneck (1x1, 3x3 with the stride, 1x1 x4)."""
+
+    width: int
+    stride: int
+    kind: str = "bottleneck"
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        out_features = self.width * EXPANSION[self.kind]
+        if self.kind == "basic":
+            y = nn.relu(
+                _bn(train, self.dtype, "bn1")(
+                    _conv(self.width, 3, self.stride, self.dtype, "conv1")(x)
+                )
+            )
+            y = _bn(train, self.dtype, "bn2")(_conv(self.width, 3, 1, self.dtype, "conv2")(y))
+        else:
+            y = nn.relu(
+                _bn(train, self.dtype, "bn1")(_conv(self.width, 1, 1, self.dtype, "conv1")(x))
+            )
+            y = nn.relu(
+                _bn(train, self.dtype, "bn2")(
+                    _conv(self.width, 3, self.stride, self.dtype, "conv2")(y)
+                )
+            )
+            y = _bn(train, self.dtype, "bn3")(_conv(out_features, 1, 1, self.dtype, "conv3")(y))
+        if self.stride != 1 or x.shape[-1] != out_features:
+            x = _conv(out_features, 1, self.stride, self.dtype, "downsample_0")(x)
+            x = _bn(train, self.dtype, "downsample_1")(x)
+        return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+    """ImageNet ResNet: 7x7/2 stem, 3x3/2 max-pool, four stages, global average pool.
+
+    With `num_classes=None` (a backbone for `Classifier`) it returns the pooled penultimate
+    features (2048-d for ResNet-50); with `num_classes` it adds torchvision's `fc` and returns
+    logits, or the features when called with `features=True`. `width` scales every stage
+    (64 for the published models; smaller only for tests).
+    """
+
+    stage_sizes: Sequence[int] = (3, 4, 6, 3)
+    block: str = "bottleneck"
+    width: int = 64
+    num_classes: int | None = None
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jax.Array, *, train: bool = False, features: bool = False):
+        if self.block not in EXPANSION:
+            raise ValueError(f"ResNet block={self.block!r} is not one of {sorted(EXPANSION)}.")
+        x = _conv(self.width, 7, 2, self.dtype, "conv1")(images.astype(self.dtype))
+        x = nn.relu(_bn(train, self.dtype, "bn1")(x))
+        x = nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])
+        for i, n in enumerate(self.stage_sizes):
+            for j in range(n):
+                stride = 2 if i > 0 and j == 0 else 1
+                x = Block(
+                    self.width * 2**i, stride, self.block, self.dtype, name=f"layer{i + 1}_{j}"
+                )(x, train=train)
+        x = jnp.mean(x, axis=(1, 2))
+        if self.num_classes is None or features:
+            return x.astype(jnp.float32)
+        return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x).astype(jnp.float32)

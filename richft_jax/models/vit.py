@@ -1,0 +1,176 @@
+"""Vision Transformer laid out exactly as the published vision_transformer / augreg checkpoints.
+
+Parameter names and shapes are those of the `.npz` files of google-research's
+vision_transformer (augreg ImageNet-21k and 21k->1k, Steiner et al. 2021), so a checkpoint loads
+by name with no renaming: `embedding`, `cls`, `Transformer/posembed_input/pos_embedding`
+(1, 1 + grid^2, D: the [CLS] token has a position too), `Transformer/encoderblock_{i}/
+{LayerNorm_0, MultiHeadDotProductAttention_1, LayerNorm_2, MlpBlock_3}`,
+`Transformer/encoder_norm`, optional `pre_logits`, `head`. The math is big_vision's (pre-LN
+blocks, LayerNorm eps 1e-6, tanh-approximated GELU, [CLS] pooling); inputs are in [-1, 1].
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from richft_jax.methods.drop_path import depth_rates, drop_path
+from richft_jax.methods.feature_dropout import feature_dropout
+
+# Table 2 of Steiner et al. 2021 ("How to train your ViT"); patch size 16.
+VARIANTS = {
+    "vit_s16": {"width": 384, "depth": 12, "mlp_dim": 1536, "num_heads": 6},
+    "vit_b16": {"width": 768, "depth": 12, "mlp_dim": 3072, "num_heads": 12},
+    "vit_l16": {"width": 1024, "depth": 24, "mlp_dim": 4096, "num_heads": 16},
+}
+
+
+def resize_position_embedding(posemb: np.ndarray, num_tokens: int) -> np.ndarray:
+    """Resizes a (1, 1 + g^2, D) position embedding to (1, num_tokens, D): the [CLS] entry is
+    kept, the g x g grid is resized bilinearly (half-pixel centres, no antialiasing: torch's
+    `interpolate(mode="bilinear", align_corners=False)`), as for fine-tuning at another size."""
+    posemb = np.asarray(posemb)
+    if posemb.shape[1] == num_tokens:
+        return posemb
+    old, new = _grid_side(posemb.shape[1] - 1), _grid_side(num_tokens - 1)
+    if old is None or new is None:
+        raise ValueError(
+            f"pos_embedding: cannot resize {posemb.shape[1]} tokens to {num_tokens}: both "
+            "must be 1 [CLS] + a square grid of patches."
+        )
+    dim = posemb.shape[-1]
+    grid = jnp.asarray(posemb[0, 1:].reshape(old, old, dim), jnp.float32)
+    grid = jax.image.resize(grid, (new, new, dim), "bilinear", antialias=False)
+    grid = np.asarray(grid, posemb.dtype).reshape(1, new * new, dim)
+    return np.concatenate([posemb[:, :1], grid], axis=1)
+
+
+def _grid_side(n: int) -> int | None:
+    """The side of a square grid of n patches, or None if n is not a square."""
+    side = int(round(np.sqrt(n)))
+    return side if side * side == n and side > 0 else None
+
+
+class MlpBlock(nn.Module):
+    """Dense -> GELU (tanh) -> Dense, named Dense_0 / Dense_1 as in the checkpoints."""
+
+    mlp_dim: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, dropout) -> jax.Array:
+        y = nn.Dense(self.mlp_dim, dtype=self.dtype, name="Dense_0")(x)
+        y = dropout(nn.gelu(y, approximate=True))
+        return nn.Dense(x.shape[-1], dtype=self.dtype, name="Dense_1")(y)
+
+
+class EncoderBlock(nn.Module):
+    """Pre-LN transformer block: x + MHSA(LN(x)), then x + MLP(LN(x))."""
+
+    mlp_dim: int
+    num_heads: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, dropout, residual) -> jax.Array:
+        y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm_0")(x)
+        y = nn.MultiHeadDotProductAttention(
+            self.num_heads, dtype=self.dtype, name="MultiHeadDotProductAttention_1"
+        )(y, y)
+        x = residual(x, dropout(y))
+        y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm_2")(x)
+        y = MlpBlock(self.mlp_dim, self.dtype, name="MlpBlock_3")(y, dropout)
+        return residual(x, dropout(y))
+
+
+class Encoder(nn.Module):
+    """Position embeddings (module `posembed_input`), the blocks and the final LayerNorm."""
+
+    depth: int
+    mlp_dim: int
+    num_heads: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, dropout, path_rates, make_key) -> jax.Array:
+        pos = PositionEmbedding(name="posembed_input")(x)
+        x = dropout(x + pos.astype(self.dtype))
+        for i in range(self.depth):
+
+            def residual(x, y, i=i):
+                if path_rates is not None:
+                    y = drop_path(y, path_rates[i], make_key())
+                return x + y
+
+            block = EncoderBlock(self.mlp_dim, self.num_heads, self.dtype, name=f"encoderblock_{i}")
+            x = block(x, dropout, residual)
+        return nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="encoder_norm")(x)
+
+
+class PositionEmbedding(nn.Module):
+    """The learned (1, tokens, D) position embedding, [CLS] included."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = (1, x.shape[1], x.shape[2])
+        return self.param("pos_embedding", nn.initializers.normal(0.02), shape)
+
+
+class ViT(nn.Module):
+    """ViT with [CLS] pooling: images in [-1, 1] -> logits, or pre-logit features.
+
+    With `num_classes=None` (a backbone for `Classifier`) it returns the penultimate features
+    (the normed [CLS] token, through `pre_logits` + tanh when the checkpoint has one); with
+    `num_classes` it adds the checkpoint's `head` and returns logits, or the features when
+    called with `features=True`. Training-time regularisers take their rates at call time
+    (traced; None, the default, turns one off; the Classifier passes them only at training):
+    `block_dropout_rate` (after the embeddings, on the attention output and the MLP's hidden
+    and output activations, as vision_transformer's `dropout_rate`) and `drop_path_rate`
+    (stochastic depth, rising linearly with depth to that rate).
+    """
+
+    width: int = 768
+    depth: int = 12
+    mlp_dim: int = 3072
+    num_heads: int = 12
+    patch_size: int = 16
+    num_classes: int | None = None
+    representation_size: int | None = None
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        images: jax.Array,
+        *,
+        train: bool = False,
+        features: bool = False,
+        block_dropout_rate: jax.Array | float | None = None,
+        drop_path_rate: jax.Array | float | None = None,
+    ) -> jax.Array:
+        del train  # No batch statistics; dropout is on exactly when a rate is passed.
+        make_key = lambda: self.make_rng("dropout")  # noqa: E731
+
+        def dropout(y):
+            if block_dropout_rate is None:
+                return y
+            return feature_dropout(y, block_dropout_rate, make_key())
+
+        path_rates = None if drop_path_rate is None else depth_rates(drop_path_rate, self.depth)
+        p = self.patch_size
+        x = nn.Conv(
+            self.width, (p, p), (p, p), padding="VALID", dtype=self.dtype, name="embedding"
+        )(images.astype(self.dtype))
+        n, h, w, c = x.shape
+        x = x.reshape(n, h * w, c)
+        cls = self.param("cls", nn.initializers.zeros, (1, 1, c))
+        x = jnp.concatenate([jnp.tile(cls.astype(self.dtype), (n, 1, 1)), x], axis=1)
+        x = Encoder(self.depth, self.mlp_dim, self.num_heads, self.dtype, name="Transformer")(
+            x, dropout, path_rates, make_key
+        )
+        x = x[:, 0]
+        if self.representation_size:
+            x = nn.tanh(nn.Dense(self.representation_size, dtype=self.dtype, name="pre_logits")(x))
+        if self.num_classes is None or features:
+            return x.astype(jnp.float32)
+        return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x).astype(jnp.float32)
