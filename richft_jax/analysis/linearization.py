@@ -10,6 +10,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from richft_jax import checkpoints, parallel
+from richft_jax.data import pipeline
 
 PyTree = Any
 
@@ -41,3 +45,128 @@ def classifier_outputs(model, params0: PyTree, params: PyTree, batch_stats: PyTr
         return model.apply({"params": p, "batch_stats": batch_stats}, x, train=False)
 
     return fn(params, images), taylor_model(fn, params0, params, images)
+
+
+# ----------------------------------------------------------------------------- runs
+def initial_variables(
+    model, config, image_shape: tuple[int, ...], pretrained: dict, source: str = "pretrained"
+) -> dict:
+    """θ0 of a fine-tuning run: its initial variables, rebuilt as train.py builds them.
+
+    The pretrained checkpoint has no head for the new task, so θ0's head is the run's own
+    initial head: the init of `model` with the run's init key (split of PRNGKey(config.seed)),
+    i.e. Dense's default init, or zeros with `model.head_zero_init`. `pretrained` is a restored
+    state tree ({"params": {"backbone": ...}, "batch_stats": ...}); merged strictly.
+    """
+    init_key, _ = jax.random.split(jax.random.PRNGKey(config.seed))
+    variables = jax.jit(
+        lambda k: model.init(k, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    )(init_key)
+    params = dict(jax.device_get(variables["params"]))
+    params["backbone"] = checkpoints.merge_pretrained(
+        params["backbone"], pretrained["params"].get("backbone", {}), source, "params/backbone"
+    )
+    batch_stats = dict(jax.device_get(variables.get("batch_stats", {})))
+    if batch_stats:
+        batch_stats["backbone"] = checkpoints.merge_pretrained(
+            batch_stats["backbone"],
+            pretrained["batch_stats"].get("backbone", {}),
+            source,
+            "batch_stats/backbone",
+        )
+    return {"params": params, "batch_stats": batch_stats}
+
+
+def make_taylor_sums(model, normalize: str) -> Callable[[dict, dict, dict], dict]:
+    """`(v0, v, batch) -> sums` over the masked batch, for network vs Taylor model around v0:
+    agreement, correct predictions of each, squared norms of logits, features and their gaps.
+
+    The Taylor model is in the parameters; BatchNorm statistics are v0's for it and v's for
+    the network (identical when fine-tuning freezes them, as every fine-tuning config does).
+    """
+
+    def sums(v0: dict, v: dict, batch: dict) -> dict:
+        images = pipeline.normalize(batch["image"], normalize)
+        mask = batch["mask"].astype(jnp.float32)
+
+        def fn(p, x, stats):
+            return model.apply({"params": p, "batch_stats": stats}, x, train=False)
+
+        net, net_aux = fn(v["params"], images, v["batch_stats"])
+        lin, lin_aux = taylor_model(
+            lambda p, x: fn(p, x, v0["batch_stats"]), v0["params"], v["params"], images
+        )
+        a, b = jnp.argmax(net, -1), jnp.argmax(lin, -1)
+
+        def sq(x):
+            return jnp.sum(jnp.square(x).reshape(x.shape[0], -1).sum(-1) * mask)
+
+        return {
+            "count": mask.sum(),
+            "agree": jnp.sum((a == b) * mask),
+            "network_correct": jnp.sum((a == batch["label"]) * mask),
+            "taylor_correct": jnp.sum((b == batch["label"]) * mask),
+            "logits_sq": sq(net),
+            "logits_gap_sq": sq(net - lin),
+            "features_sq": sq(net_aux["features"]),
+            "features_gap_sq": sq(net_aux["features"] - lin_aux["features"]),
+        }
+
+    return sums
+
+
+def ratios(sums: dict) -> dict:
+    """Split-level measurements from accumulated sums: agreement, both accuracies, and the
+    relative distances ‖f − f_lin‖ / ‖f‖ of logits and of features (Frobenius over the split)."""
+    n = max(float(sums["count"]), 1.0)
+    rel = lambda gap, ref: float(np.sqrt(sums[gap] / max(float(sums[ref]), 1e-30)))  # noqa: E731
+    return {
+        "agreement": float(sums["agree"]) / n,
+        "network_accuracy": float(sums["network_correct"]) / n,
+        "taylor_accuracy": float(sums["taylor_correct"]) / n,
+        "logits_relative_distance": rel("logits_gap_sq", "logits_sq"),
+        "features_relative_distance": rel("features_gap_sq", "features_sq"),
+        "num_examples": int(round(float(sums["count"]))),
+    }
+
+
+def taylor_measurements(
+    sums_fn,
+    v0: dict,
+    v: dict,
+    data: pipeline.DomainData,
+    batch_size: int,
+    mesh,
+    max_examples: int | None = None,
+) -> list[dict]:
+    """Network vs its Taylor model around v0 on the in and out split of every domain: one row
+    per split (domain, split, is_test_domain and the measurements of `ratios`)."""
+    rows = []
+    for split in data.splits:
+        total = None
+        for batch in pipeline.eval_batches(split, batch_size, max_examples):
+            s = sums_fn(v0, v, parallel.global_batch(parallel.host_slice(batch), mesh))
+            s = {k: np.float64(x) for k, x in jax.device_get(s).items()}
+            total = s if total is None else {k: total[k] + s[k] for k in total}
+        rows.append(
+            {
+                "domain": split.domain,
+                "split": split.split,
+                "is_test_domain": split.is_test_domain,
+                **ratios(total),
+            }
+        )
+    return rows
+
+
+def id_ood(rows: list[dict], key: str) -> dict:
+    """DomainBed's two numbers of a per-split measurement: ID = mean over the training domains'
+    out splits, OOD = mean over the test domains' in splits."""
+    pick = lambda test, split: [  # noqa: E731
+        r[key] for r in rows if r["is_test_domain"] == test and r["split"] == split
+    ]
+    ident, ood = pick(False, "out"), pick(True, "in")
+    return {
+        "id": float(np.mean(ident)) if ident else float("nan"),
+        "ood": float(np.mean(ood)) if ood else float("nan"),
+    }

@@ -75,9 +75,12 @@ class SmallResNet(nn.Module):
         for i, (width, n) in enumerate(zip(self.widths, self.blocks, strict=True)):
             for j in range(n):
                 strides = 2 if (i > 0 and j == 0) else 1
-                x = BasicBlock(width, strides, self.dtype, name=f"stage{i + 1}_block{j + 1}")(
-                    x, train=train
-                )
+                name = f"stage{i + 1}_block{j + 1}"
+                x = BasicBlock(width, strides, self.dtype, name=name)(x, train=train)
+                # Pooled block outputs, read by linear fine-tuning (analysis.linear_finetune)
+                # with mutable=["intermediates"]; otherwise sow does nothing.
+                pooled = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+                self.sow("intermediates", f"{name}_pooled", pooled)
         if self.feature_dim:
             x = nn.Conv(
                 self.feature_dim, (1, 1), use_bias=False, dtype=self.dtype, name="widen_conv"

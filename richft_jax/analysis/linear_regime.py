@@ -1,0 +1,334 @@
+"""The linear regime of fine-tuning, measured on finished runs: one command, all figures.
+
+  python -m richft_jax.analysis.linear_regime --runs=ERM_RUN,DROPOUT_RUN --out=DIR
+
+For each run (a fine-tuning workdir), restores θ_ft (its selected `best/` checkpoint, or
+`--which=latest`) and rebuilds θ0 (the pretrained backbone of its config, or `--pretrained`,
+with the run's own initial head: the pretrained checkpoint has none for the new task), then
+writes into DIR, each as PNG + JSON:
+- taylor_agreement: the fine-tuned network vs its Taylor model around θ0, per split;
+- taylor_trajectory: the same (ID / OOD means) along the checkpoints kept in RUN/checkpoints;
+- interpolation: weight vs representation interpolation, accuracy per domain along α;
+- linear_finetune: linear fine-tuning (the run's dropout rate) vs the run's fine-tuning;
+and summary.json with the headline numbers. Follows Zhang & Bottou (arXiv 2403.00946).
+"""
+
+import argparse
+import dataclasses
+import json
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+from absl import logging
+
+from richft_jax import checkpoints, combine, parallel, results, train
+from richft_jax.analysis import interpolation, linear_finetune, linearization, plots
+from richft_jax.data import pipeline
+from richft_jax.models import registry
+
+ANALYSES = ("taylor", "trajectory", "interpolation", "linear_finetune")
+DEFAULT_ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+@dataclasses.dataclass
+class Run:
+    """A finished run ready for analysis: its model, data, θ0 and selected θ_ft."""
+
+    path: pathlib.Path
+    name: str
+    config: ml_collections.ConfigDict
+    model: Any
+    data: pipeline.DomainData
+    v0: dict
+    v_ft: dict
+    step: int
+    pretrained: pathlib.Path
+
+
+def load(
+    path: str,
+    *,
+    name: str | None = None,
+    which: str = "best",
+    pretrained: str | None = None,
+    data_dir: str | None = None,
+    mesh=None,
+) -> Run:
+    """Restores a run's θ_ft and rebuilds its θ0 (see module docstring); LP-FT runs get θ0's
+    head from the linear probe, as train.py computes it."""
+    path = pathlib.Path(path).expanduser().resolve()  # Orbax reads absolute paths only.
+    config, v_ft, step = combine.load_run(str(path), which)
+    pre = pretrained or config.pretrained.path
+    if not pre:
+        raise ValueError(
+            f"{path}: its config has no pretrained.path; pass the pretrained checkpoint "
+            "(--pretrained) whose backbone is θ0."
+        )
+    pre = pathlib.Path(pre).expanduser().resolve()
+    data = pipeline.load_domains(
+        config.data.name,
+        config.data.test_domains,
+        config.trial_seed,
+        config.data.holdout_fraction,
+        data_dir=data_dir or config.data.data_dir,
+    )
+    model = registry.build_classifier(config.model, data.num_classes)
+    v0 = linearization.initial_variables(
+        model,
+        config,
+        data.splits[0].images.shape[1:],
+        checkpoints.restore_state_tree(pre),
+        str(checkpoints.latest_step_dir(pre)),
+    )
+    if config.get("lp_head", False):
+        mesh = mesh or parallel.make_mesh()
+        v0["params"]["head"] = train.linear_probe_head(
+            model, v0["params"], v0["batch_stats"], data, config, mesh
+        )
+    return Run(
+        path=path,
+        name=name or config.method,
+        config=config,
+        model=model,
+        data=data,
+        v0=v0,
+        v_ft=v_ft,
+        step=step,
+        pretrained=pre,
+    )
+
+
+_TAYLOR_SUMS = {}
+
+
+def taylor_sums(model, normalize: str):
+    """The jitted Taylor sums of one architecture, shared by its runs (keyed by the module's
+    repr: modules built from config.json hold lists, which Flax cannot hash)."""
+    key = (repr(model), normalize)
+    if key not in _TAYLOR_SUMS:
+        _TAYLOR_SUMS[key] = jax.jit(linearization.make_taylor_sums(model, normalize))
+    return _TAYLOR_SUMS[key]
+
+
+def taylor(run: Run, mesh, max_examples: int | None = None, v: dict | None = None) -> list[dict]:
+    """Per-split rows: the network (θ_ft, or `v`) against its Taylor model around θ0."""
+    sums = taylor_sums(run.model, run.config.data.normalize)
+    return linearization.taylor_measurements(
+        sums,
+        run.v0,
+        run.v_ft if v is None else v,
+        run.data,
+        run.config.data.eval_batch_size,
+        mesh,
+        max_examples,
+    )
+
+
+def summarize(rows: list[dict], step: int) -> dict:
+    """ID / OOD means of each Taylor measurement (see linearization.id_ood)."""
+    keys = (
+        "agreement",
+        "network_accuracy",
+        "taylor_accuracy",
+        "logits_relative_distance",
+        "features_relative_distance",
+    )
+    return {"step": step, **{k: linearization.id_ood(rows, k) for k in keys}}
+
+
+def checkpoint_steps(run: Run) -> list[int]:
+    """The steps kept in RUN/checkpoints (the run keeps `keep_checkpoints` of them)."""
+    ckpt = run.path / checkpoints.LATEST
+    if not ckpt.is_dir():
+        return []
+    steps = [p for p in ckpt.iterdir() if p.name.isdigit() and (p / "state").is_dir()]
+    return sorted(int(p.name) for p in steps)
+
+
+def trajectory(run: Run, mesh, max_examples: int | None = None) -> list[dict]:
+    """Taylor measurements (ID / OOD) at θ0 (step 0) and at each kept checkpoint of the run."""
+    sums = taylor_sums(run.model, run.config.data.normalize)
+    out = []
+    for step in [0, *checkpoint_steps(run)]:
+        if step == 0:
+            v = run.v0
+        else:
+            _, v, _ = combine.load_run(str(run.path / checkpoints.LATEST / str(step)))
+        rows = linearization.taylor_measurements(
+            sums, run.v0, v, run.data, run.config.data.eval_batch_size, mesh, max_examples
+        )
+        out.append(summarize(rows, step))
+    return out
+
+
+def interpolate(run: Run, alphas: Sequence[float], mesh, max_examples: int | None = None):
+    """Weight and representation interpolation rows between θ0 (α = 1) and θ_ft (α = 0)."""
+    return interpolation.interpolation_curves(
+        run.model,
+        run.v0,
+        run.v_ft,
+        run.data,
+        alphas,
+        run.config.data.normalize,
+        run.config.data.eval_batch_size,
+        mesh,
+        max_examples,
+    )
+
+
+def finetune_selection(run: Run) -> dict:
+    """The run's own training-domain-validation selection, from its results.jsonl."""
+    rows = results.read_rows(run.path)
+    return results.select_training_domain_validation(rows, run.config.method)["selected"]
+
+
+def linear_ft(
+    run: Run, mesh, max_examples: int | None = None, parts: list | None = None, **kwargs
+) -> dict:
+    """Linear fine-tuning on θ0's frozen block outputs, with the run's dropout rate, against
+    the run's fine-tuning (both selected by training-domain validation)."""
+    if parts is None:
+        parts = extract_parts(run, mesh, max_examples)
+    kwargs.setdefault("dropout_rate", float(run.config.dropout_rate))
+    kwargs.setdefault("batch_size_per_domain", int(run.config.data.batch_size_per_domain))
+    kwargs.setdefault("seed", int(run.config.seed))
+    out = linear_finetune.train_linear_finetune(parts, run.data.num_classes, **kwargs)
+    return {
+        "finetune": finetune_selection(run),
+        "linear_finetune": out["selection"]["selected"],
+        "linear_finetune_curve": out["selection"]["curve"],
+        "combine": out["combine"],
+        "sites": out["widths"],
+        "settings": kwargs,
+        "max_examples": max_examples,
+    }
+
+
+def extract_parts(
+    run: Run, mesh, max_examples: int | None = None, sites=linear_finetune.DEFAULT_SITES
+):
+    """θ0's pooled block outputs on every split (extracted once, shared by runs on one θ0)."""
+    return linear_finetune.extract(
+        run.model,
+        run.v0,
+        run.data,
+        sites,
+        run.config.data.normalize,
+        run.config.data.eval_batch_size,
+        mesh,
+        max_examples,
+    )
+
+
+def analyze(
+    run_paths: Sequence[str],
+    out: str,
+    *,
+    analyses: Sequence[str] = ANALYSES,
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    max_examples: int | None = None,
+    which: str = "best",
+    pretrained: str | None = None,
+    data_dir: str | None = None,
+    lft: dict | None = None,
+) -> dict:
+    """Runs the chosen analyses on each run; writes figures (PNG + JSON) and summary.json
+    into `out`; returns the summary (headline numbers per run) and the figure paths."""
+    unknown = set(analyses) - set(ANALYSES)
+    if unknown:
+        raise ValueError(f"--analyses: unknown {sorted(unknown)}; known {ANALYSES}.")
+    if not run_paths:
+        raise ValueError("--runs is empty: give comma-separated run directories.")
+    out = pathlib.Path(out).expanduser()
+    mesh = parallel.make_mesh()
+    runs, names = [], set()
+    for p in run_paths:
+        run = load(p, which=which, pretrained=pretrained, data_dir=data_dir, mesh=mesh)
+        base, i = run.name, 1
+        while run.name in names:  # Two runs of one method: name them apart.
+            i += 1
+            run.name = f"{base}_{i}"
+        names.add(run.name)
+        runs.append(run)
+    summary = {
+        r.name: {"run": str(r.path), "step": r.step, "pretrained": str(r.pretrained)} for r in runs
+    }
+    figures = {}
+    if "taylor" in analyses:
+        per_run = {r.name: taylor(r, mesh, max_examples) for r in runs}
+        for r in runs:
+            summary[r.name]["taylor"] = summarize(per_run[r.name], r.step)
+        figures["taylor_agreement"] = plots.taylor_agreement(per_run, out / "taylor_agreement")
+    if "trajectory" in analyses:
+        per_run = {r.name: trajectory(r, mesh, max_examples) for r in runs}
+        figures["taylor_trajectory"] = plots.taylor_trajectory(per_run, out / "taylor_trajectory")
+    if "interpolation" in analyses:
+        per_run = {r.name: interpolate(r, alphas, mesh, max_examples) for r in runs}
+        for r in runs:
+            summary[r.name]["interpolation"] = {
+                kind: {
+                    str(a): linearization.id_ood(
+                        [x for x in per_run[r.name] if x["kind"] == kind and x["alpha"] == a],
+                        "accuracy",
+                    )
+                    for a in sorted({x["alpha"] for x in per_run[r.name]})
+                }
+                for kind in interpolation.KINDS
+            }
+        figures["interpolation"] = plots.interpolation(per_run, out / "interpolation")
+    if "linear_finetune" in analyses:
+        per_run, cache = {}, {}
+        for r in runs:
+            key = (str(r.pretrained), tuple(r.data.test_domains), r.config.trial_seed)
+            if key not in cache:
+                cache[key] = extract_parts(r, mesh, max_examples)
+            per_run[r.name] = linear_ft(r, mesh, max_examples, cache[key], **dict(lft or {}))
+            summary[r.name]["linear_finetune"] = {
+                k: per_run[r.name][k] for k in ("finetune", "linear_finetune", "combine")
+            }
+        figures["linear_finetune"] = plots.linear_finetune(per_run, out / "linear_finetune")
+    results.write_json_atomic(out / "summary.json", summary)
+    logging.info("Linear-regime summary: %s", json.dumps(summary, indent=1))
+    return {"summary": summary, "figures": {k: str(v) for k, v in figures.items()}}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", required=True, help="Comma-separated run directories.")
+    parser.add_argument("--out", required=True, help="Directory for the figures and JSON.")
+    parser.add_argument("--analyses", default=",".join(ANALYSES))
+    parser.add_argument("--alphas", default=",".join(str(a) for a in DEFAULT_ALPHAS))
+    parser.add_argument("--max_examples", type=int, default=None, help="Per split (speed).")
+    parser.add_argument("--which", default="best", choices=("best", "latest"))
+    parser.add_argument("--pretrained", default=None, help="θ0's backbone (default: config's).")
+    parser.add_argument("--data_dir", default=None, help="TFDS data dir (default: config's).")
+    parser.add_argument("--lft_steps", type=int, default=2000)
+    parser.add_argument("--lft_eval_every", type=int, default=200)
+    parser.add_argument("--lft_lr", type=float, default=0.01)
+    parser.add_argument("--lft_weight_decay", type=float, default=5e-3)
+    args = parser.parse_args(argv)
+    out = analyze(
+        [r for r in args.runs.split(",") if r],
+        args.out,
+        analyses=[a for a in args.analyses.split(",") if a],
+        alphas=[float(a) for a in args.alphas.split(",")],
+        max_examples=args.max_examples,
+        which=args.which,
+        pretrained=args.pretrained,
+        data_dir=args.data_dir,
+        lft={
+            "num_steps": args.lft_steps,
+            "eval_every": args.lft_eval_every,
+            "lr": args.lft_lr,
+            "weight_decay": args.lft_weight_decay,
+        },
+    )
+    print(json.dumps(out, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    main()
