@@ -26,15 +26,19 @@ import sys
 def expand(
     configs: list[str], grid: dict[str, list[str]], seeds: list[int], out: str
 ) -> list[tuple[pathlib.Path, list[str]]]:
-    """[(workdir, command)] for every config × grid point × seed, workdirs named by their values."""
+    """[(workdir, command)] for every config × grid point × seed, workdirs named by their values.
+
+    Seeds vary slowest, then grid points, then configs: an interrupted sweep has whole
+    comparisons (every config at every grid point) for its first seeds.
+    """
     runs = []
     keys = sorted(grid)
-    for config in configs:
-        name = pathlib.Path(config.split(":")[0]).stem + (
-            "_" + config.split(":", 1)[1] if ":" in config else ""
-        )
+    for seed in seeds:
         for values in itertools.product(*(grid[k] for k in keys)):
-            for seed in seeds:
+            for config in configs:
+                name = pathlib.Path(config.split(":")[0]).stem + (
+                    "_" + config.split(":", 1)[1] if ":" in config else ""
+                )
                 parts = [name] + [
                     f"{k.split('.')[-1]}={v}" for k, v in zip(keys, values, strict=True)
                 ]

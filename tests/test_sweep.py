@@ -24,6 +24,11 @@ def test_expand_is_the_full_product(tmp_path):
     w, cmd = runs[0]
     assert w == tmp_path / "demo" / "test_domains=mnist" / "dropout_rate=0.5" / "seed0"
     assert "--config.data.test_domains=mnist" in cmd and "--config.trial_seed=0" in cmd
+    # Configs vary fastest, seeds slowest: a partial sweep holds whole comparisons.
+    assert (
+        workdirs[1] == tmp_path / "demo_erm" / "test_domains=mnist" / "dropout_rate=0.5" / "seed0"
+    )
+    assert all(w.name == "seed0" for w in workdirs[:8])
 
 
 def test_run_mode_skips_finished_runs(tmp_path, monkeypatch, capsys):
