@@ -101,23 +101,29 @@ def read_split(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One split decoded and resized into preallocated uint8 [N, size, size, 3] (never all
     encoded and decoded copies at once), labels int32 (mapped through label_map if given)."""
-    n = builder.info.splits[split].num_examples
-    images = np.empty((n, size, size, 3), np.uint8)
-    labels = np.empty((n,), np.int32)
     ds = builder.as_dataset(
         split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()}
     )
+    n = int(ds.cardinality())  # Known for prepared TFDS splits; else (< 0) grown batch by batch.
     ds = ds.map(
         lambda ex: (_decode_resize(ex["image"], size), ex["label"]),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     ).batch(256)
-    i = 0
-    for x, y in ds.as_numpy_iterator():
-        images[i : i + len(y)], labels[i : i + len(y)] = x, y
-        i += len(y)
-    if i != n:
-        raise RuntimeError(f"{builder.name}/{split}: read {i} examples, its info says {n}.")
+    if n < 0:
+        batches = [(np.empty((0, size, size, 3)), np.empty((0,)))]
+        batches += list(ds.as_numpy_iterator())
+        images = np.concatenate([x for x, _ in batches]).astype(np.uint8)
+        labels = np.concatenate([y for _, y in batches]).astype(np.int32)
+    else:
+        images = np.empty((n, size, size, 3), np.uint8)
+        labels = np.empty((n,), np.int32)
+        i = 0
+        for x, y in ds.as_numpy_iterator():
+            images[i : i + len(y)], labels[i : i + len(y)] = x, y
+            i += len(y)
+        if i != n:
+            raise RuntimeError(f"{builder.name}/{split}: read {i} examples, expected {n}.")
     if label_map is not None:
         labels = label_map[labels].astype(np.int32)
     return images, labels
