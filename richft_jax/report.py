@@ -107,13 +107,15 @@ def _cell(xs: list[float] | None) -> str:
 
 def _domain_order(records: list[RunRecord], dataset: str, tested: set[str]) -> list[str]:
     """Test-domain columns in the dataset's own domain order (as DomainBed prints them): the
-    order its results rows list the domains in."""
+    order its results rows list the domains in. Every single domain gets a column, tested or
+    not, so a missing one shows as "X" (and the average as "X") instead of vanishing."""
     rank = {}
     for r in records:
         if r.dataset == dataset:
             for d in r.domains:
                 rank.setdefault(d, len(rank))
-    return sorted(tested, key=lambda t: ([rank.get(d, len(rank)) for d in t.split(",")], t))
+    columns = set(tested) | set(rank)
+    return sorted(columns, key=lambda t: ([rank.get(d, len(rank)) for d in t.split(",")], t))
 
 
 def markdown(records: list[RunRecord]) -> str:

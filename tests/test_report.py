@@ -48,7 +48,7 @@ def test_selection_and_mean_standard_error(tmp_path):
     m, se = report.mean_se([0.2, 0.5])
     assert m == pytest.approx(0.35) and se == pytest.approx(math.sqrt(0.045) / math.sqrt(2))
     text = report.main([str(tmp_path), "--out", str(tmp_path / "out")])
-    assert "| erm | 35.0 ± 15.0 | 35.0 |" in text
+    assert "| erm | X | 35.0 ± 15.0 | X |" in text  # Domain b was never the test domain.
     assert (tmp_path / "out" / "id_vs_ood.png").stat().st_size > 1000
     csv_text = (tmp_path / "out" / "results.csv").read_text()
     assert "oracle,toy,erm,a,2,0.55" in csv_text
@@ -60,3 +60,6 @@ def test_columns_follow_the_datasets_domain_order(tmp_path):
     records = report.run_records([str(tmp_path)])
     assert records[0].domains == ("b", "a")  # r0's rows list b (training) first.
     assert "| method | b | a | Avg |" in report.markdown(records)
+    # Domain b never tested: its column stays, with X, and so does the average.
+    text = report.markdown(report.run_records([str(tmp_path / "r0")]))
+    assert "| method | b | a | Avg |" in text and "| erm | X | 30.0 ± 0.0 | X |" in text
