@@ -70,3 +70,52 @@ def test_classifier_taylor_model_on_logits_and_features():
     p1 = jax.tree.map(lambda a: a + 0.01, p0)
     (net1, _), (lin1, _) = classifier_outputs(model, p0, p1, v["batch_stats"], x)
     assert 0 < float(jnp.linalg.norm(net1 - lin1)) < float(jnp.linalg.norm(net1 - net))
+
+
+def test_taylor_sums_over_a_masked_batch_match_a_direct_computation():
+    from richft_jax.analysis.linearization import classifier_outputs, make_taylor_sums, ratios
+    from richft_jax.data.pipeline import normalize
+    from richft_jax.models.classifier import Classifier
+    from richft_jax.models.demo import SmallResNet
+
+    model = Classifier(SmallResNet(widths=(4, 4, 8, 8), feature_dim=16), 5, freeze_bn=True)
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
+        "label": rng.integers(0, 5, 8).astype(np.int32),
+        "mask": np.array([True] * 6 + [False] * 2),  # Padding must not count.
+    }
+    v0 = model.init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)), train=False)
+    noise = jax.tree.map(lambda p: 0.3 * jax.random.normal(jax.random.key(2), p.shape), v0)
+    params = jax.tree.map(jnp.add, v0["params"], noise["params"])
+    v = {"params": params, "batch_stats": v0["batch_stats"]}
+    sums = jax.jit(make_taylor_sums(model, "minus_one_one"))
+    r = ratios(jax.device_get(sums(v0, v, batch)))
+    x = normalize(batch["image"][:6], "minus_one_one")
+    (net, aux), (lin, lin_aux) = classifier_outputs(
+        model, v0["params"], v["params"], v0["batch_stats"], x
+    )
+    m = compare(net, lin, batch["label"][:6])
+    assert r["num_examples"] == 6
+    np.testing.assert_allclose(r["agreement"], m["agreement"], rtol=1e-6)
+    np.testing.assert_allclose(r["network_accuracy"], m["network_accuracy"], rtol=1e-6)
+    np.testing.assert_allclose(r["taylor_accuracy"], m["taylor_accuracy"], rtol=1e-6)
+    np.testing.assert_allclose(r["logits_relative_distance"], m["relative_distance"], rtol=1e-4)
+    feat = jnp.linalg.norm(aux["features"] - lin_aux["features"]) / jnp.linalg.norm(aux["features"])
+    np.testing.assert_allclose(r["features_relative_distance"], feat, rtol=1e-4)
+    assert r["logits_relative_distance"] > 1e-3
+    at0 = ratios(jax.device_get(sums(v0, v0, batch)))
+    assert at0["agreement"] == 1.0 and at0["logits_relative_distance"] < 1e-6
+
+
+def test_id_ood_means_training_out_splits_and_test_in_split():
+    from richft_jax.analysis.linearization import id_ood
+
+    rows = [
+        {"is_test_domain": False, "split": "out", "x": 0.2},
+        {"is_test_domain": False, "split": "out", "x": 0.4},
+        {"is_test_domain": False, "split": "in", "x": 9.0},
+        {"is_test_domain": True, "split": "in", "x": 0.7},
+        {"is_test_domain": True, "split": "out", "x": 9.0},
+    ]
+    np.testing.assert_allclose(list(id_ood(rows, "x").values()), [0.3, 0.7])
