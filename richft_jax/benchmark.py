@@ -1,16 +1,20 @@
 """Throughput benchmark of the train step and evaluation paths: prints a table, writes JSON.
 
-  python -m richft_jax.benchmark [--model=small_resnet] [--batch=128] [--steps=30] [--k=4]
-      [--out=benchmark.json]
+  python -m richft_jax.benchmark [--model=small_resnet,small_vit] [--batch=128] [--steps=30]
+      [--image_size=32] [--dtype=float32|bfloat16] [--devices=N] [--torch|--no-torch]
+      [--k=4] [--out=benchmark.json]
 
 Numbers, not assertions: train-step images/s and model FLOP utilisation against the measured
-peak of this device (a large jitted matmul timed in the same process), feature-dropout
-overhead (rate 0.9 vs 0), input-pipeline images/s against the step, the cost of a K-model
-vmapped ensemble evaluation against K single evaluations, and of a Taylor-model evaluation
-(one jvp) against a forward pass.
+peak of this device (a large jitted matmul timed in the same process), peak memory of the
+step, feature-dropout overhead (rate 0.9 vs 0), input-pipeline images/s against the step, the
+cost of a K-model vmapped ensemble evaluation against K single evaluations, and of a
+Taylor-model evaluation (one jvp) against a forward pass. With torch installed, the same step
+in PyTorch (benchmark_torch.py: eager, channels-last, torch.compile) timed in the same run,
+and the ratios JAX / PyTorch.
 """
 
 import argparse
+import importlib.util
 import json
 import time
 
@@ -23,6 +27,8 @@ from richft_jax.analysis import linearization
 from richft_jax.data import pipeline
 from richft_jax.methods import weight_space as ws
 from richft_jax.models import registry
+
+DEMO_MODELS = ("small_resnet", "small_vit")
 
 
 def timeit(fn, n: int) -> float:
@@ -41,23 +47,63 @@ def matmul_peak(size: int = 2048, n: int = 10) -> float:
     return 2 * size**3 / timeit(lambda: f(a).block_until_ready(), n)
 
 
-def flops_of(jitted, *args) -> float:
-    """FLOPs of one call from XLA's cost analysis (0 if the backend does not report it)."""
-    cost = jitted.lower(*args).compile().cost_analysis()
+def compiled_costs(jitted, *args) -> dict:
+    """FLOPs (XLA's cost analysis; 0 if unreported) and memory analysis of one compiled call.
+
+    Peak bytes = arguments + outputs + temporaries - outputs aliased to donated arguments.
+    """
+    compiled = jitted.lower(*args).compile()
+    cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    return float((cost or {}).get("flops", 0.0))
+    out = {"flops": float((cost or {}).get("flops", 0.0)), "peak_bytes": None}
+    mem = compiled.memory_analysis()
+    if mem is not None:
+        out["peak_bytes"] = (
+            mem.argument_size_in_bytes
+            + mem.output_size_in_bytes
+            + mem.temp_size_in_bytes
+            - mem.alias_size_in_bytes
+        )
+    return out
 
 
-def run(model_name: str, batch: int, steps: int, k: int, data_dir: str | None = None) -> dict:
-    """All measurements for one backbone."""
+def device_peak_bytes() -> int | None:
+    """The allocator's peak bytes in use on device 0, where the backend reports it (GPU/TPU)."""
+    stats = jax.devices()[0].memory_stats()
+    return None if not stats else stats.get("peak_bytes_in_use")
+
+
+def benchmark_config(model_name: str, dtype: str) -> "config_lib.ml_collections.ConfigDict":
+    """The demo config with the benchmarked backbone (the demo's kwargs for small_resnet)."""
     config = config_lib.load_config_file("configs/demo.py")
     config.model.name = model_name
+    config.model.dtype = dtype
     if model_name != "small_resnet":
         config.model.kwargs = {}
-    mesh = parallel.make_mesh()
+    return config
+
+
+def run(
+    model_name: str,
+    batch: int,
+    steps: int,
+    k: int,
+    data_dir: str | None = None,
+    *,
+    image_size: int | None = None,
+    dtype: str = "float32",
+    devices: int | None = None,
+    torch: bool = False,
+    torch_compile: bool = True,
+) -> dict:
+    """All measurements for one backbone (and its PyTorch twin when `torch`)."""
+    image_size = image_size or (32 if model_name in DEMO_MODELS else 224)
+    config = benchmark_config(model_name, dtype)
+    mesh = parallel.make_mesh(jax.devices()[:devices] if devices else None)
     model = registry.build_classifier(config.model, 10)
     tx = train.make_optimizer(config.optim, 1000)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    shape = (1, image_size, image_size, 3)
+    variables = model.init(jax.random.key(0), jnp.zeros(shape), train=False)
     rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     state = jax.device_put(
         train.TrainState(
@@ -72,7 +118,7 @@ def run(model_name: str, batch: int, steps: int, k: int, data_dir: str | None = 
     )
     rng = np.random.default_rng(0)
     host_batch = {
-        "image": rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8),
+        "image": rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8),
         "label": rng.integers(0, 10, batch).astype(np.int32),
     }
     dev_batch = parallel.global_batch(host_batch, mesh)
@@ -85,7 +131,9 @@ def run(model_name: str, batch: int, steps: int, k: int, data_dir: str | None = 
     out = {
         "model": model_name,
         "batch": batch,
-        "devices": jax.device_count(),
+        "image_size": image_size,
+        "dtype": dtype,
+        "devices": mesh.devices.size,
         "platform": jax.devices()[0].platform,
     }
     holder = {"state": state}  # The step donates its state: always pass the newest one.
@@ -97,7 +145,8 @@ def run(model_name: str, batch: int, steps: int, k: int, data_dir: str | None = 
 
         out[f"train_images_per_s_dropout{rate}"] = batch / timeit(one, steps)
     state = holder["state"]
-    flops = flops_of(step, state, dev_batch, jnp.float32(0.9))
+    costs = compiled_costs(step, state, dev_batch, jnp.float32(0.9))
+    flops = costs["flops"]
     peak = matmul_peak()
     out["train_step_gflops"] = flops / 1e9
     out["peak_gflops_per_s"] = peak / 1e9
@@ -105,6 +154,21 @@ def run(model_name: str, batch: int, steps: int, k: int, data_dir: str | None = 
     out["dropout_overhead"] = (
         out["train_images_per_s_dropout0.0"] / out["train_images_per_s_dropout0.9"] - 1.0
     )
+    measured = device_peak_bytes()
+    peak_bytes = measured if measured is not None else costs["peak_bytes"]
+    out["jax_peak_memory_mb"] = None if peak_bytes is None else peak_bytes / 2**20
+    out["jax_memory_source"] = (
+        "device memory_stats peak_bytes_in_use"
+        if measured is not None
+        else "compiled.memory_analysis (args + outputs + temps - aliased)"
+    )
+    if torch:
+        out.update(torch_side(config, host_batch, steps, dtype, torch_compile))
+        jax_rate = out["train_images_per_s_dropout0.9"]
+        for variant in ("eager", "channels_last", "compile"):
+            torch_rate = out.get(f"torch_{variant}_images_per_s")
+            if f"torch_{variant}_images_per_s" in out:
+                out[f"jax_over_torch_{variant}"] = jax_rate / torch_rate if torch_rate else None
 
     # Input pipeline: the demo's real tf.data path on the embedded data.
     data = pipeline.load_domains("digits_domains", "syn", 0, data_dir=data_dir)
@@ -118,11 +182,12 @@ def run(model_name: str, batch: int, steps: int, k: int, data_dir: str | None = 
         augment="crop",
     ).as_numpy_iterator()
     out["input_images_per_s"] = per_domain * len(data.train_domains) / timeit(lambda: next(it), 50)
+    out["input_over_step"] = out["input_images_per_s"] / out["train_images_per_s_dropout0.9"]
 
     # Ensemble of K models (stacked + vmapped) against K single evaluations.
     logits = train.model_logits(model)
     # Fresh variables: the train state built from the first ones was donated to the step.
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    variables = model.init(jax.random.key(0), jnp.zeros(shape), train=False)
     single = jax.jit(lambda v, x: logits(v, x))
     members = [
         {
@@ -156,25 +221,86 @@ def run(model_name: str, batch: int, steps: int, k: int, data_dir: str | None = 
     return out
 
 
+def torch_side(config, host_batch: dict, steps: int, dtype: str, compile_: bool) -> dict:
+    """The same step in PyTorch on the same batch (benchmark_torch.benchmark)."""
+    from richft_jax import benchmark_torch  # noqa: PLC0415 (optional dependency)
+
+    optim = {
+        "lr": config.optim.lr,
+        "momentum": config.optim.momentum,
+        "weight_decay": config.optim.weight_decay,
+        "head_lr_factor": config.optim.head_lr_factor,
+    }
+    return benchmark_torch.benchmark(
+        config.model.name,
+        dict(config.model.kwargs),
+        host_batch["image"],
+        host_batch["label"],
+        optim=optim,
+        dropout_rate=0.9,
+        freeze_bn=config.model.freeze_bn,
+        steps=steps,
+        dtype=dtype,
+        compile_=compile_,
+    )
+
+
+def format_table(rows: list[dict]) -> str:
+    """One markdown table: a line per measurement, a column per backbone."""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    cell = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| | " + " | ".join(str(r["model"]) for r in rows) + " |"]
+    lines.append("|---|" + "---|" * len(rows))
+    lines += [f"| {k} | " + " | ".join(cell(r.get(k)) for r in rows) + " |" for k in keys]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="small_resnet", help="Comma-separated backbones.")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument(
+        "--image_size", type=int, default=None, help="Default: 32 (demo backbones), else 224."
+    )
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="Compute dtype (config.model.dtype; parameters stay float32).",
+    )
+    parser.add_argument("--devices", type=int, default=None, help="Use the first N devices.")
+    parser.add_argument(
+        "--torch",
+        action=argparse.BooleanOptionalAction,
+        default=importlib.util.find_spec("torch") is not None,
+        help="Also time the PyTorch step (default: on when torch is importable).",
+    )
+    parser.add_argument("--torch_compile", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--k", type=int, default=4, help="Ensemble size.")
     parser.add_argument("--out", default=None, help="Write the results as JSON here.")
     parser.add_argument("--data_dir", default=None, help="TFDS data dir (default: TFDS's).")
     args = parser.parse_args(argv)
-    rows = [run(m, args.batch, args.steps, args.k, args.data_dir) for m in args.model.split(",")]
-    keys = list(rows[0])
-    print("| " + " | ".join(keys) + " |")
-    print("|" + "---|" * len(keys))
-    for r in rows:
-        print(
-            "| "
-            + " | ".join(f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k]) for k in keys)
-            + " |"
+    if args.devices is not None and not 0 < args.devices <= jax.device_count():
+        parser.error(f"--devices={args.devices}: this process has {jax.device_count()} devices.")
+    if args.batch % (args.devices or jax.device_count()):
+        parser.error(f"--batch={args.batch} must be a multiple of the device count.")
+    rows = [
+        run(
+            m,
+            args.batch,
+            args.steps,
+            args.k,
+            args.data_dir,
+            image_size=args.image_size,
+            dtype=args.dtype,
+            devices=args.devices,
+            torch=args.torch,
+            torch_compile=args.torch_compile,
         )
+        for m in args.model.split(",")
+    ]
+    print(format_table(rows))
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=2)

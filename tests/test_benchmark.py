@@ -1,24 +1,145 @@
-"""The benchmark runs end to end and reports every number it promises (no speed asserted)."""
+"""The benchmark runs end to end and reports every number it promises (no speed asserted), and
+its PyTorch step is the same computation as the JAX one (same weights, batch -> same losses)."""
 
 import json
 
-from richft_jax import benchmark
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+
+from richft_jax import benchmark, benchmark_torch, config_lib, train
+from richft_jax.models import registry
+
+TINY = {
+    "small_resnet": {"widths": (8, 8, 16, 16), "blocks": (1, 1, 1, 1), "stem_stride": 2},
+    "small_vit": {"patch": 8, "dim": 32, "depth": 2, "heads": 4, "mlp_ratio": 2},
+}
 
 
 def test_benchmark_reports_all_measurements(tmp_path, data_dir):
     out = tmp_path / "bench.json"
-    args = ["--batch", "24", "--steps", "2", "--k", "2", "--out", str(out)]
-    rows = benchmark.main(args + ["--data_dir", str(data_dir)])
+    args = ["--batch", "24", "--steps", "2", "--k", "2", "--out", str(out), "--torch"]
+    rows = benchmark.main(args + ["--no-torch_compile", "--data_dir", str(data_dir)])
     row = rows[0]
     for key in (
         "train_images_per_s_dropout0.0",
         "train_images_per_s_dropout0.9",
         "input_images_per_s",
+        "input_over_step",
         "peak_gflops_per_s",
         "ensemble2_over_2_singles",
         "ensemble2_over_2_singles_one_per_pass",
+        "jax_peak_memory_mb",
+        "torch_eager_images_per_s",
+        "torch_channels_last_images_per_s",
+        "torch_eager_peak_memory_mb",
+        "jax_over_torch_eager",
+        "jax_over_torch_channels_last",
     ):
         assert row[key] > 0, key
     assert row["train_step_gflops"] > 0.01  # XLA's cost analysis counted the convolutions.
     assert 0 < row["mfu"] < 1.5
+    assert row["devices"] == 8 and row["image_size"] == 32 and row["dtype"] == "float32"
+    assert row["jax_over_torch_eager"] == pytest.approx(
+        row["train_images_per_s_dropout0.9"] / row["torch_eager_images_per_s"]
+    )
+    assert "compile" not in " ".join(row)  # --no-torch_compile: no torch.compile variant.
+    assert "memory_analysis" in row["jax_memory_source"]  # CPU: no allocator statistics.
+    assert "profiler" in row["torch_memory_source"]
     assert json.loads(out.read_text())[0]["model"] == "small_resnet"
+
+
+def test_torch_benchmark_variants_and_memory():
+    """A tiny ViT: eager only (no channels-last for a transformer); the peak memory of a step
+    is at least what persists across steps (parameters, momentum, batch)."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    optim = {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4, "head_lr_factor": 10.0}
+    out = benchmark_torch.benchmark(
+        "small_vit", TINY["small_vit"], images, np.arange(4), optim=optim, steps=1, compile_=False
+    )
+    assert out["torch_eager_images_per_s"] > 0
+    assert "torch_channels_last_images_per_s" not in out
+    backbone = benchmark_torch.build_backbone("small_vit", TINY["small_vit"], 32)
+    params = sum(p.numel() * 4 for p in backbone.parameters())
+    assert out["torch_eager_peak_memory_mb"] * 2**20 > 2 * params  # parameters + momentum
+
+
+def test_unknown_torch_backbone_is_named():
+    with pytest.raises(ValueError, match="'nope'"):
+        benchmark_torch.build_backbone("nope", {}, 32)
+
+
+def _jax_and_torch(name: str, lr: float):
+    """The JAX classifier with perturbed BatchNorm statistics, and its torch twin."""
+    config = config_lib.load_config_file("configs/demo.py")
+    config.model.name, config.model.kwargs = name, {**TINY[name], "feature_dim": 32}
+    config.optim.lr, config.optim.schedule = lr, "constant"
+    model = registry.build_classifier(config.model, 10)
+    variables = jax.jit(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    )()
+    rng = np.random.default_rng(1)  # numpy: one jitted jax.random call per shape is slow
+    # Statistics away from (0, 1) and non-zero BN shifts: the test sees any mix-up of them.
+    stats = jax.tree_util.tree_map_with_path(
+        lambda p, x: (
+            0.1 * rng.standard_normal(x.shape, np.float32)
+            if p[-1].key == "mean"
+            else rng.uniform(0.5, 2.0, x.shape).astype(np.float32)
+        ),
+        variables.get("batch_stats", {}),
+    )
+    params = jax.tree.map(
+        lambda x: np.asarray(x) + 0.05 * rng.standard_normal(x.shape, np.float32),
+        variables["params"],
+    )
+    torch_backbone = benchmark_torch.build_backbone(name, config.model.kwargs, 32)
+    torch_model = benchmark_torch.Classifier(torch_backbone, 32, 10, config.model.freeze_bn)
+    benchmark_torch.load_flax(torch_model, params, stats)
+    return config, model, params, stats, torch_model.train()
+
+
+@pytest.mark.parametrize("name", ["small_resnet", "small_vit"])
+def test_torch_step_computes_the_jax_step(name):
+    """Same weights, batch and optimizer at dropout 0: the same losses over three steps (so the
+    updates, momentum, weight decay and the head's lr factor agree too) and parameters."""
+    config, model, params, stats, torch_model = _jax_and_torch(name, lr=0.05)
+    tx = train.make_optimizer(config.optim, 10)
+    state = train.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=stats,
+        opt_state=tx.init(params),
+        rng=jax.random.PRNGKey(0),
+        avg_params={},
+    )
+    step = jax.jit(train.make_train_step(model, tx, optax.constant_schedule(0.05), "minus_one_one"))
+    opt = benchmark_torch.make_optimizer(
+        torch_model, 0.05, config.optim.momentum, config.optim.weight_decay, 10.0
+    )
+    torch_step = benchmark_torch.make_train_step(torch_model, opt)
+    rng = np.random.default_rng(0)
+    jax_losses, torch_losses = [], []
+    for _ in range(3):
+        images = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+        labels = rng.integers(0, 10, 6).astype(np.int32)
+        state, m = step(state, {"image": images, "label": labels}, jnp.float32(0.0))
+        jax_losses.append(float(m.compute()["loss"]))
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+        torch_losses.append(float(torch_step(x, torch.from_numpy(labels.astype(np.int64)))))
+    np.testing.assert_allclose(torch_losses, jax_losses, rtol=2e-4)
+    assert abs(jax_losses[2] - jax_losses[0]) > 1e-3  # the steps changed the model
+    head = np.asarray(state.params["head"]["kernel"])
+    np.testing.assert_allclose(torch_model.head.weight.detach().numpy().T, head, atol=2e-5)
+    assert np.abs(head - np.asarray(params["head"]["kernel"])).max() > 1e-3  # it was trained
+
+
+def test_flax_weights_are_matched_one_to_one():
+    """A Flax tree with a parameter the torch model lacks is refused, naming it."""
+    _, _, params, stats, torch_model = _jax_and_torch("small_resnet", lr=0.05)
+    params = {**params, "extra": {"kernel": np.zeros((2, 2), np.float32)}}
+    with pytest.raises(ValueError, match="extra.weight"):
+        benchmark_torch.load_flax(torch_model, params, stats)
