@@ -8,6 +8,8 @@ restores the data order and every dropout mask.
 
 import os
 import pathlib
+import signal
+import time
 from typing import Any
 
 import jax
@@ -17,20 +19,51 @@ from absl import logging
 
 LATEST = "checkpoints"
 BEST = "best"
+# Fault injection for the preemption tests: "checkpoints:6" SIGKILLs the process while the
+# save of step 6 into checkpoints/ is being written (after Orbax made its temporary directory,
+# before the rename that commits it).
+KILL_IN_SAVE_ENV = "RICHFT_FAULT_KILL_IN_SAVE"
 
 
 def manager(directory: str | os.PathLike, keep: int = 2) -> ocp.CheckpointManager:
-    """A CheckpointManager keeping the `keep` most recent steps (async saves)."""
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    """A CheckpointManager keeping the `keep` most recent steps (async saves).
+
+    Orbax writes each step into a temporary directory and renames it when complete, so a
+    killed write never looks finished; `cleanup_tmp_directories` removes such leftovers.
+    """
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, cleanup_tmp_directories=True
+    )
     return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict | None = None) -> None:
-    """Saves the state (and JSON metadata) at `step`; returns before the write finishes."""
+    """Saves the state (and JSON metadata) at `step`; returns before the write finishes.
+
+    A step already there was written by a killed run past the step it resumed from (e.g. a
+    best/ checkpoint): it is replaced, since the resumed run recomputes that step exactly.
+    """
+    if step in mngr.all_steps():
+        logging.info(
+            "Replacing step %d in %s (saved before the run was interrupted).", step, mngr.directory
+        )
+        mngr.delete(step)
     args = {"state": ocp.args.StandardSave(state)}
     if meta is not None:
         args["meta"] = ocp.args.JsonSave(meta)
     mngr.save(step, args=ocp.args.Composite(**args), force=True)
+    _maybe_kill_during_save(pathlib.Path(mngr.directory), step)
+
+
+def _maybe_kill_during_save(directory: pathlib.Path, step: int) -> None:
+    """Test hook (KILL_IN_SAVE_ENV): SIGKILL once the uncommitted temporary directory exists."""
+    if os.environ.get(KILL_IN_SAVE_ENV) != f"{directory.name}:{step}":
+        return
+    for _ in range(1000):
+        if any(p.name.startswith(f"{step}.orbax-checkpoint-tmp") for p in directory.iterdir()):
+            break
+        time.sleep(0.001)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def restore_latest(mngr: ocp.CheckpointManager, target: Any) -> tuple[Any, dict] | None:
@@ -38,6 +71,16 @@ def restore_latest(mngr: ocp.CheckpointManager, target: Any) -> tuple[Any, dict]
     step = mngr.latest_step()
     if step is None:
         return None
+    step_dir = pathlib.Path(mngr.directory) / str(step)
+    with ocp.PyTreeCheckpointer() as ckptr:
+        saved = ckptr.metadata(step_dir / "state").item_metadata.tree
+    for name in ("params", "batch_stats"):
+        problem = tree_mismatch(getattr(target, name), saved.get(name) or {}, name)
+        if problem:
+            raise ValueError(
+                f"Cannot resume from {step_dir}: it holds another model ({problem}). Use a new "
+                "--workdir, or delete that run's checkpoints to start over."
+            )
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     restored = mngr.restore(
         step,
@@ -46,6 +89,29 @@ def restore_latest(mngr: ocp.CheckpointManager, target: Any) -> tuple[Any, dict]
         ),
     )
     return restored["state"], dict(restored["meta"] or {})
+
+
+def tree_mismatch(expected: Any, saved: Any, path: str) -> str | None:
+    """The first parameter path where two nested dicts differ in keys or shapes, described
+    with both shapes; None when they match."""
+    if isinstance(expected, dict) != isinstance(saved, dict):
+        return f"{path!r} is a subtree in one and an array in the other"
+    if not isinstance(expected, dict):
+        if tuple(expected.shape) != tuple(saved.shape):
+            return (
+                f"parameter {path!r} has shape {tuple(saved.shape)} in the checkpoint, the "
+                f"model expects {tuple(expected.shape)}"
+            )
+        return None
+    for key in sorted(set(expected) | set(saved)):
+        sub = f"{path}/{key}"
+        if key not in saved or key not in expected:
+            where = "the checkpoint" if key not in saved else "the model"
+            return f"parameter {sub!r} is missing from {where}"
+        problem = tree_mismatch(expected[key], saved[key], sub)
+        if problem:
+            return problem
+    return None
 
 
 def latest_step_dir(directory: str | os.PathLike) -> pathlib.Path:

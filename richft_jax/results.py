@@ -16,12 +16,24 @@ SUMMARY = "summary.json"
 
 
 def append_rows(workdir: str, rows: Iterable[dict]) -> None:
-    """Appends rows to workdir/results.jsonl (one write per batch of rows, then fsync)."""
+    """Appends rows to workdir/results.jsonl (one write per batch of rows, then fsync).
+
+    After a line cut short by a crash, the rows start on a new line: the truncated line stays
+    one bad line (skipped by readers) instead of swallowing the first new row.
+    """
+    path = pathlib.Path(workdir) / RESULTS
     text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
-    with open(pathlib.Path(workdir) / RESULTS, "a", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "a+b") as f:
+            if f.tell() > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    text = "\n" + text
+            f.write(text.encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise OSError(f"Could not append results to {path}: {e}") from e
 
 
 def read_rows(path: str | os.PathLike) -> list[dict]:

@@ -250,6 +250,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 def make_workdir(workdir: str) -> pathlib.Path:
     """Creates the workdir; a clear error naming it if that is impossible."""
+    if "://" in workdir:
+        raise ValueError(
+            f"workdir {workdir!r}: results, the workdir lock and checkpoints go through the file "
+            "system; mount the bucket (e.g. gcsfuse, as launch/tpu_pod.sh does) and pass its path."
+        )
     path = pathlib.Path(workdir).expanduser()
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -284,7 +289,10 @@ def exclusive_workdir(path: pathlib.Path) -> Iterator[None]:
     if jax.process_index() != 0:
         yield
         return
-    lock = open(path / ".lock", "a+")  # noqa: SIM115 (held until the run ends)
+    try:
+        lock = open(path / ".lock", "a+")  # noqa: SIM115 (held until the run ends)
+    except OSError as e:
+        raise OSError(f"workdir {str(path)!r} is not writable: {e}") from e
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

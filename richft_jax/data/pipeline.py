@@ -111,6 +111,11 @@ def load_domains(
         if len(labels) == 0:
             raise ValueError(f"Dataset {name!r}: domain {domain!r} is empty.")
         in_idx, out_idx = splits.in_out_split(len(labels), trial_seed, index, holdout_fraction)
+        if not (len(in_idx) and len(out_idx)):
+            raise ValueError(
+                f"Dataset {name!r}: domain {domain!r} has {len(labels)} examples, too few for "
+                f"non-empty in/out splits with config.data.holdout_fraction={holdout_fraction}."
+            )
         for split, idx in (("in", in_idx), ("out", out_idx)):
             out.append(
                 Split(domain, split, domain in tests, images[idx], labels[idx].astype(np.int32))
