@@ -15,14 +15,10 @@ from richft_jax import config_lib
 
 
 def base(arg: str | None):
-    """The demo (ResNet or ViT), or the paper's DomainBed configs, loaded lazily."""
-    args = [a for a in (arg or "").split(",") if a]
-    for a in args:
-        kind, _, rest = a.partition("/")
-        if kind in ("domainbed", "domainbed_vit"):
-            name = "resnet50_dropout" if kind == "domainbed" else "vit_b16_dropout"
-            return config_lib.load_config_file(f"configs/{name}.py", rest or None), args
-    c = config_lib.load_config_file("configs/demo.py", "tiny" if "tiny" in args else None)
+    """The demo (ResNet, or the small ViT with `vit`), or the paper's DomainBed configs."""
+    c, args = config_lib.method_base(arg)
+    if any(a.startswith("domainbed") for a in args):
+        return c, args
     if "vit" in args:
         c.model.name = "small_vit"
         c.model.kwargs = {"depth": 2, "dim": 32, "feature_dim": 64} if "tiny" in args else {}

@@ -21,20 +21,8 @@ setting without the RSL pieces: the comparison row), `domainbed[/ARG]` / `domain
 from richft_jax import config_lib
 
 
-def base(arg: str | None):
-    """The config this method is added to: the demo, or the paper's DomainBed configs."""
-    args = [a for a in (arg or "").split(",") if a]
-    for a in args:
-        kind, _, rest = a.partition("/")
-        if kind in ("domainbed", "domainbed_vit"):
-            name = "resnet50_dropout" if kind == "domainbed" else "vit_b16_dropout"
-            return config_lib.load_config_file(f"configs/{name}.py", rest or None), args
-    size = "tiny" if "tiny" in args else None
-    return config_lib.load_config_file("configs/demo.py", size), args
-
-
 def get_config(arg: str | None = None):
-    c, args = base(arg)
+    c, args = config_lib.method_base(arg)
     c.config_name = c.config_name.replace("demo", "demo_rsl", 1)
     if not c.config_name.startswith("demo"):
         c.config_name += "_rsl"

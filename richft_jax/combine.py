@@ -125,20 +125,7 @@ def combine_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dic
     rows = []
 
     def add(name: str, evals, **extra):
-        rows.extend(
-            {
-                **meta,
-                "method": config.method_prefix + name,
-                "domain": s.domain,
-                "split": s.split,
-                "is_test_domain": s.is_test_domain,
-                "accuracy": m["accuracy"],
-                "loss": m["loss"],
-                "num_examples": m["count"],
-                **extra,
-            }
-            for s, m in evals
-        )
+        rows.extend(results.eval_rows(evals, **meta, method=config.method_prefix + name, **extra))
 
     combos = config.combinations.split(",")
     scores = None

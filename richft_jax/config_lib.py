@@ -119,3 +119,16 @@ def load_config_file(path: str, arg: str | None = None) -> ml_collections.Config
             spec.loader.exec_module(module)
             return module.get_config(arg) if arg is not None else module.get_config()
     raise FileNotFoundError(f"Config file {path!r} not found (looked at {candidates}).")
+
+
+def method_base(arg: str | None) -> tuple[ml_collections.ConfigDict, list[str]]:
+    """The config a method config adds its switches to, and the comma-separated args:
+    `domainbed[/ARG]` / `domainbed_vit[/ARG]` load the paper's ResNet-50 / ViT-B/16 DomainBed
+    config (with ARG), anything else the embedded demo (`tiny` for its tiny sizes)."""
+    args = [a for a in (arg or "").split(",") if a]
+    for a in args:
+        kind, _, rest = a.partition("/")
+        if kind in ("domainbed", "domainbed_vit"):
+            name = "resnet50_dropout" if kind == "domainbed" else "vit_b16_dropout"
+            return load_config_file(f"configs/{name}.py", rest or None), args
+    return load_config_file("configs/demo.py", "tiny" if "tiny" in args else None), args

@@ -15,6 +15,23 @@ RESULTS = "results.jsonl"
 SUMMARY = "summary.json"
 
 
+def eval_rows(evals: Iterable[tuple], **fields) -> list[dict]:
+    """results.jsonl rows from `train.evaluate`'s (split, metrics) pairs, each row carrying
+    `fields` (step, method, run metadata...)."""
+    return [
+        {
+            **fields,
+            "domain": s.domain,
+            "split": s.split,
+            "is_test_domain": s.is_test_domain,
+            "accuracy": m["accuracy"],
+            "loss": m["loss"],
+            "num_examples": m["count"],
+        }
+        for s, m in evals
+    ]
+
+
 def append_rows(workdir: str, rows: Iterable[dict]) -> None:
     """Appends rows to workdir/results.jsonl (one write per batch of rows, then fsync).
 

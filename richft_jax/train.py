@@ -656,20 +656,7 @@ def _train_and_evaluate(
                 mesh,
                 config.data.eval_max_examples,
             )
-            rows += [
-                {
-                    "step": step,
-                    "domain": s.domain,
-                    "split": s.split,
-                    "is_test_domain": s.is_test_domain,
-                    "accuracy": v["accuracy"],
-                    "loss": v["loss"],
-                    "num_examples": v["count"],
-                    **meta_base,
-                    "method": method,
-                }
-                for s, v in evals
-            ]
+            rows += results.eval_rows(evals, step=step, **{**meta_base, "method": method})
         writer.write_scalars(
             step,
             {

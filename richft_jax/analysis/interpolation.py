@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from richft_jax import train
+from richft_jax import results, train
 from richft_jax.data import pipeline
 
 KINDS = ("weight", "representation")
@@ -80,17 +80,5 @@ def interpolation_curves(
         for alpha in alphas:
             variables = {"pre": v_pre, "ft": v_ft, "alpha": jnp.float32(alpha)}
             evals = train.evaluate(step, variables, data, batch_size, mesh, max_examples)
-            rows += [
-                {
-                    "kind": kind,
-                    "alpha": float(alpha),
-                    "domain": s.domain,
-                    "split": s.split,
-                    "is_test_domain": s.is_test_domain,
-                    "accuracy": m["accuracy"],
-                    "loss": m["loss"],
-                    "num_examples": m["count"],
-                }
-                for s, m in evals
-            ]
+            rows += results.eval_rows(evals, kind=kind, alpha=float(alpha))
     return rows
