@@ -19,6 +19,8 @@ def base(arg: str | None):
     c, args = config_lib.method_base(arg)
     if any(a.startswith("domainbed") for a in args):
         return c, args
+    c.moving_average_start = None  # The comparison rows need no along-run average.
+    c.keep_checkpoints = 2
     if "vit" in args:
         c.model.name = "small_vit"
         c.model.kwargs = {"depth": 2, "dim": 32, "feature_dim": 64} if "tiny" in args else {}

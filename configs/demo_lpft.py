@@ -17,4 +17,6 @@ def get_config(arg: str | None = None):
     c.dropout_rate = 0.0
     c.lp_head = True
     c.optim.head_lr_factor = 1.0  # The head starts trained: no need to rush it.
+    c.moving_average_start = None  # The comparison rows need no along-run average.
+    c.keep_checkpoints = 2
     return c

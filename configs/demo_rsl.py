@@ -46,4 +46,11 @@ def get_config(arg: str | None = None):
         c.label_noise.kind = "symmetric" if "noisy" in args else "pairwise"
         c.label_noise.rate = 0.2
         c.config_name += "_noisy" if "noisy" in args else "_noisy_pairwise"
+        # Its own row in the tables (report groups runs by method): e.g. "rsl_noisy20".
+        c.method += (
+            f"_{'noisy' if 'noisy' in args else 'pairnoisy'}{round(100 * c.label_noise.rate)}"
+        )
+    if not any(a.startswith("domainbed") for a in args):
+        c.moving_average_start = None  # The comparison rows need no along-run average.
+        c.keep_checkpoints = 2
     return c

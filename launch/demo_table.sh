@@ -1,13 +1,26 @@
 #!/usr/bin/env bash
-# The embedded comparison table (README "Embedded benchmark"): ERM and very-large dropout on
-# each of the four test domains × 3 seeds, each run keeping its checkpoints for the along-run
-# ensembles and soups and a moving average of its weights, then collected into tables + plot.
-# Finished runs and combinations are skipped, so rerunning resumes an interrupted sweep.
-#   bash launch/demo_table.sh [OUT_DIR] [SEEDS]      # defaults: workdirs/demo_table 0,1,2
+# The embedded comparison table (README "Embedded benchmark"), 3 seeds × the four test domains:
+# 1. ERM and very-large dropout, each run keeping its checkpoints for the along-run ensembles
+#    and soups and a moving average of its weights;
+# 2. the companion methods: LP-FT (its step 0 is the LP row), early and late dropout,
+#    regularized self-labeling without and with 20% symmetric label noise, and ERM with the
+#    same noise (the noisy row's comparison);
+# then everything collected into tables + the ID-vs-OOD plot. Finished runs and combinations
+# are skipped, so rerunning resumes an interrupted sweep.
+#   bash launch/demo_table.sh [OUT_DIR] [SEEDS] [PARTS]  # defaults: workdirs/demo_table 0,1,2 main,companions
 set -euo pipefail
 out=${1:-workdirs/demo_table}
 seeds=${2:-0,1,2}
-python launch/sweep.py --out="$out" --config=configs/demo_erm.py --config=configs/demo.py \
-  --grid=data.test_domains=mnist,mnist_m,digits,syn --seeds="$seeds" \
-  --along-run=uniform_soup,greedy_soup,ensemble_sum_logits
+parts=${3:-main,companions}
+domains=data.test_domains=mnist,mnist_m,digits,syn
+if [[ ,$parts, == *,main,* ]]; then
+  python launch/sweep.py --out="$out" --config=configs/demo_erm.py --config=configs/demo.py \
+    --grid="$domains" --seeds="$seeds" --along-run=uniform_soup,greedy_soup,ensemble_sum_logits
+fi
+if [[ ,$parts, == *,companions,* ]]; then
+  python launch/sweep.py --out="$out" --config=configs/demo_lpft.py \
+    --config=configs/demo_early_dropout.py --config=configs/demo_late_dropout.py \
+    --config=configs/demo_rsl.py --config=configs/demo_rsl.py:noisy \
+    --config=configs/demo_rsl.py:noisy,erm --grid="$domains" --seeds="$seeds"
+fi
 python -m richft_jax.report "$out" --out "$out/report"

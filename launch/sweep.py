@@ -37,7 +37,7 @@ def expand(
         for values in itertools.product(*(grid[k] for k in keys)):
             for config in configs:
                 name = pathlib.Path(config.split(":")[0]).stem + (
-                    "_" + config.split(":", 1)[1] if ":" in config else ""
+                    "_" + config.split(":", 1)[1].replace(",", "_") if ":" in config else ""
                 )
                 parts = [name] + [
                     f"{k.split('.')[-1]}={v}" for k, v in zip(keys, values, strict=True)

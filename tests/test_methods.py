@@ -322,7 +322,7 @@ def test_rsl_config_with_label_noise_runs_and_writes_its_measurements(data_dir, 
     assert c.label_noise.kind == "symmetric" and c.label_noise.rate == 0.2
     assert c.self_labeling.reweight_start == 0 and c.self_labeling.correction_start == 1
     summary = train.train_and_evaluate(c, str(tmp_path / "rsl"))
-    assert summary["method"] == "rsl" and summary["config_name"] == "demo_rsl_tiny_noisy"
+    assert summary["method"] == "rsl_noisy20" and summary["config_name"] == "demo_rsl_tiny_noisy"
     dist = summary["layer_distances"]
     assert dist["head/kernel"] <= 0.5 * (1 + 1e-5)
     assert dist["backbone/stem_conv/kernel"] <= 0.05 * (1 + 1e-5)  # Stage 0: radius D.

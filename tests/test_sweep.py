@@ -64,3 +64,14 @@ def test_along_run_combines_the_checkpoints_each_run_saved(tmp_path, monkeypatch
     (run / "along_run" / "summary.json").write_text("{}")
     sweep.main(args + ["--along-run", "greedy_soup"])
     assert len(calls) == 1  # Already combined: skipped.
+
+
+def test_config_args_name_the_workdir(tmp_path):
+    runs = sweep.expand(
+        ["configs/demo_rsl.py:noisy,erm", "configs/demo_rsl.py"], {}, [0], str(tmp_path)
+    )
+    assert [w for w, _ in runs] == [
+        tmp_path / "demo_rsl_noisy_erm" / "seed0",
+        tmp_path / "demo_rsl" / "seed0",
+    ]
+    assert "--config=configs/demo_rsl.py:noisy,erm" in runs[0][1]
