@@ -14,10 +14,13 @@ and the ratios JAX / PyTorch.
 """
 
 import argparse
+import collections
 import ctypes
 import importlib.util
 import json
 import pathlib
+import re
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -25,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from richft_jax import config_lib, parallel, train
+from richft_jax import config_lib, parallel, train, xla_cpu
 from richft_jax.analysis import linearization
 from richft_jax.data import pipeline
 from richft_jax.methods import weight_space as ws
@@ -96,6 +99,34 @@ def peak_rss_growth(fn: Callable[[], object]) -> int | None:
     return max(0, _status_bytes("VmHWM") - before)
 
 
+def profile_ops(fn: Callable[[], object], steps: int) -> list[tuple[str, float]]:
+    """Where a jitted step's time goes: XLA op kinds (HLO names without their numeric suffix)
+    and their milliseconds per step, summed over the executor threads, largest first.
+
+    A jax.profiler trace of `steps` calls, read back from its XPlane file (the protobuf
+    TensorFlow ships); thread-pool bookkeeping events (ThunkExecutor) are left out.
+    """
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: PLC0415 (TF is a dep)
+
+    with tempfile.TemporaryDirectory() as logdir:
+        with jax.profiler.trace(logdir):
+            for _ in range(steps):
+                fn()
+        space = xplane_pb2.XSpace()
+        space.ParseFromString(next(pathlib.Path(logdir).rglob("*.xplane.pb")).read_bytes())
+    totals: collections.Counter = collections.Counter()
+    for plane in space.planes:
+        for line in plane.lines:
+            if line.name == "python":
+                continue
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name
+                if name.startswith(("ThunkExecutor", "$")):
+                    continue
+                totals[re.sub(r"(\.\d+)+$", "", name)] += event.duration_ps / 1e9 / steps
+    return totals.most_common()
+
+
 def tree_bytes(tree) -> int:
     """Bytes held by the arrays of a pytree."""
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree) if hasattr(x, "dtype"))
@@ -129,8 +160,10 @@ def run(
     devices: int | None = None,
     torch: bool = False,
     torch_compile: bool = True,
+    profile: int = 0,
 ) -> dict:
-    """All measurements for one backbone (and its PyTorch twin when `torch`)."""
+    """All measurements for one backbone (and its PyTorch twin when `torch`); with `profile`,
+    the top XLA op kinds of the train step (profile_ops) under "profile_ms_per_step"."""
     image_size = image_size or (32 if model_name in DEMO_MODELS else 224)
     config = benchmark_config(model_name, dtype)
     mesh = parallel.make_mesh(jax.devices()[:devices] if devices else None)
@@ -178,6 +211,10 @@ def run(
 
     for rate in (0.0, 0.9):
         out[f"train_images_per_s_dropout{rate}"] = batch / timeit(lambda r=rate: one(r), steps)
+    if profile:
+        ops = profile_ops(lambda: one(0.9), steps)
+        out["profile_ms_per_step"] = {k: round(v, 2) for k, v in ops[:profile]}
+        out["profile_total_ms_per_step"] = round(sum(v for _, v in ops), 2)
     state = holder["state"]
     costs = compiled_costs(step, state, dev_batch, jnp.float32(0.9))
     flops = costs["flops"]
@@ -286,16 +323,28 @@ def torch_side(config, host_batch: dict, steps: int, dtype: str, compile_: bool)
 
 
 def format_table(rows: list[dict]) -> str:
-    """One markdown table: a line per measurement, a column per backbone."""
-    keys = list(dict.fromkeys(k for r in rows for k in r))
+    """One markdown table: a line per measurement, a column per backbone; then each backbone's
+    profile (op kind: ms per step), when one was taken."""
+    keys = list(dict.fromkeys(k for r in rows for k in r if not isinstance(r[k], dict)))
     cell = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
     lines = ["| | " + " | ".join(str(r["model"]) for r in rows) + " |"]
     lines.append("|---|" + "---|" * len(rows))
     lines += [f"| {k} | " + " | ".join(cell(r.get(k)) for r in rows) + " |" for k in keys]
+    for r in rows:
+        if "profile_ms_per_step" in r:
+            total = r["profile_total_ms_per_step"]
+            lines.append(
+                f"\n{r['model']}: XLA op time per train step ({total:.1f} ms, all threads)"
+            )
+            lines += [
+                f"  {ms:9.2f} ms {100 * ms / total:5.1f} %  {kind}"
+                for kind, ms in r["profile_ms_per_step"].items()
+            ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
+    xla_cpu.tune()  # No effect once a backend exists (e.g. called from tests).
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="small_resnet", help="Comma-separated backbones.")
     parser.add_argument("--batch", type=int, default=128)
@@ -318,6 +367,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     parser.add_argument("--torch_compile", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--k", type=int, default=4, help="Ensemble size.")
+    parser.add_argument(
+        "--profile", type=int, default=0, help="Print the N op kinds the train step spends most on."
+    )
     parser.add_argument("--out", default=None, help="Write the results as JSON here.")
     parser.add_argument("--data_dir", default=None, help="TFDS data dir (default: TFDS's).")
     args = parser.parse_args(argv)
@@ -337,6 +389,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             devices=args.devices,
             torch=args.torch,
             torch_compile=args.torch_compile,
+            profile=args.profile,
         )
         for m in args.model.split(",")
     ]

@@ -7,9 +7,10 @@ config value can be overridden with `--config.key=value`. Multi-host: `--distrib
 `--coordinator_address`, `--num_processes` and `--process_id`.
 """
 
-from richft_jax import tf_cpu
+from richft_jax import tf_cpu, xla_cpu
 
 tf_cpu.tf()  # Before anything else imports TensorFlow: keep it off the accelerators.
+xla_cpu.tune()  # Before JAX starts its CPU backend.
 
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402

@@ -7,6 +7,10 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from richft_jax import xla_cpu  # noqa: E402
+
+xla_cpu.tune()  # The CPU flags the entry points use: tests run what users run.
+
 
 import pytest  # noqa: E402
 
