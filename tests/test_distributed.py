@@ -6,11 +6,11 @@ import os
 import pathlib
 import socket
 import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
+from cli import demo_command
 
 from richft_jax import checkpoints, config_lib, parallel, results, train
 from richft_jax.data import pipeline, sources
@@ -36,17 +36,7 @@ def free_port() -> int:
 
 def command(data_dir, workdir, *extra):
     """The real CLI on the tiny demo with OVERRIDES."""
-    flags = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
-    return [
-        sys.executable,
-        "-m",
-        "richft_jax.main",
-        "--config=configs/demo.py:tiny",
-        f"--workdir={workdir}",
-        f"--config.data.data_dir={data_dir}",
-        *flags,
-        *extra,
-    ]
+    return demo_command(workdir, data_dir, *extra, overrides=OVERRIDES)
 
 
 def in_process_config(data_dir):

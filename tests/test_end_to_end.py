@@ -6,11 +6,11 @@ import os
 import pathlib
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
+from cli import demo_command
 
 from richft_jax import checkpoints, combine, config_lib, results, train
 
@@ -29,16 +29,9 @@ def tiny_config(data_dir, pretrain_dir, **overrides):
 
 def cli_command(dirs, workdir, *extra):
     """The real CLI on the tiny demo config, with the test's data and pretrained dirs."""
-    return [
-        sys.executable,
-        "-m",
-        "richft_jax.main",
-        "--config=configs/demo.py:tiny",
-        f"--workdir={workdir}",
-        f"--config.data.data_dir={dirs['data']}",
-        f"--config.pretrained.path={dirs['pretrain']}",
-        *extra,
-    ]
+    return demo_command(
+        workdir, dirs["data"], f"--config.pretrained.path={dirs['pretrain']}", *extra
+    )
 
 
 @pytest.fixture(scope="module")

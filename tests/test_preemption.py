@@ -6,13 +6,13 @@ import pathlib
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 
 import jax
 import numpy as np
 import pytest
+from cli import demo_command
 
 from richft_jax import checkpoints, config_lib, results, train
 
@@ -30,16 +30,7 @@ KILL_SEEDS = (0, 1)  # Each seed: a kill at a random moment after the rerun resu
 
 
 def command(data_dir, workdir):
-    flags = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
-    return [
-        sys.executable,
-        "-m",
-        "richft_jax.main",
-        "--config=configs/demo.py:tiny",
-        f"--workdir={workdir}",
-        f"--config.data.data_dir={data_dir}",
-        *flags,
-    ]
+    return demo_command(workdir, data_dir, overrides=OVERRIDES)
 
 
 def start(cmd, **env):
