@@ -81,14 +81,20 @@ def run_once(config: ml_collections.ConfigDict, rate: float, args: dict) -> dict
     norm = config.data.normalize
     step_fn = jax.jit(train.make_train_step(model, tx, schedule, norm))
 
+    # BatchNorm in training mode (from-scratch runs, model.freeze_bn=False) normalises with
+    # the batch's statistics; its running-statistics update is not needed here.
+    mutable = False if config.model.freeze_bn else ["batch_stats"]
+
     def loss_sum(params, batch, rate, key):
-        logits, _ = model.apply(
+        out = model.apply(
             {"params": params, "batch_stats": batch_stats},
             pipeline.normalize(batch["image"], norm),
             train=True,
             dropout_rate=rate,
             rngs={"dropout": key},
+            mutable=mutable,
         )
+        logits, _ = out[0] if mutable else out
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
         mask = batch.get("mask", jnp.ones_like(ce))  # Training batches have no padding.
         return jnp.sum(ce * mask), jnp.sum(mask)
