@@ -3,15 +3,16 @@
 # 1. ERM and very-large dropout, each run keeping its checkpoints for the along-run ensembles
 #    and soups and a moving average of its weights;
 # 2. the companion methods: LP-FT (its step 0 is the LP row), early and late dropout,
-#    regularized self-labeling without and with 20% symmetric label noise, and ERM with the
-#    same noise (the noisy row's comparison);
+#    regularized self-labeling without and with 20% symmetric label noise;
+# 3. ERM with the same label noise (the noisy row's comparison);
 # then everything collected into tables + the ID-vs-OOD plot. Finished runs and combinations
 # are skipped, so rerunning resumes an interrupted sweep.
-#   bash launch/demo_table.sh [OUT_DIR] [SEEDS] [PARTS]  # defaults: workdirs/demo_table 0,1,2 main,companions
+#   bash launch/demo_table.sh [OUT_DIR] [SEEDS] [PARTS]
+# defaults: workdirs/demo_table, 0,1,2, main,companions,noise_baseline
 set -euo pipefail
 out=${1:-workdirs/demo_table}
 seeds=${2:-0,1,2}
-parts=${3:-main,companions}
+parts=${3:-main,companions,noise_baseline}
 domains=data.test_domains=mnist,mnist_m,digits,syn
 if [[ ,$parts, == *,main,* ]]; then
   python launch/sweep.py --out="$out" --config=configs/demo_erm.py --config=configs/demo.py \
@@ -21,6 +22,10 @@ if [[ ,$parts, == *,companions,* ]]; then
   python launch/sweep.py --out="$out" --config=configs/demo_lpft.py \
     --config=configs/demo_early_dropout.py --config=configs/demo_late_dropout.py \
     --config=configs/demo_rsl.py --config=configs/demo_rsl.py:noisy \
-    --config=configs/demo_rsl.py:noisy,erm --grid="$domains" --seeds="$seeds"
+    --grid="$domains" --seeds="$seeds"
+fi
+if [[ ,$parts, == *,noise_baseline,* ]]; then
+  python launch/sweep.py --out="$out" --config=configs/demo_rsl.py:noisy,erm \
+    --grid="$domains" --seeds="$seeds"
 fi
 python -m richft_jax.report "$out" --out "$out/report"
