@@ -60,8 +60,10 @@ def test_batchnorm_statistics_with_one_and_eight_devices():
     """Unfrozen BatchNorm (pretraining) normalises over the global batch on any mesh."""
     _, s1, _ = _run(jax.devices()[:1], steps=3, rate=0.0, freeze_bn=False)
     _, s8, _ = _run(jax.devices(), steps=3, rate=0.0, freeze_bn=False)
+    # Float32 summation order differs between the meshes (1e-5 after 3 steps); statistics of
+    # each device's 6 examples instead of the global 48 would differ by ~1e-1.
     for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s8), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
 
 
 def test_same_seed_is_bit_identical_and_frozen_bn_stays_frozen():
