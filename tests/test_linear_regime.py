@@ -173,6 +173,12 @@ def test_cli_writes_every_figure_with_its_numbers(env):
         assert set(data["per_run"]) == set(summary)
     frozen = summary["very_large_dropout_2"]
     assert frozen["taylor"]["agreement"] == {"id": 1.0, "ood": 1.0}  # θ_ft = θ0.
+    # Features of θ_ft = θ0 have not moved; the trained run's have, on ID and OOD data.
+    assert frozen["feature_distortion"]["id"]["relative_l2"] == pytest.approx(0.0, abs=1e-6)
+    assert frozen["feature_distortion"]["ood"]["cka"] == pytest.approx(1.0, abs=1e-5)
+    moved = summary["very_large_dropout"]["feature_distortion"]
+    assert moved["id"]["relative_l2"] > 1e-3 and moved["ood"]["relative_l2"] > 1e-3
+    assert {r["split"] for r in moved["splits"]} == {"in", "out"}
     lft = frozen["linear_finetune"]
     assert lft["finetune"]["step"] == 2 and 0 <= lft["linear_finetune"]["id_accuracy"] <= 1
     with pytest.raises(ValueError, match="unknown"):

@@ -10,6 +10,9 @@ writes into DIR, each as PNG + JSON:
 - taylor_trajectory: the same (ID / OOD means) along the checkpoints kept in RUN/checkpoints;
 - interpolation: weight vs representation interpolation, accuracy per domain along α;
 - linear_finetune: linear fine-tuning (the run's dropout rate) vs the run's fine-tuning;
+- feature_distortion (summary.json only): how far the penultimate features moved from θ0's,
+  on ID and OOD splits (relative L2, cosine, linear CKA): the LP-FT paper's explanation, for
+  runs that did not measure it at their end (`measure.feature_distortion`);
 and summary.json with the headline numbers. Follows Zhang & Bottou (arXiv 2403.00946).
 """
 
@@ -25,11 +28,17 @@ import ml_collections
 from absl import logging
 
 from richft_jax import checkpoints, combine, parallel, results, train
-from richft_jax.analysis import interpolation, linear_finetune, linearization, plots
+from richft_jax.analysis import (
+    feature_distortion,
+    interpolation,
+    linear_finetune,
+    linearization,
+    plots,
+)
 from richft_jax.data import pipeline
 from richft_jax.models import registry
 
-ANALYSES = ("taylor", "trajectory", "interpolation", "linear_finetune")
+ANALYSES = ("taylor", "trajectory", "interpolation", "linear_finetune", "feature_distortion")
 DEFAULT_ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
@@ -98,6 +107,22 @@ def load(
         v_ft=v_ft,
         step=step,
         pretrained=pre,
+    )
+
+
+def distortion(run: Run, max_examples: int | None = None) -> dict:
+    """Feature distortion between θ0 and θ_ft (analysis.feature_distortion): ID, OOD, splits."""
+    norm = run.config.data.normalize
+    features = jax.jit(
+        lambda v, x: run.model.apply(v, pipeline.normalize(x, norm), train=False)[1]["features"]
+    )
+    return feature_distortion.feature_distortion(
+        lambda v, batch: features(v, batch["image"]),
+        run.v0,
+        run.v_ft,
+        run.data,
+        run.config.data.eval_batch_size,
+        max_examples,
     )
 
 
@@ -290,6 +315,9 @@ def analyze(
                 k: per_run[r.name][k] for k in ("finetune", "linear_finetune", "combine")
             }
         figures["linear_finetune"] = plots.linear_finetune(per_run, out / "linear_finetune")
+    if "feature_distortion" in analyses:
+        for r in runs:
+            summary[r.name]["feature_distortion"] = distortion(r, max_examples)
     results.write_json_atomic(out / "summary.json", summary)
     logging.info("Linear-regime summary: %s", json.dumps(summary, indent=1))
     return {"summary": summary, "figures": {k: str(v) for k, v in figures.items()}}
