@@ -179,6 +179,11 @@ def test_cli_writes_every_figure_with_its_numbers(env):
     moved = summary["very_large_dropout"]["feature_distortion"]
     assert moved["id"]["relative_l2"] > 1e-3 and moved["ood"]["relative_l2"] > 1e-3
     assert {r["split"] for r in moved["splits"]} == {"in", "out"}
+    only = linear_regime.analyze(
+        [str(env["frozen"])], str(out / "new" / "dir"), analyses=["feature_distortion"]
+    )
+    assert set(only["figures"]) == set()
+    assert json.loads((out / "new" / "dir" / "summary.json").read_text()) == only["summary"]
     lft = frozen["linear_finetune"]
     assert lft["finetune"]["step"] == 2 and 0 <= lft["linear_finetune"]["id_accuracy"] <= 1
     with pytest.raises(ValueError, match="unknown"):

@@ -268,6 +268,7 @@ def analyze(
     if not run_paths:
         raise ValueError("--runs is empty: give comma-separated run directories.")
     out = pathlib.Path(out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)  # Also when no analysis draws a figure.
     mesh = parallel.make_mesh()
     runs, names = [], set()
     for p in run_paths:
