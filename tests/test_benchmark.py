@@ -161,3 +161,15 @@ def test_flax_weights_are_matched_one_to_one():
     params = {**params, "extra": {"kernel": np.zeros((2, 2), np.float32)}}
     with pytest.raises(ValueError, match="extra.weight"):
         benchmark_torch.load_flax(torch_model, params, stats)
+
+
+def test_profile_ops_names_the_ops_of_a_jitted_step():
+    """A traced matmul-heavy function: its dot shows up with positive time per call, and the
+    thread-pool bookkeeping events are left out."""
+    x = jnp.ones((512, 512), jnp.float32)
+    f = jax.jit(lambda a: jnp.tanh(a @ a) @ a)
+    f(x).block_until_ready()
+    ops = dict(benchmark.profile_ops(lambda: f(x).block_until_ready(), 3))
+    assert any("dot" in kind for kind in ops), ops
+    assert all(ms >= 0 for ms in ops.values()) and sum(ops.values()) > 0
+    assert not [k for k in ops if k.startswith(("ThunkExecutor", "$"))]
