@@ -128,7 +128,8 @@ def run_once(config: ml_collections.ConfigDict, rate: float, args: dict) -> dict
         if step < args["cutoff"] and step % args["measure_every"] == 0:
             zero = jnp.float32(0.0)
             sums = [grad_sum(state.params, b, zero, jax.random.key(0)) for b in full_batches]
-            full = jax.tree.map(lambda g: g / n_full, _tree_sum(sums))
+            # Summed on the host: no eager device work between in-flight steps (train.py).
+            full = jax.tree.map(lambda g: g / n_full, _tree_sum(jax.device_get(sums)))
             mini = [
                 grad_sum(state.params, b, jnp.float32(rate), jax.random.key(1000 * step + i))
                 for i, b in enumerate(probe_batches)
