@@ -45,7 +45,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.kwargs = ml_collections.ConfigDict()
     c.model.freeze_bn = True
     c.model.head_zero_init = False
-    c.model.dtype = "float32"
+    # Compute dtype (parameters stay float32): "auto" = bfloat16 on GPU/TPU, float32 on CPU.
+    c.model.dtype = "auto"
 
     c.pretrained = ml_collections.ConfigDict()
     c.pretrained.path = ml_collections.FieldReference(None, field_type=str)

@@ -270,10 +270,11 @@ def load_backbone(
 
 # ----------------------------------------------------------------------------- one-call API
 def source_model(name: str, num_classes: int, **kwargs) -> nn.Module:
-    """The source architecture of backbone `name` with its own head (`head` / `fc`)."""
+    """The source architecture of backbone `name` with its own head (`head` / `fc`); float32
+    unless `dtype` says otherwise, so it reproduces the published forward pass."""
     from richft_jax.models import registry
 
-    return registry.build_backbone(name, num_classes=num_classes, **kwargs)
+    return registry.build_backbone(name, num_classes=num_classes, **{"dtype": "float32", **kwargs})
 
 
 def _head_name(name: str) -> str:

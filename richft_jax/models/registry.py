@@ -1,6 +1,7 @@
 """Builds a classifier from `config.model`: backbones are chosen by name."""
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -16,19 +17,35 @@ BACKBONES = {
 }
 
 
-def build_backbone(name: str, dtype: str = "float32", **kwargs) -> nn.Module:
-    """The backbone module registered under `name`."""
+def compute_dtype(name: str, backend: str | None = None) -> jnp.dtype:
+    """config.model.dtype as a dtype; "auto" is bfloat16 on GPU/TPU and float32 on CPU.
+
+    It is the dtype of activations and matmul/convolution inputs only: parameters, optimizer
+    state and logits stay float32 (the classifier casts its logits back).
+    """
+    if name == "auto":
+        backend = backend or jax.default_backend()
+        return jnp.dtype(jnp.bfloat16 if backend in ("gpu", "cuda", "rocm", "tpu") else jnp.float32)
+    if name not in ("float32", "bfloat16", "float16"):
+        raise ValueError(
+            f"config.model.dtype: {name!r} is not one of auto, float32, bfloat16, float16."
+        )
+    return jnp.dtype(name)
+
+
+def build_backbone(name: str, dtype: str = "auto", **kwargs) -> nn.Module:
+    """The backbone module registered under `name`, computing in `compute_dtype(dtype)`."""
     if name not in BACKBONES:
         raise ValueError(
             f"config.model.name: unknown backbone {name!r}; known: {sorted(BACKBONES)}."
         )
-    return BACKBONES[name](dtype=jnp.dtype(dtype), **kwargs)
+    return BACKBONES[name](dtype=compute_dtype(dtype), **kwargs)
 
 
 def build_classifier(model_config: ml_collections.ConfigDict, num_classes: int) -> Classifier:
     """Backbone + feature dropout + linear head, as configured."""
     backbone = build_backbone(
-        model_config.name, model_config.get("dtype", "float32"), **model_config.get("kwargs", {})
+        model_config.name, model_config.get("dtype", "auto"), **model_config.get("kwargs", {})
     )
     return Classifier(
         backbone,

@@ -1,0 +1,72 @@
+"""config.model.dtype: "auto" picks bf16 compute on accelerators, float32 on CPU; parameters
+and logits stay float32 whatever the compute dtype."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import pytest
+
+from richft_jax import config_lib
+from richft_jax.models import registry
+
+
+@pytest.mark.parametrize(
+    "name, backend, expected",
+    [
+        ("auto", "cpu", jnp.float32),
+        ("auto", "gpu", jnp.bfloat16),
+        ("auto", "cuda", jnp.bfloat16),
+        ("auto", "tpu", jnp.bfloat16),
+        ("float32", "tpu", jnp.float32),
+        ("bfloat16", "cpu", jnp.bfloat16),
+    ],
+)
+def test_compute_dtype(name, backend, expected):
+    assert registry.compute_dtype(name, backend) == jnp.dtype(expected)
+
+
+def test_unknown_dtype_names_the_config_key():
+    with pytest.raises(ValueError, match=r"config.model.dtype: 'fp8'"):
+        registry.compute_dtype("fp8", "cpu")
+
+
+def test_default_config_computes_in_float32_on_cpu():
+    assert config_lib.base_config().model.dtype == "auto"
+    assert jax.default_backend() == "cpu"
+    model = registry.build_classifier(config_lib.base_config().model, num_classes=10)
+    assert model.backbone.dtype == jnp.float32
+
+
+def _tiny_model(dtype: str):
+    mc = ml_collections.ConfigDict(
+        {
+            "name": "small_resnet",
+            "kwargs": {"widths": (8, 8, 16, 16), "feature_dim": 32},
+            "freeze_bn": True,
+            "head_zero_init": False,
+            "dtype": dtype,
+        }
+    )
+    return registry.build_classifier(mc, num_classes=10)
+
+
+def _is_bf16_valued(x) -> bool:
+    return bool(jnp.all(x == x.astype(jnp.bfloat16).astype(jnp.float32)))
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_logits():
+    x = jax.random.uniform(jax.random.key(1), (4, 32, 32, 3))
+    features = {}
+    for dtype in ("bfloat16", "float32"):
+        model = _tiny_model(dtype)
+        variables = model.init(jax.random.key(0), x, train=False)
+        params = jax.tree.leaves(variables["params"])
+        assert {a.dtype for a in params} == {jnp.dtype(jnp.float32)}
+        logits, extra = model.apply(variables, x, train=False)
+        assert logits.dtype == jnp.float32 and logits.shape == (4, 10)
+        # The backbone hands float32 pooled features to the head, computed in `dtype`.
+        assert extra["features"].dtype == jnp.float32
+        features[dtype] = extra["features"]
+    assert _is_bf16_valued(features["bfloat16"])
+    assert not _is_bf16_valued(features["float32"])
+    assert jnp.allclose(features["bfloat16"], features["float32"], rtol=0.05, atol=0.02)
