@@ -1,8 +1,8 @@
 """Throughput benchmark of the train step and evaluation paths: prints a table, writes JSON.
 
   python -m richft_jax.benchmark [--model=small_resnet,small_vit] [--batch=128] [--steps=30]
-      [--image_size=32] [--dtype=float32|bfloat16] [--devices=N] [--torch|--no-torch]
-      [--k=4] [--out=benchmark.json]
+      [--image_size=32] [--dtype=float32|bfloat16] [--remat] [--devices=N] [--torch|--no-torch]
+      [--k=4] [--compile_only] [--out=benchmark.json]
 
 Numbers, not assertions: train-step images/s and model FLOP utilisation against the measured
 peak of this device (a large jitted matmul timed in the same process), peak memory of the
@@ -138,13 +138,20 @@ def device_peak_bytes() -> int | None:
     return None if not stats else stats.get("peak_bytes_in_use")
 
 
-def benchmark_config(model_name: str, dtype: str) -> "config_lib.ml_collections.ConfigDict":
-    """The demo config with the benchmarked backbone (the demo's kwargs for small_resnet)."""
+def benchmark_config(
+    model_name: str, dtype: str, remat: bool = False
+) -> "config_lib.ml_collections.ConfigDict":
+    """The demo config with the benchmarked backbone (the demo's kwargs for small_resnet);
+    `remat` recomputes each block of a published-layout ViT in the backward pass."""
     config = config_lib.load_config_file("configs/demo.py")
     config.model.name = model_name
     config.model.dtype = dtype
     if model_name != "small_resnet":
         config.model.kwargs = {}
+    if remat:
+        if not model_name.startswith("vit_"):
+            raise ValueError(f"--remat: only the published-layout ViTs have it, not {model_name}.")
+        config.model.kwargs = {"remat": True}
     return config
 
 
@@ -161,11 +168,13 @@ def run(
     torch: bool = False,
     torch_compile: bool = True,
     profile: int = 0,
+    remat: bool = False,
+    compile_only: bool = False,
 ) -> dict:
     """All measurements for one backbone (and its PyTorch twin when `torch`); with `profile`,
     the top XLA op kinds of the train step (profile_ops) under "profile_ms_per_step"."""
     image_size = image_size or (32 if model_name in DEMO_MODELS else 224)
-    config = benchmark_config(model_name, dtype)
+    config = benchmark_config(model_name, dtype, remat)
     mesh = parallel.make_mesh(jax.devices()[:devices] if devices else None)
     model = registry.build_classifier(config.model, 10)
     tx = train.make_optimizer(config.optim, 1000)
@@ -200,9 +209,16 @@ def run(
         "batch": batch,
         "image_size": image_size,
         "dtype": dtype,
+        "remat": remat,
         "devices": mesh.devices.size,
         "platform": jax.devices()[0].platform,
     }
+    if compile_only:  # XLA's FLOPs and memory of the compiled step, nothing run.
+        costs = compiled_costs(step, state, dev_batch, jnp.float32(0.9))
+        out["train_step_gflops"] = costs["flops"] / 1e9
+        if costs["peak_bytes"] is not None:
+            out["jax_compiled_memory_mb"] = costs["peak_bytes"] / 2**20
+        return out
     holder = {"state": state}  # The step donates its state: always pass the newest one.
 
     def one(rate: float) -> None:
@@ -358,6 +374,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         choices=("float32", "bfloat16"),
         help="Compute dtype (config.model.dtype; parameters stay float32).",
     )
+    parser.add_argument(
+        "--remat",
+        action="store_true",
+        help="Rematerialise the ViT blocks (config.model.kwargs.remat; vit_* only).",
+    )
+    parser.add_argument(
+        "--compile_only",
+        action="store_true",
+        help="Only compile the train step: its GFLOP and compiled memory (no timing).",
+    )
     parser.add_argument("--devices", type=int, default=None, help="Use the first N devices.")
     parser.add_argument(
         "--torch",
@@ -390,6 +416,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             torch=args.torch,
             torch_compile=args.torch_compile,
             profile=args.profile,
+            remat=args.remat,
+            compile_only=args.compile_only,
         )
         for m in args.model.split(",")
     ]

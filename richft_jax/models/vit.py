@@ -65,14 +65,29 @@ class MlpBlock(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-    """Pre-LN transformer block: x + MHSA(LN(x)), then x + MLP(LN(x))."""
+    """Pre-LN transformer block: x + MHSA(LN(x)), then x + MLP(LN(x)).
+
+    `block_rate` (dropout on the attention output and the MLP's activations) and `path_rate`
+    (drop path on both residual branches) are traced rates or None (off). The block draws its
+    own dropout keys, so it can be wrapped in `nn.remat` as a whole.
+    """
 
     mlp_dim: int
     num_heads: int
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, dropout, residual) -> jax.Array:
+    def __call__(self, x: jax.Array, block_rate, path_rate) -> jax.Array:
+        def dropout(y):
+            if block_rate is None:
+                return y
+            return feature_dropout(y, block_rate, self.make_rng("dropout"))
+
+        def residual(x, y):
+            if path_rate is not None:
+                y = drop_path(y, path_rate, self.make_rng("dropout"))
+            return x + y
+
         y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm_0")(x)
         y = nn.MultiHeadDotProductAttention(
             self.num_heads, dtype=self.dtype, name="MultiHeadDotProductAttention_1"
@@ -84,26 +99,26 @@ class EncoderBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Position embeddings (module `posembed_input`), the blocks and the final LayerNorm."""
+    """Position embeddings (module `posembed_input`), the blocks and the final LayerNorm.
+
+    With `remat`, each block's activations are recomputed in the backward pass instead of
+    kept (`nn.remat`): less memory for deep or high-resolution ViTs, about one more forward.
+    """
 
     depth: int
     mlp_dim: int
     num_heads: int
     dtype: jnp.dtype = jnp.float32
+    remat: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, dropout, path_rates, make_key) -> jax.Array:
+    def __call__(self, x: jax.Array, dropout, block_rate, path_rates) -> jax.Array:
         pos = PositionEmbedding(name="posembed_input")(x)
         x = dropout(x + pos.astype(self.dtype))
+        block_cls = nn.remat(EncoderBlock) if self.remat else EncoderBlock
         for i in range(self.depth):
-
-            def residual(x, y, i=i):
-                if path_rates is not None:
-                    y = drop_path(y, path_rates[i], make_key())
-                return x + y
-
-            block = EncoderBlock(self.mlp_dim, self.num_heads, self.dtype, name=f"encoderblock_{i}")
-            x = block(x, dropout, residual)
+            block = block_cls(self.mlp_dim, self.num_heads, self.dtype, name=f"encoderblock_{i}")
+            x = block(x, block_rate, None if path_rates is None else path_rates[i])
         return nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="encoder_norm")(x)
 
 
@@ -137,6 +152,7 @@ class ViT(nn.Module):
     num_classes: int | None = None
     representation_size: int | None = None
     dtype: jnp.dtype = jnp.float32
+    remat: bool = False  # Recompute each block in the backward pass (Encoder).
 
     @nn.compact
     def __call__(
@@ -149,12 +165,11 @@ class ViT(nn.Module):
         drop_path_rate: jax.Array | float | None = None,
     ) -> jax.Array:
         del train  # No batch statistics; dropout is on exactly when a rate is passed.
-        make_key = lambda: self.make_rng("dropout")  # noqa: E731
 
         def dropout(y):
             if block_dropout_rate is None:
                 return y
-            return feature_dropout(y, block_dropout_rate, make_key())
+            return feature_dropout(y, block_dropout_rate, self.make_rng("dropout"))
 
         path_rates = None if drop_path_rate is None else depth_rates(drop_path_rate, self.depth)
         p = self.patch_size
@@ -165,9 +180,9 @@ class ViT(nn.Module):
         x = x.reshape(n, h * w, c)
         cls = self.param("cls", nn.initializers.zeros, (1, 1, c))
         x = jnp.concatenate([jnp.tile(cls.astype(self.dtype), (n, 1, 1)), x], axis=1)
-        x = Encoder(self.depth, self.mlp_dim, self.num_heads, self.dtype, name="Transformer")(
-            x, dropout, path_rates, make_key
-        )
+        x = Encoder(
+            self.depth, self.mlp_dim, self.num_heads, self.dtype, self.remat, name="Transformer"
+        )(x, dropout, block_dropout_rate, path_rates)
         x = x[:, 0]
         if self.representation_size:
             x = nn.tanh(nn.Dense(self.representation_size, dtype=self.dtype, name="pre_logits")(x))
