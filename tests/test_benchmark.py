@@ -173,3 +173,28 @@ def test_profile_ops_names_the_ops_of_a_jitted_step():
     assert any("dot" in kind for kind in ops), ops
     assert all(ms >= 0 for ms in ops.values()) and sum(ops.values()) > 0
     assert not [k for k in ops if k.startswith(("ThunkExecutor", "$"))]
+
+
+def test_compile_only_reports_flops_and_memory_without_timing(monkeypatch):
+    monkeypatch.setattr(
+        benchmark, "benchmark_config", _tiny_config(benchmark.benchmark_config, "small_resnet")
+    )
+    row = benchmark.run("small_resnet", 8, 1, 1, compile_only=True)
+    assert row["train_step_gflops"] > 0 and row["jax_compiled_memory_mb"] > 0
+    assert "train_images_per_s_dropout0.9" not in row and row["remat"] is False
+
+
+def test_remat_is_refused_for_backbones_without_it():
+    with pytest.raises(ValueError, match="--remat: only the published-layout ViTs"):
+        benchmark.benchmark_config("small_resnet", "float32", remat=True)
+    config = benchmark.benchmark_config("vit_b16", "float32", remat=True)
+    assert config.model.kwargs.remat is True
+
+
+def _tiny_config(original, name):
+    def config(model_name, dtype, remat=False):
+        c = original(model_name, dtype, remat)
+        c.model.kwargs = TINY[name]
+        return c
+
+    return config
