@@ -2,6 +2,7 @@
 
 import importlib.util
 import pathlib
+import subprocess
 import sys
 
 spec = importlib.util.spec_from_file_location(
@@ -75,3 +76,37 @@ def test_config_args_name_the_workdir(tmp_path):
         tmp_path / "demo_rsl" / "seed0",
     ]
     assert "--config=configs/demo_rsl.py:noisy,erm" in runs[0][1]
+
+
+def test_keep_records_copies_finished_runs_records_only(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    done = sweep_dir / "demo_rsl" / "test_domains=syn" / "seed0"
+    running = sweep_dir / "demo_rsl" / "test_domains=mnist" / "seed0"
+    for run in (done, running):
+        (run / "checkpoints" / "150").mkdir(parents=True)
+        (run / "checkpoints" / "150" / "state").write_text("weights")
+        (run / "results.jsonl").write_text('{"step": 150}\n')
+        (run / "config.json").write_text("{}")
+    (done / "summary.json").write_text('{"selected": {}}')
+    (done / "along_run").mkdir()
+    (done / "along_run" / "summary.json").write_text("{}")
+    (done / "along_run" / "results.jsonl").write_text("{}\n")
+    (sweep_dir / "report").mkdir()
+    (sweep_dir / "report" / "summary.json").write_text("{}")
+    dest = tmp_path / "kept"
+    script = pathlib.Path(__file__).resolve().parents[1] / "launch" / "keep_records.sh"
+    out = subprocess.run(
+        ["bash", str(script), str(sweep_dir), str(dest)], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    kept = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    run = "demo_rsl/test_domains=syn/seed0"
+    assert kept == [
+        f"{run}/along_run/results.jsonl",
+        f"{run}/along_run/summary.json",
+        f"{run}/config.json",
+        f"{run}/results.jsonl",
+        f"{run}/summary.json",
+    ]
+    assert (dest / run / "results.jsonl").read_text() == '{"step": 150}\n'
+    assert "kept the records of 2 finished runs" in out.stdout
