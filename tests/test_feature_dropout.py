@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from richft_jax.methods.feature_dropout import feature_dropout
 from richft_jax.models.classifier import Classifier
 from richft_jax.models.demo import SmallResNet
+from richft_jax.models.layers import feature_dropout
 
 
 @pytest.mark.parametrize("rate", [0.5, 0.9, 0.95])

@@ -11,9 +11,9 @@ from richft_jax import config_lib, parallel, train
 from richft_jax.analysis import feature_distortion as fd
 from richft_jax.analysis import noise_stability as ns
 from richft_jax.data import pipeline
-from richft_jax.methods import drop_path as dp
 from richft_jax.methods import feature_dropout, label_noise
 from richft_jax.methods import self_labeling as sl
+from richft_jax.models import layers as dp
 from richft_jax.models.classifier import Classifier
 from richft_jax.models.demo import SmallResNet, SmallViT
 

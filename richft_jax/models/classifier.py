@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from richft_jax.methods.feature_dropout import feature_dropout
+from richft_jax.models.layers import feature_dropout
 
 
 class Classifier(nn.Module):

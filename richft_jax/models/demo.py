@@ -12,8 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from richft_jax.methods.drop_path import depth_rates, drop_path
-from richft_jax.methods.feature_dropout import feature_dropout
+from richft_jax.models.layers import depth_rates, drop_path, feature_dropout
 
 
 def _batch_norm(train: bool, dtype: jnp.dtype, name: str) -> nn.BatchNorm:

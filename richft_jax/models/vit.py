@@ -14,8 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from richft_jax.methods.drop_path import depth_rates, drop_path
-from richft_jax.methods.feature_dropout import feature_dropout
+from richft_jax.models.layers import depth_rates, drop_path, feature_dropout
 
 # Table 2 of Steiner et al. 2021 ("How to train your ViT"); patch size 16.
 VARIANTS = {
