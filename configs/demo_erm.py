@@ -1,14 +1,3 @@
-"""ERM fine-tuning on the embedded digits domains: `configs/demo.py` with dropout 0.
+"""Shim: the `demo_erm` config lives in richft_jax/configs/demo_erm.py (--config=demo_erm works anywhere)."""
 
-python -m richft_jax.main --config=configs/demo_erm.py --workdir=/tmp/demo_erm
-"""
-
-from richft_jax import config_lib
-
-
-def get_config(arg: str | None = None):
-    c = config_lib.load_config_file("configs/demo.py", arg)
-    c.config_name = "demo_erm"
-    c.method = "erm"
-    c.dropout_rate = 0.0
-    return c
+from richft_jax.configs.demo_erm import get_config  # noqa: F401

@@ -1,15 +1,21 @@
-"""Shared config defaults and config loading.
+"""Shared config defaults, the one config-argument parser, and config loading by name or path.
 
-Config files in configs/ call `base_config()` and override what their experiment
-changes, so every paper row is a short file with its hyper-parameters visible. The
-defaults live in the package (not in configs/common.py) so that a config file
-anywhere, a test or a notebook can import them without touching sys.path.
+The configs (`richft_jax/configs/*.py`, one module per paper row) call `base_config()` and
+override what their experiment changes, and read their `:arg` with `parse_arg`. They load by
+name (`demo:tiny`) from the installed package or by path (`configs/demo.py:tiny` from a clone,
+or any config file), the same way for `--config` (`define_config_flag`) and for code
+(`load_config_file`).
 """
 
+import importlib
 import importlib.util
+import os
 import pathlib
+import pkgutil
+import types
 
 import ml_collections
+from absl import flags
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -108,28 +114,136 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def cache_path(name: str) -> str:
+    """`name` under $RICHFT_CACHE (default ~/.cache/richft_jax), read at each call like the
+    config files read it at each load."""
+    return os.path.join(
+        os.environ.get("RICHFT_CACHE", os.path.join("~", ".cache", "richft_jax")), name
+    )
+
+
+_TRUE, _FALSE = ("true", "1"), ("false", "0")
+
+
+def _typed(name: str, value: str, default: bool | int | float | str) -> bool | int | float | str:
+    """`value` as the type of `default`; ValueError naming the argument and the type."""
+    if isinstance(default, bool):
+        if value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ValueError(f"config argument {name}={value!r}: expected a bool (true/false/1/0).")
+    try:
+        return type(default)(value)
+    except ValueError:
+        raise ValueError(
+            f"config argument {name}={value!r}: expected {type(default).__name__}."
+        ) from None
+
+
+def parse_arg(arg: str | None, **defaults: bool | int | float | str) -> ml_collections.ConfigDict:
+    """The config argument `name=value,flag,...` over `defaults`, each value typed as its default.
+
+    A bare `name` sets a bool to True; bools also take true/false/1/0 (any case). Unknown,
+    repeated or untyped names and values are refused with a ValueError naming them (and the
+    valid names), so a misspelled argument never silently falls back to a default.
+    """
+    for name, default in defaults.items():
+        if not isinstance(default, bool | int | float | str):
+            raise TypeError(f"parse_arg default {name}={default!r}: not a bool, int, float or str.")
+    out = ml_collections.ConfigDict(defaults)
+    seen = set()
+    for item in (arg or "").split(","):
+        name, eq, value = (part.strip() for part in item.partition("="))
+        if not name and not eq:
+            continue  # Empty argument, or a trailing comma.
+        if name not in defaults:
+            valid = ", ".join(sorted(defaults)) or "none"
+            raise ValueError(
+                f"config argument {name!r} (in {arg!r}) is not one of the valid names: {valid}."
+            )
+        if name in seen:
+            raise ValueError(f"config argument {name!r} is given twice (in {arg!r}).")
+        seen.add(name)
+        if not eq and not isinstance(defaults[name], bool):
+            kind = type(defaults[name]).__name__
+            raise ValueError(f"config argument {name!r} needs a value: {name}=<{kind}>.")
+        out[name] = _typed(name, value, defaults[name]) if eq else True
+    return out
+
+
+def config_names() -> list[str]:
+    """Names of the configs in the installed `richft_jax.configs` package."""
+    from richft_jax import configs
+
+    return sorted(m.name for m in pkgutil.iter_modules(configs.__path__) if m.name[0] != "_")
+
+
+def _package_config(name: str, spec: str) -> types.ModuleType:
+    """The module `richft_jax.configs.<name>`, or FileNotFoundError listing the names."""
+    if name not in config_names():
+        raise FileNotFoundError(
+            f"Config {spec!r}: no file there and no config named {name!r} in richft_jax.configs "
+            f"(names: {', '.join(config_names())})."
+        )
+    return importlib.import_module(f"richft_jax.configs.{name}")
+
+
+def config_module(path: str) -> types.ModuleType:
+    """The config module of `path` (no `:arg`): a bare name (`demo`) from the installed package;
+    an existing .py file; else `configs/NAME.py` or `richft_jax/configs/NAME.py` from the
+    package, so the paths of a clone also work from any directory and from a wheel."""
+    p = pathlib.Path(path)
+    package_dir = pathlib.Path(__file__).resolve().parent / "configs"
+    if p.suffix != ".py" and len(p.parts) == 1:
+        return _package_config(path, path)
+    if p.is_file():
+        if p.resolve().parent == package_dir:
+            return _package_config(p.stem, path)
+        spec = importlib.util.spec_from_file_location(p.stem, p)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    if p.suffix == ".py" and p.parts[:-1] in (("configs",), ("richft_jax", "configs")):
+        return _package_config(p.stem, path)
+    raise FileNotFoundError(
+        f"Config file {path!r} not found (a config is a .py file, configs/NAME.py, "
+        f"richft_jax/configs/NAME.py or a bare NAME; names: {', '.join(config_names())})."
+    )
+
+
 def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
-    """Loads `get_config(arg)` from "path" or "path:arg", resolved from the cwd, then the repo."""
+    """`get_config(arg)` of "SPEC" or "SPEC:arg", SPEC a name or path as `config_module` takes."""
     if arg is None and ":" in path:
         path, arg = path.split(":", 1)
-    candidates = [pathlib.Path(path), pathlib.Path(__file__).resolve().parents[1] / path]
-    for candidate in candidates:
-        if candidate.is_file():
-            spec = importlib.util.spec_from_file_location(candidate.stem, candidate)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            return module.get_config(arg) if arg is not None else module.get_config()
-    raise FileNotFoundError(f"Config file {path!r} not found (looked at {candidates}).")
+    module = config_module(path)
+    return module.get_config(arg) if arg is not None else module.get_config()
 
 
-def method_base(arg: str | None) -> tuple[ml_collections.ConfigDict, list[str]]:
-    """The config a method config adds its switches to, and the comma-separated args:
-    `domainbed[/ARG]` / `domainbed_vit[/ARG]` load the paper's ResNet-50 / ViT-B/16 DomainBed
-    config (with ARG), anything else the embedded demo (`tiny` for its tiny sizes)."""
-    args = [a for a in (arg or "").split(",") if a]
-    for a in args:
-        kind, _, rest = a.partition("/")
-        if kind in ("domainbed", "domainbed_vit"):
-            name = "resnet50_dropout" if kind == "domainbed" else "vit_b16_dropout"
-            return load_config_file(f"configs/{name}.py", rest or None), args
-    return load_config_file("configs/demo.py", "tiny" if "tiny" in args else None), args
+class _ConfigSpecParser(flags.ArgumentParser):
+    """Parses a --config value as load_config_file does, then locks the config."""
+
+    def parse(self, argument: str) -> ml_collections.ConfigDict:
+        try:
+            config = load_config_file(argument)
+        except OSError as e:  # absl reports ValueErrors as flag errors (no traceback).
+            raise ValueError(str(e)) from e
+        config.lock()
+        return config
+
+    def flag_type(self) -> str:
+        return "config object"
+
+
+def define_config_flag(
+    name: str = "config", help_string: str = "Config: NAME[:arg] or PATH.py[:arg].", **kwargs
+) -> flags.FlagHolder:
+    """`config_flags.DEFINE_config_file` (`--NAME.key=value` overrides, locked config) whose value
+    is a config name or path as `load_config_file` takes (`demo:tiny`, `configs/demo.py:tiny`).
+
+    kwargs go to DEFINE_config_file (e.g. flag_values, sys_argv).
+    """
+    from ml_collections import config_flags
+
+    holder = config_flags.DEFINE_config_file(name, None, help_string, lock_config=True, **kwargs)
+    # The config flag is an absl Flag: it parses its value with its `parser`.
+    kwargs.get("flag_values", flags.FLAGS)[name].parser = _ConfigSpecParser()
+    return holder

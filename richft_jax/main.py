@@ -14,11 +14,14 @@ xla_cpu.tune()  # Before JAX starts its CPU backend.
 
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
-from richft_jax import combine, train  # noqa: E402
+from richft_jax import combine, config_lib, train  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+# A config name from the installed package (demo:tiny) or a file (configs/demo.py:tiny), with
+# --config.key=value overrides of the locked config.
+_CONFIG = config_lib.define_config_flag(
+    "config", "Config: NAME[:arg] (richft_jax/configs) or PATH.py[:arg]."
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and results.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() (multi-host runs)."

@@ -1,0 +1,36 @@
+"""The paper's ViT-B/16 rows: very-large-dropout (0.9) fine-tuning on a DomainBed dataset.
+
+augreg ViT-B/16 (ImageNet-21k; or its 21k->1k file) from the vision_transformer .npz
+(models/pretrained.py says where; or its `python -m richft_jax.convert` output), inputs in
+[-1, 1], dropout 0.9 on the 768-d [CLS] features; otherwise the ResNet-50 protocol
+(`resnet50_dropout`: SGD momentum 0.9, 10,000 steps, x0.1 at 5,000, 32 images per
+training domain). Same arguments (`dataset`, `test_domain`, `erm`, `dry_run`):
+
+  python -m richft_jax.main --config=vit_b16_dropout:dataset=pacs,test_domain=0 \
+      --workdir=/tmp/vit_pacs_0 --config.pretrained.path=/path/to/B_16-i21k-...npz
+  ... :dataset=pacs,erm   # ERM (also vit_b16_erm);  ... ,dry_run   # 3 steps
+"""
+
+import ml_collections
+
+from richft_jax import config_lib
+from richft_jax.configs import resnet50_dropout
+
+AUGREG_B16 = "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz"
+ARGS = dict(resnet50_dropout.ARGS)
+
+
+def build(
+    dataset: str = "pacs", test_domain: str = "0", erm: bool = False, dry_run: bool = False
+) -> ml_collections.ConfigDict:
+    """The paper's ViT-B/16 row on `dataset`, leaving out `test_domain`."""
+    c = resnet50_dropout.paper_config("vit_b16", dataset, test_domain, erm, dry_run)
+    c.data.normalize = "minus_one_one"  # augreg ViTs take [-1, 1].
+    c.model.name = "vit_b16"
+    c.model.freeze_bn = False  # No BatchNorm.
+    c.pretrained.path = config_lib.cache_path(AUGREG_B16)
+    return c
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    return build(**config_lib.parse_arg(arg, **ARGS))
