@@ -1,8 +1,12 @@
 """Expands a grid of runs (configs × overrides × seeds) and runs or prints them.
 
-  python launch/sweep.py --out=workdirs/sweep --config=configs/demo.py \
-      --config=configs/demo_erm.py --grid=data.test_domains=mnist,mnist_m,digits,syn \
+  python launch/sweep.py --out=workdirs/sweep --config=demo \
+      --config=demo_erm --grid=data.test_domains=mnist,mnist_m,digits,syn \
       --seeds=0,1,2 [--mode=run|print] [--along-run=uniform_soup,greedy_soup,...]
+
+--config takes what `richft_jax.main --config` takes (a name such as `demo_rsl:noisy,erm`, or
+a path such as configs/demo_rsl.py:noisy,erm); every config (and its argument) is loaded once
+before anything runs, so a misspelled one stops the sweep at once instead of at its first run.
 
 --mode=run runs them here one after another, skipping runs whose summary.json exists (so an
 interrupted sweep is resumed by rerunning it); --mode=print prints one command per line, to
@@ -21,6 +25,8 @@ import pathlib
 import shlex
 import subprocess
 import sys
+
+from richft_jax import config_lib
 
 
 def expand(
@@ -101,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--grid {item!r} is not key=v1,v2,...")
         key, values = item.split("=", 1)
         grid[key] = values.split(",")
+    for config in args.config:
+        try:
+            config_lib.load_config_file(config)
+        except (OSError, ValueError) as e:
+            parser.error(f"--config={config}: {e}")
     runs = expand(args.config, grid, [int(s) for s in args.seeds.split(",")], args.out)
     for workdir, cmd in runs:
         if args.mode == "print":
