@@ -1,6 +1,6 @@
 """Collects finished runs into DomainBed-style tables and the paper's ID-vs-OOD picture.
 
-  python -m richft_jax.report DIR... [--out OUT_DIR]
+  python -m richft_jax.report DIR... [--out=OUT_DIR]    (or: richft-report DIR... [--out=OUT_DIR])
 
 Reads every results.jsonl under the given directories (numbers are never copied by hand).
 Model selection follows DomainBed's collect_results:
@@ -13,12 +13,14 @@ Cells are mean ± standard error over trial seeds, "X" where runs are missing. W
 tables.md, results.csv and id_vs_ood.png into --out when given.
 """
 
-import argparse
 import collections
 import csv
 import dataclasses
 import math
 import pathlib
+import sys
+
+from absl import app, flags
 
 from richft_jax import results
 
@@ -227,24 +229,47 @@ def plot_id_vs_ood(records: list[RunRecord], path: pathlib.Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("dirs", nargs="+", help="Run directories or parents of run directories.")
-    parser.add_argument("--out", help="Directory for tables.md, results.csv and id_vs_ood.png.")
-    args = parser.parse_args(argv)
-    records = run_records(args.dirs)
+def write_report(dirs: list[str], out: str | None = None) -> str:
+    """The tables of every run under `dirs` (markdown), also written with results.csv and
+    id_vs_ood.png into `out` when given: the command line's work, callable without it."""
+    records = run_records(dirs)
     if not records:
-        raise SystemExit(f"No results.jsonl under {args.dirs}.")
+        raise FileNotFoundError(f"No {results.RESULTS} under {dirs}.")
     text = markdown(records)
-    if args.out:
-        out = pathlib.Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "tables.md").write_text(text, encoding="utf-8")
-        write_csv(records, out / "results.csv")
-        plot_id_vs_ood(records, out / "id_vs_ood.png")
-    print(text)
+    if out:
+        out_dir = pathlib.Path(out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "tables.md").write_text(text, encoding="utf-8")
+        write_csv(records, out_dir / "results.csv")
+        plot_id_vs_ood(records, out_dir / "id_vs_ood.png")
     return text
 
 
+def define_flags() -> None:
+    """Defines this command line's flags when it starts, not at import: the entry points share
+    flag names (--out), and tests import several of them into one process."""
+    flags.DEFINE_string("out", None, "Directory for tables.md, results.csv and id_vs_ood.png.")
+    # --help lists the main program's flags: so it does when that is the richft-report script.
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS["out"])
+
+
+def main(argv: list[str]) -> None:
+    """Prints (and with --out writes) the tables of the runs under the positional DIRs."""
+    if len(argv) < 2:
+        raise app.UsageError("Give one or more run directories (or their parents).")
+    try:
+        print(write_report(argv[1:], flags.FLAGS.out))
+    except FileNotFoundError as e:
+        raise SystemExit(str(e)) from None
+
+
+def run() -> None:
+    """The `richft-report` console script: same as `python -m richft_jax.report`."""
+    define_flags()
+    main_module = sys.modules["__main__"]
+    main_module.__doc__ = main_module.__doc__ or __doc__  # --help's text, for the script too.
+    app.run(main)
+
+
 if __name__ == "__main__":
-    main()
+    run()

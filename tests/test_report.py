@@ -47,7 +47,7 @@ def test_selection_and_mean_standard_error(tmp_path):
     assert oracle["ood"] == pytest.approx([0.20, 0.90])
     m, se = report.mean_se([0.2, 0.5])
     assert m == pytest.approx(0.35) and se == pytest.approx(math.sqrt(0.045) / math.sqrt(2))
-    text = report.main([str(tmp_path), "--out", str(tmp_path / "out")])
+    text = report.write_report([str(tmp_path)], str(tmp_path / "out"))
     assert "| erm | X | 35.0 ± 15.0 | X |" in text  # Domain b was never the test domain.
     assert (tmp_path / "out" / "id_vs_ood.png").stat().st_size > 1000
     csv_text = (tmp_path / "out" / "results.csv").read_text()
