@@ -1,9 +1,11 @@
-"""Published checkpoint -> Orbax checkpoint that configs point `pretrained.path` at.
+r"""Published checkpoint -> Orbax checkpoint that configs point `pretrained.path` at.
 
   python -m richft_jax.convert --source=B_16-i21k-...npz --format=big_vision_npz \
       --model=vit_b16 --out=~/.cache/richft_jax/vit_b16_augreg_i21k
   python -m richft_jax.convert --source=resnet50.tv2_in1k.safetensors \
       --format=torchvision_safetensors --model=resnet50 --out=~/.cache/richft_jax/resnet50_v2
+
+(or `richft-convert` with the same flags).
 
 Writes OUT/checkpoints/0 in the layout the train loop reads (`params/backbone`, the source
 head as `params/head`, `batch_stats/backbone`), plus the source file's name and format as
@@ -11,9 +13,11 @@ metadata. With --model, every parameter is checked against that architecture fir
 can also point at the original file directly; converting once saves re-reading and checks it.
 """
 
-import argparse
 import os
 import pathlib
+import sys
+
+from absl import app, flags
 
 from richft_jax import checkpoints
 from richft_jax.models import pretrained
@@ -52,17 +56,34 @@ def convert(
     return out
 
 
-def main(argv: list[str] | None = None) -> pathlib.Path:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--source", required=True, help="The published .npz / .safetensors.")
-    parser.add_argument("--format", required=True, choices=pretrained.FORMATS)
-    parser.add_argument("--out", required=True, help="Directory of the Orbax checkpoint.")
-    parser.add_argument("--model", default=None, help="Check against this backbone first.")
-    args = parser.parse_args(argv)
-    out = convert(args.source, args.format, args.out, args.model)
+def define_flags() -> None:
+    """Defines this command line's flags when it starts, not at import: the entry points share
+    flag names (--out), and tests import several of them into one process."""
+    flags.DEFINE_string("source", None, "The published .npz / .safetensors.", required=True)
+    flags.DEFINE_enum("format", None, pretrained.FORMATS, "The source's format.", required=True)
+    flags.DEFINE_string("out", None, "Directory of the Orbax checkpoint.", required=True)
+    flags.DEFINE_enum("model", None, pretrained.NAMES, "Check against this backbone first.")
+    # --help lists the main program's flags: so it does when that is the richft-convert script.
+    for name in ("source", "format", "out", "model"):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+
+
+def main(argv: list[str]) -> None:
+    """Converts --source into an Orbax checkpoint at --out."""
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    f = flags.FLAGS
+    out = convert(f.source, f.format, f.out, f.model)
     print(f"Wrote {out} (point --config.pretrained.path at it).")
-    return out
+
+
+def run() -> None:
+    """The `richft-convert` console script: same as `python -m richft_jax.convert`."""
+    define_flags()
+    main_module = sys.modules["__main__"]
+    main_module.__doc__ = main_module.__doc__ or __doc__  # --help's text, for the script too.
+    app.run(main)
 
 
 if __name__ == "__main__":
-    main()
+    run()

@@ -8,7 +8,10 @@ the real variants, and a few fine-tuning steps from a converted checkpoint throu
 """
 
 import math
+import pathlib
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +25,7 @@ F = torch.nn.functional
 from richft_jax import checkpoints, config_lib, convert, train  # noqa: E402
 from richft_jax.models import from_pretrained, pretrained, registry, vit  # noqa: E402
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY_VIT = {"width": 32, "depth": 2, "mlp_dim": 64, "num_heads": 4, "patch_size": 4}
 TINY_RESNET = {"stage_sizes": (2, 1, 1, 1), "width": 8}
 
@@ -344,25 +348,18 @@ def test_unknown_file_format_and_missing_path_are_named(tmp_path):
 
 # ----------------------------------------------------------------------------- converter, loop
 def test_convert_cli_writes_orbax_checkpoint_with_same_function(files, tmp_path):
-    out = convert.main(
-        [
-            f"--source={files['root'] / 'vit.npz'}",
-            "--format=big_vision_npz",
-            f"--out={tmp_path / 'vit'}",
-        ]
-    )
+    out = tmp_path / "vit"
+    cmd = [sys.executable, "-m", "richft_jax.convert", f"--source={files['root'] / 'vit.npz'}"]
+    cmd += ["--format=big_vision_npz", f"--out={out}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0 and f"Wrote {out}" in done.stdout, done.stderr
     model, variables = from_pretrained("vit_b16", out, **TINY_VIT)
     x = images(2, 16)
     want, _ = torch_vit(files["vit"], x, 2, 4, 4)
     np.testing.assert_allclose(apply(model, variables, x), want, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match=r"has shape \(.*32,?\), the model expects shape \(.*768"):
-        convert.main(
-            [
-                f"--source={files['root'] / 'vit.npz'}",
-                "--format=big_vision_npz",
-                f"--out={tmp_path / 'checked'}",
-                "--model=vit_b16",
-            ]
+        convert.convert(
+            files["root"] / "vit.npz", "big_vision_npz", tmp_path / "checked", model="vit_b16"
         )
     assert not (tmp_path / "checked").exists()
 
