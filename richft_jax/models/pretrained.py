@@ -19,7 +19,7 @@ import numpy as np
 from flax import traverse_util
 
 from richft_jax import checkpoints
-from richft_jax.models import resnet, vit
+from richft_jax.models import registry, resnet, vit
 
 FORMATS = ("big_vision_npz", "torchvision_safetensors")
 NAMES = (*vit.VARIANTS, *resnet.VARIANTS)  # Backbones with published checkpoints.
@@ -272,8 +272,6 @@ def load_backbone(
 def source_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     """The source architecture of backbone `name` with its own head (`head` / `fc`); float32
     unless `dtype` says otherwise, so it reproduces the published forward pass."""
-    from richft_jax.models import registry
-
     return registry.build_backbone(name, num_classes=num_classes, **{"dtype": "float32", **kwargs})
 
 
@@ -333,17 +331,3 @@ def _cast_like(tree: dict, like: dict) -> dict:
 
 def _select(tree: dict, like: dict) -> dict:
     return {k: _select(tree[k], v) if isinstance(v, dict) else tree[k] for k, v in like.items()}
-
-
-def _variant(name: str, base: type[nn.Module], preset: dict) -> type[nn.Module]:
-    """A subclass of `base` whose field defaults are `preset` (kwargs still override), so
-    the registry entry is a class with the base's call signature."""
-    annotations = {k: base.__annotations__[k] for k in preset}
-    return type(name, (base,), {"__annotations__": annotations, "__module__": __name__, **preset})
-
-
-def model_builders() -> dict[str, type[nn.Module]]:
-    """Registry entries for the real-scale backbones (variants preset, kwargs override)."""
-    variants = {n: (vit.ViT, v) for n, v in vit.VARIANTS.items()}
-    variants.update({n: (resnet.ResNet, v) for n, v in resnet.VARIANTS.items()})
-    return {n: _variant(n, base, preset) for n, (base, preset) in variants.items()}

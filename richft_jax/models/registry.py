@@ -5,15 +5,31 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from richft_jax.models import demo, pretrained
+from richft_jax.models import demo, resnet, vit
 from richft_jax.models.classifier import Classifier
+
+
+def _variant(name: str, base: type[nn.Module], preset: dict) -> type[nn.Module]:
+    """A subclass of `base` whose field defaults are `preset` (kwargs still override), so
+    the registry entry is a class with the base's call signature."""
+    annotations = {k: base.__annotations__[k] for k in preset}
+    return type(name, (base,), {"__annotations__": annotations, "__module__": __name__, **preset})
+
+
+def model_builders() -> dict[str, type[nn.Module]]:
+    """Registry entries for the real-scale backbones (variants preset, kwargs override)."""
+    variants = {n: (vit.ViT, v) for n, v in vit.VARIANTS.items()}
+    variants.update({n: (resnet.ResNet, v) for n, v in resnet.VARIANTS.items()})
+    return {n: _variant(n, base, preset) for n, (base, preset) in variants.items()}
+
 
 BACKBONES = {
     "small_resnet": demo.SmallResNet,
     "small_vit": demo.SmallViT,
-    # Real scale, laid out as their published checkpoints (models/vit.py, models/resnet.py):
-    # vit_s16, vit_b16, vit_l16, resnet18, resnet50, resnet101.
-    **pretrained.model_builders(),
+    # Real scale, laid out as their published checkpoints (models/vit.py, models/resnet.py;
+    # weights read by models/pretrained.py): vit_s16, vit_b16, vit_l16, resnet18, resnet50,
+    # resnet101.
+    **model_builders(),
 }
 
 
