@@ -46,6 +46,19 @@ class DomainData:
     def train_domains(self) -> tuple[str, ...]:
         return tuple(d for d in self.domains if d not in self.test_domains)
 
+    def id_splits(self) -> tuple[Split, ...]:
+        """In-distribution evaluation: the training domains' held-out ("out") splits."""
+        return tuple(s for s in self.splits if not s.is_test_domain and s.split == "out")
+
+    def ood_splits(self) -> tuple[Split, ...]:
+        """Out-of-distribution evaluation: the test domains' "in" splits (DomainBed's test
+        accuracy; the test domains' "out" splits are only for oracle selection)."""
+        return tuple(s for s in self.splits if s.is_test_domain and s.split == "in")
+
+    def with_splits(self, splits: Sequence[Split]) -> "DomainData":
+        """The same dataset restricted to `splits` (e.g. held-out scoring of soups)."""
+        return dataclasses.replace(self, splits=tuple(splits))
+
     def get(self, domain: str, split: str) -> Split:
         for s in self.splits:
             if s.domain == domain and s.split == split:

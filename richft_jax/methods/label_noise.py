@@ -9,9 +9,11 @@ generator (seed, domain index): the evaluation splits, and the test domain, stay
 
 import dataclasses
 
+import ml_collections
 import numpy as np
 
 from richft_jax.data import pipeline
+from richft_jax.methods.method import Method
 
 KINDS = ("none", "symmetric", "pairwise")
 
@@ -55,3 +57,22 @@ def apply_label_noise(
             )
         splits.append(s)
     return dataclasses.replace(data, splits=tuple(splits))
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Clear errors naming the `config.label_noise` key with a bad value."""
+    noise = config.label_noise
+    if noise.kind not in KINDS:
+        raise ValueError(f"config.label_noise.kind={noise.kind!r} is not one of {KINDS}.")
+    if not 0.0 <= noise.rate <= 1.0:
+        raise ValueError(f"config.label_noise.rate={noise.rate} must be in [0, 1].")
+
+
+def method(config: ml_collections.ConfigDict) -> Method:
+    """Corrupts the training splits' labels as `config.label_noise` says (validated even when
+    off, so a bad kind is refused before any work)."""
+    noise = config.label_noise
+    return Method(
+        name="label_noise",
+        transform_data=lambda data: apply_label_noise(data, noise.kind, noise.rate, noise.seed),
+    )

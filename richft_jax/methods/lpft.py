@@ -12,8 +12,13 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
+from absl import logging
+
+from richft_jax import evaluation
+from richft_jax.methods.method import Method
 
 
 def fit_logistic_regression(
@@ -77,3 +82,47 @@ def linear_probe(
     kernel = w / std[:, None]
     bias = b - (mean / std) @ w
     return {"kernel": kernel, "bias": bias, "c": c, "val_accuracy": acc, "scores": scores}
+
+
+# ----------------------------------------------------------------------------- hooks
+def linear_probe_head(ctx: evaluation.Context, params: dict, batch_stats: dict) -> dict:
+    """LP-FT's head: logistic regression on the frozen features of the training domains' in
+    splits, its L2 strength chosen on their out splits (ID validation)."""
+    c, data = ctx.config, ctx.data
+    features_of = evaluation.features_on_mesh(ctx.model, c.data.normalize, ctx.mesh)
+    variables = {"params": params, "batch_stats": batch_stats}
+    xt, yt = evaluation.split_features(
+        features_of,
+        variables,
+        [data.get(d, "in") for d in data.train_domains],
+        c.data.eval_batch_size,
+    )
+    xv, yv = evaluation.split_features(
+        features_of,
+        variables,
+        [data.get(d, "out") for d in data.train_domains],
+        c.data.eval_batch_size,
+    )
+    probe = linear_probe(xt, yt, xv, yv, data.num_classes)
+    logging.info(
+        "Linear probe: C=%g, ID validation accuracy %.4f (grid %s).",
+        probe["c"],
+        probe["val_accuracy"],
+        probe["scores"],
+    )
+    return {"kernel": np.asarray(probe["kernel"]), "bias": np.asarray(probe["bias"])}
+
+
+def method(config: ml_collections.ConfigDict) -> Method | None:
+    """LP-FT (`config.lp_head`): θ0's head is the linear probe; LP is logged as step 0."""
+    if not config.get("lp_head", False):
+        return None
+
+    def prepare_params(ctx: evaluation.Context, params: dict, batch_stats: dict) -> dict:
+        return {**params, "head": linear_probe_head(ctx, params, batch_stats)}
+
+    return Method(
+        name="lpft",
+        prepare_params=prepare_params,
+        initial_weights=lambda params: {"lp": params},
+    )

@@ -9,6 +9,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+
+from richft_jax import results
+from richft_jax.methods.method import Method
 
 
 def update(average: Any, params: Any, step: jax.Array, start: int) -> Any:
@@ -20,4 +24,31 @@ def update(average: Any, params: Any, step: jax.Array, start: int) -> Any:
     n = (step - start + 1).astype(jnp.float32)
     return jax.tree.map(
         lambda a, p: jnp.where(n >= 1, a + (p - a) / jnp.maximum(n, 1.0), p), average, params
+    )
+
+
+def method(config: ml_collections.ConfigDict) -> Method | None:
+    """The running average from `config.moving_average_start` on, evaluated beside the model."""
+    start = config.moving_average_start
+    if start is None:
+        return None
+
+    def init_extras(params: Any) -> Any:
+        # A copy, not an alias: the state is donated to the step, and a buffer donated twice
+        # (as params and as the average) crashes XLA.
+        return jax.tree.map(lambda x: jnp.array(x, copy=True), params)
+
+    def post_update(params: Any, average: Any, steps_done: jax.Array) -> tuple[Any, Any]:
+        return params, update(average, params, steps_done, start)
+
+    def summary(rows: list[dict], method_name: str) -> dict:
+        ma = results.select_training_domain_validation(rows, f"{method_name}+moving_average")
+        return {"moving_average": {"selected": ma["selected"], "last": ma["last"]}}
+
+    return Method(
+        name="moving_average",
+        init_extras=init_extras,
+        post_update=post_update,
+        eval_weights=lambda average, step: {"moving_average": average} if step >= start else {},
+        summary=summary,
     )

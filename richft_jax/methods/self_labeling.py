@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from richft_jax.methods.method import Method
+
 HEAD = "head"
 
 
@@ -177,3 +179,30 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
 def constrained(cfg: ml_collections.ConfigDict) -> bool:
     """Whether the distance constraints (hence the anchor in the train state) are on."""
     return cfg.radius is not None or cfg.head_radius is not None
+
+
+# ----------------------------------------------------------------------------- hooks
+def method(
+    config: ml_collections.ConfigDict, model: nn.Module, image_shape: tuple[int, ...]
+) -> Method | None:
+    """Distance constraints (anchor in the state, projection after each update) and the label
+    transform, as configured in `config.self_labeling`; None when all are off."""
+    cfg = config.self_labeling
+    label_transform = make_label_transform(cfg)
+    if not constrained(cfg) and label_transform is None:
+        return None
+    if not constrained(cfg):
+        return Method(name="self_labeling", label_transform=label_transform)
+    stages = backbone_stage_order(model, image_shape)
+
+    def post_update(params: Any, anchor: Any, steps_done: jax.Array) -> tuple[Any, Any]:
+        # The radii depend only on parameter paths: the same floats whenever they are built.
+        radii = projection_radii(params, stages, cfg.radius, cfg.gamma, cfg.head_radius)
+        return project(params, anchor, radii), anchor
+
+    return Method(
+        name="self_labeling",
+        init_extras=anchor_params,
+        post_update=post_update,
+        label_transform=label_transform,
+    )

@@ -1,0 +1,133 @@
+"""Evaluation: every split of every domain once, features over the mesh, end-of-run evaluators.
+
+ID and OOD are defined once, by `DomainData.id_splits` / `ood_splits` (training domains'
+out splits / test domains' in splits, as DomainBed); everything here asks them. End-of-run
+evaluators are chosen by `config.measure` (as big_vision's evaluators): each takes the run's
+context and the pretrained / final variables and returns summary fields.
+"""
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from richft_jax import parallel, steps
+from richft_jax.analysis import feature_distortion, noise_stability
+from richft_jax.data import pipeline
+from richft_jax.methods import self_labeling
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What evaluators and method hooks need of a run besides its variables."""
+
+    config: ml_collections.ConfigDict
+    model: Any
+    data: pipeline.DomainData
+    mesh: Any
+
+
+def evaluate(
+    eval_step,
+    variables: Any,
+    data: pipeline.DomainData,
+    batch_size: int,
+    mesh,
+    max_examples: int | None = None,
+) -> list[tuple[pipeline.Split, dict]]:
+    """Accuracy and loss on the in and out splits of every domain, each example once."""
+    out = []
+    for split in data.splits:
+        batch_metrics = [
+            eval_step(variables, parallel.global_batch(parallel.host_slice(batch), mesh))
+            for batch in pipeline.eval_batches(split, batch_size, max_examples)
+        ]
+        values = {k: float(v) for k, v in steps.merge_on_host(batch_metrics).compute().items()}
+        values["count"] = min(len(split.labels), max_examples or len(split.labels))
+        out.append((split, values))
+    return out
+
+
+def features_on_mesh(model, normalize: str, mesh) -> Callable[[Any, dict], jax.Array]:
+    """`(variables, batch) -> penultimate features`, every host feeding its share of the batch
+    and getting the features of the whole batch back."""
+    features = jax.jit(
+        steps.model_features(model, normalize), out_shardings=parallel.replicated(mesh)
+    )
+
+    def features_of(variables, batch):
+        images = parallel.global_batch(parallel.host_slice(batch), mesh)["image"]
+        return features(variables, images)
+
+    return features_of
+
+
+def split_features(
+    features_of: Callable, variables: Any, splits, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features and labels of every example of `splits`, concatenated (padding dropped)."""
+    feats, labels = [], []
+    for split in splits:
+        for batch in pipeline.eval_batches(split, batch_size):
+            f = np.asarray(features_of(variables, batch))
+            feats.append(f[batch["mask"]])
+            labels.append(batch["label"][batch["mask"]])
+    return np.concatenate(feats), np.concatenate(labels)
+
+
+# ----------------------------------------------------------------------------- evaluators
+def measure_feature_distortion(ctx: Context, pretrained: dict, final: dict) -> dict:
+    """Penultimate features, pretrained vs final backbone (analysis.feature_distortion)."""
+    c = ctx.config
+    features_of = features_on_mesh(ctx.model, c.data.normalize, ctx.mesh)
+    return feature_distortion.feature_distortion(
+        features_of, pretrained, final, ctx.data, c.data.eval_batch_size, c.measure.max_examples
+    )
+
+
+def measure_layer_distances(ctx: Context, pretrained: dict, final: dict) -> dict:
+    """|W - W_pretrained| per tensor (the head against zero: it is new)."""
+    anchor = self_labeling.anchor_params(pretrained["params"])
+    return self_labeling.layer_distances(final["params"], anchor)
+
+
+def measure_noise_stability(ctx: Context, pretrained: dict, final: dict) -> dict:
+    """Relative logit change under Gaussian input and weight noise, on ID and OOD examples."""
+    c = ctx.config
+    logits_fn = jax.jit(steps.model_logits(ctx.model))
+    key = jax.random.PRNGKey(c.seed)
+    out = {}
+    for name, splits in (("id", ctx.data.id_splits()), ("ood", ctx.data.ood_splits())):
+        images = np.concatenate([s.images[: c.measure.max_examples or None] for s in splits])
+        x = pipeline.normalize(jnp.asarray(images), c.data.normalize)
+        out[name] = {
+            f"{target}_sigma_{sigma:g}": noise_stability.noise_stability(
+                logits_fn, final, x, sigma, key, target
+            )
+            for target in ("input", "weights")
+            for sigma in c.measure.noise_sigmas
+        }
+    return out
+
+
+EVALUATORS: dict[str, Callable[[Context, dict, dict], dict]] = {
+    "feature_distortion": measure_feature_distortion,
+    "layer_distances": measure_layer_distances,
+    "noise_stability": measure_noise_stability,
+}
+
+
+def chosen_evaluators(config: ml_collections.ConfigDict) -> list[str]:
+    """The end-of-run evaluators switched on in `config.measure`, in a fixed order."""
+    return [name for name in EVALUATORS if config.measure.get(name, False)]
+
+
+def end_of_run(ctx: Context, pretrained: dict, final: dict) -> dict:
+    """Summary fields of every chosen evaluator (every host takes part; features use the mesh)."""
+    return {
+        name: EVALUATORS[name](ctx, pretrained, final) for name in chosen_evaluators(ctx.config)
+    }

@@ -1,0 +1,178 @@
+"""The one run builder: a run's data, model and θ0 from its config, and a finished run from its
+workdir.
+
+train, combine, every analysis, the benchmark and the notebook get "the run" from here, so
+they all see the same images (size, holdout fraction, label noise), the same model and the
+same starting point; nothing else re-assembles config pieces.
+"""
+
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import logging
+
+from richft_jax import checkpoints, evaluation, parallel
+from richft_jax.data import pipeline
+from richft_jax.methods import hooks as hooks_lib
+from richft_jax.models import pretrained as published
+from richft_jax.models import registry
+
+CHOICES = {
+    "data.augment": ("none", "crop", "flip_crop", "domainbed"),
+    "data.normalize": ("minus_one_one", "imagenet"),
+    "optim.name": ("sgd", "adamw"),
+    "optim.schedule": ("step", "cosine", "constant"),
+}
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Fails early, naming the config key, on values the loop would only trip on later."""
+    choices = {**CHOICES, "model.name": tuple(registry.BACKBONES)}
+    for key, valid in choices.items():
+        section, name = key.split(".")
+        value = config[section][name]
+        if value not in valid:
+            raise ValueError(f"config.{key}={value!r} is not one of {valid}.")
+    hooks_lib.validate(config)
+    for key in ("num_steps", "log_every", "eval_every", "checkpoint_every"):
+        if config[key] <= 0:
+            raise ValueError(f"config.{key}={config[key]} must be positive.")
+
+
+def load_data(config: ml_collections.ConfigDict, data_dir: str | None = None):
+    """The run's domains, split in/out by its trial seed, at its image size, with its methods'
+    data transforms (e.g. label noise) applied. `data_dir` overrides config.data.data_dir."""
+    c = config.data
+    data = pipeline.load_domains(
+        c.name,
+        c.test_domains,
+        config.trial_seed,
+        c.get("holdout_fraction", 0.2),
+        data_dir=data_dir or c.data_dir,
+        image_size=c.get("image_size"),
+        manual_dir=c.get("manual_dir"),
+    )
+    return hooks_lib.build(config).transform_data(data)
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int):
+    """The classifier (backbone + feature dropout + linear head) of `config.model`."""
+    return registry.build_classifier(config.model, num_classes)
+
+
+def keys(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
+    """(init key, root key of the train state), both from config.seed."""
+    init_key, root = jax.random.split(jax.random.PRNGKey(config.seed))
+    return init_key, root
+
+
+def load_pretrained(config: ml_collections.ConfigDict, params: dict, batch_stats: dict):
+    """`params`, `batch_stats` with the backbone from config.pretrained.path (published weights
+    .npz / .safetensors or an Orbax run directory); unchanged when no path is set."""
+    path = config.pretrained.path
+    if not path:
+        return params, batch_stats
+    path = pathlib.Path(path).expanduser()
+    if path.is_file() or config.model.name in published.NAMES:
+        # Published weights or their converted Orbax checkpoint: read directly, ViT position
+        # embeddings resized to the input size, strict merge.
+        return published.load_backbone(config.model.name, path, params, batch_stats)
+    try:
+        source = str(checkpoints.latest_step_dir(path))
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"config.pretrained.path: no pretrained checkpoint at {path} "
+            "(expected an Orbax run directory with checkpoints/<step>)."
+        ) from None
+    tree = checkpoints.restore_state_tree(path)
+    params = {
+        **params,
+        "backbone": checkpoints.merge_pretrained(
+            params["backbone"], tree["params"].get("backbone", {}), source, "params/backbone"
+        ),
+    }
+    if batch_stats:
+        batch_stats = {
+            **batch_stats,
+            "backbone": checkpoints.merge_pretrained(
+                batch_stats["backbone"],
+                tree["batch_stats"].get("backbone", {}),
+                source,
+                "batch_stats/backbone",
+            ),
+        }
+    logging.info("Loaded the pretrained backbone from %s.", source)
+    return params, batch_stats
+
+
+def init_variables(
+    config: ml_collections.ConfigDict, model, data: pipeline.DomainData, mesh=None
+) -> dict:
+    """θ0: the pretrained backbone with the run's own initial head (the model's init with the
+    run's init key, then the methods' changes, e.g. LP-FT's linear-probe head)."""
+    init_key, _ = keys(config)
+    image_shape = data.splits[0].images.shape[1:]
+    variables = jax.jit(
+        lambda k: model.init(k, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    )(init_key)
+    params, batch_stats = load_pretrained(
+        config, variables["params"], variables.get("batch_stats", {})
+    )
+    hooks = hooks_lib.build(config, model, image_shape)
+    if any(m.prepare_params for m in hooks.methods):
+        ctx = evaluation.Context(config, model, data, mesh or parallel.make_mesh())
+        params = hooks.prepare_params(ctx, params, batch_stats)
+    return {"params": params, "batch_stats": batch_stats}
+
+
+@dataclasses.dataclass
+class Run:
+    """A finished (or checkpointed) run: its config, data, model and restored variables."""
+
+    path: pathlib.Path
+    config: ml_collections.ConfigDict
+    data: pipeline.DomainData
+    model: Any
+    variables: dict  # {"params", "batch_stats"} of the restored checkpoint.
+    step: int
+
+
+def read_config(run_dir: pathlib.Path) -> ml_collections.ConfigDict:
+    """A run's resolved config (workdir/config.json), with a clear error if it has none."""
+    config_file = run_dir / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{run_dir} has no config.json (not a run directory).")
+    return ml_collections.ConfigDict(json.loads(config_file.read_text()))
+
+
+def restore(path: str, which: str = "best") -> tuple[ml_collections.ConfigDict, dict, int]:
+    """(config, {"params", "batch_stats"}, step) of a run's best or latest checkpoint, or of one
+    step directory (RUN/checkpoints/STEP: ensembles and averages along one run)."""
+    path = pathlib.Path(path).expanduser().resolve()  # Orbax reads absolute paths only.
+    if (path / "state").is_dir():
+        run_dir, step_dir = path.parent.parent, path
+    else:
+        sub = {"best": checkpoints.BEST, "latest": checkpoints.LATEST}.get(which)
+        if sub is None:
+            raise ValueError(f"which={which!r} is not 'best' or 'latest'.")
+        run_dir, step_dir = path, checkpoints.latest_step_dir(path / sub)
+    config = read_config(run_dir)
+    tree = checkpoints.restore_state_tree(step_dir)
+    variables = {"params": tree["params"], "batch_stats": tree["batch_stats"]}
+    return config, variables, int(step_dir.name)
+
+
+def from_workdir(path: str, which: str = "best", data_dir: str | None = None) -> Run:
+    """A run rebuilt from its workdir: config.json, the same data and model, restored variables."""
+    config, variables, step = restore(path, which)
+    data = load_data(config, data_dir)
+    model = build_model(config, data.num_classes)
+    run_dir = pathlib.Path(path).expanduser().resolve()
+    if (run_dir / "state").is_dir():
+        run_dir = run_dir.parent.parent
+    return Run(run_dir, config, data, model, variables, step)

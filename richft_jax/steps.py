@@ -1,0 +1,215 @@
+"""The train state, the optimizer and the pure train / eval steps.
+
+`create_train_state` is the one place a `TrainState` is built; the step factories return pure
+functions of (state, batch, rates) that train.py jits once over the device mesh. A method
+changes a step only through its hooks (`richft_jax.methods.hooks`): rates, label transform,
+post-update and extra state in `TrainState.extras`.
+"""
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from clu import metrics
+
+from richft_jax.data import pipeline
+
+
+# ----------------------------------------------------------------------------- state & metrics
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step reads and writes; a plain pytree, checkpointed whole."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array  # The run's root key (raw uint32[2]); per-step keys are fold_in(rng, step).
+    extras: Any = None  # Method state by method name (e.g. the running weight average); {}.
+
+
+@flax.struct.dataclass
+class TrainMetrics(metrics.Collection):
+    loss: metrics.Average.from_output("loss")
+    accuracy: metrics.Average.from_output("correct")
+    grad_norm: metrics.Average.from_output("grad_norm")
+    param_norm: metrics.LastValue.from_output("param_norm")
+    learning_rate: metrics.LastValue.from_output("learning_rate")
+
+
+@flax.struct.dataclass
+class EvalMetrics(metrics.Collection):
+    loss: metrics.Average.from_output("loss")
+    accuracy: metrics.Average.from_output("correct")
+
+
+def create_train_state(
+    params: Any, batch_stats: Any, tx: optax.GradientTransformation, rng: jax.Array, extras=None
+) -> TrainState:
+    """A fresh state at step 0; `extras` is the methods' own state (`Hooks.init_extras`)."""
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=tx.init(params),
+        rng=rng,
+        extras={} if extras is None else extras,
+    )
+
+
+def merge_on_host(step_metrics: list[metrics.Collection]) -> metrics.Collection | None:
+    """Per-step (or per-batch) metrics fetched and merged in numpy, at a logging boundary.
+
+    Merging on the devices would launch small eager computations between the in-flight
+    steps; on CPU with 8 simulated devices under load that aborted XLA's in-process
+    all-reduce now and then. On the host it cannot, and the loop has no per-step dispatches.
+    """
+    if not step_metrics:
+        return None
+    return functools.reduce(lambda a, b: a.merge(b), jax.device_get(step_metrics))
+
+
+# ----------------------------------------------------------------------------- optimizer
+def make_schedule(optim: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
+    """The base learning-rate schedule: step decay at fractions of training, or cosine."""
+    if optim.schedule == "step":
+        boundaries = {int(f * num_steps): optim.decay_factor for f in optim.decay_at}
+        schedule = optax.piecewise_constant_schedule(optim.lr, boundaries)
+    elif optim.schedule == "cosine":
+        schedule = optax.cosine_decay_schedule(optim.lr, max(num_steps - optim.warmup_steps, 1))
+    elif optim.schedule == "constant":
+        schedule = optax.constant_schedule(optim.lr)
+    else:
+        raise ValueError(f"config.optim.schedule: unknown schedule {optim.schedule!r}.")
+    if optim.warmup_steps:
+        warmup = optax.linear_schedule(0.0, optim.lr, optim.warmup_steps)
+        schedule = optax.join_schedules([warmup, schedule], [optim.warmup_steps])
+    return schedule
+
+
+def param_labels(params: Any) -> Any:
+    """'head' for the new linear classifier, 'backbone' for everything else."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "head" if path[0].key == "head" else "backbone", params
+    )
+
+
+def make_optimizer(
+    optim: ml_collections.ConfigDict, num_steps: int
+) -> optax.GradientTransformation:
+    """SGD with momentum and coupled weight decay (as torch), or AdamW; head lr x factor."""
+    schedule = make_schedule(optim, num_steps)
+
+    def one(factor: float) -> optax.GradientTransformation:
+        lr = lambda step: schedule(step) * factor  # noqa: E731
+        if optim.name == "sgd":
+            return optax.chain(
+                optax.add_decayed_weights(optim.weight_decay), optax.sgd(lr, optim.momentum)
+            )
+        if optim.name == "adamw":
+            return optax.adamw(lr, weight_decay=optim.weight_decay)
+        raise ValueError(f"config.optim.name: unknown optimizer {optim.name!r} (sgd | adamw).")
+
+    return optax.multi_transform(
+        {"backbone": one(1.0), "head": one(optim.head_lr_factor)}, param_labels
+    )
+
+
+# ----------------------------------------------------------------------------- steps
+def _no_post_update(params: Any, extras: Any, step: jax.Array) -> tuple[Any, Any]:
+    return params, extras
+
+
+def make_train_step(
+    model,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    normalize: str,
+    label_transform: Callable | None = None,
+    post_update: Callable = _no_post_update,
+):
+    """Returns the pure step `(state, batch, rates) -> (state, TrainMetrics)`.
+
+    `rates` is the feature-dropout rate, or a dict of rates ("feature" and the backbone's own,
+    e.g. "drop_path_rate"). Method hooks: `label_transform(logits, labels, step) -> (labels,
+    example weights)` and `post_update(params, extras, steps_done) -> (params, extras)`.
+    """
+
+    def train_step(state: TrainState, batch: dict, rates: jax.Array | dict):
+        key = jax.random.fold_in(state.rng, state.step)
+        images = pipeline.normalize(batch["image"], normalize)
+        rates = dict(rates) if isinstance(rates, dict) else {"feature": rates}
+        feature_rate = rates.pop("feature")
+
+        def loss_fn(params):
+            (logits, _), updates = model.apply(
+                {"params": params, "batch_stats": state.batch_stats},
+                images,
+                train=True,
+                dropout_rate=feature_rate,
+                backbone_rates=rates,
+                rngs={"dropout": key},
+                mutable=["batch_stats"],
+            )
+            labels, weights = batch["label"], None
+            if label_transform is not None:
+                labels, weights = label_transform(logits, labels, state.step)
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+            loss = ce.mean() if weights is None else jnp.sum(weights * ce)
+            return loss, (logits, updates.get("batch_stats", state.batch_stats))
+
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        params, extras = post_update(params, state.extras, state.step + 1)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=params,
+            batch_stats=batch_stats,
+            opt_state=opt_state,
+            extras=extras,
+        )
+        m = TrainMetrics.single_from_model_output(
+            loss=loss,
+            correct=(jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32),
+            grad_norm=optax.tree.norm(grads),
+            param_norm=optax.tree.norm(params),
+            learning_rate=schedule(state.step),
+        )
+        return new_state, m
+
+    return train_step
+
+
+def model_logits(model) -> Callable[[dict, jax.Array], jax.Array]:
+    """`(variables, images) -> logits` of one model in eval mode (no dropout)."""
+    return lambda variables, images: model.apply(variables, images, train=False)[0]
+
+
+def model_features(model, normalize: str) -> Callable[[dict, jax.Array], jax.Array]:
+    """`(variables, raw images) -> penultimate features` in eval mode."""
+    return lambda v, x: model.apply(v, pipeline.normalize(x, normalize), train=False)[1]["features"]
+
+
+def make_eval_step(logits_fn: Callable[[Any, jax.Array], jax.Array], normalize: str):
+    """Returns `(variables, batch) -> EvalMetrics` over the masked batch.
+
+    `logits_fn` is one model (`model_logits`) or any combination of models, e.g. a vmapped
+    ensemble over stacked variables: evaluation is the same for all of them.
+    """
+
+    def eval_step(variables, batch):
+        images = pipeline.normalize(batch["image"], normalize)
+        logits = logits_fn(variables, images)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+        correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+        return EvalMetrics.single_from_model_output(loss=loss, correct=correct, mask=batch["mask"])
+
+    return eval_step
