@@ -1,4 +1,4 @@
-"""Expands a grid of runs (configs × overrides × seeds) and runs or prints them.
+r"""Expands a grid of runs (configs × overrides × seeds) and runs or prints them.
 
   python launch/sweep.py --out=workdirs/sweep --config=demo \
       --config=demo_erm --grid=data.test_domains=mnist,mnist_m,digits,syn \
@@ -18,13 +18,14 @@ paper's along-run ensembles and soups. Runs must keep those checkpoints
 (--grid=keep_checkpoints=N).
 """
 
-import argparse
 import itertools
 import json
 import pathlib
 import shlex
 import subprocess
 import sys
+
+from absl import app, flags
 
 from richft_jax import config_lib
 
@@ -90,31 +91,18 @@ def along_run_command(workdir: pathlib.Path, combinations: str) -> list[str] | N
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="Root directory of the sweep's workdirs.")
-    parser.add_argument("--config", action="append", required=True, help="Config (repeatable).")
-    parser.add_argument("--grid", action="append", default=[], help="key=v1,v2,... (repeatable).")
-    parser.add_argument("--seeds", default="0", help="Comma-separated seeds.")
-    parser.add_argument("--mode", choices=("run", "print"), default="run")
-    parser.add_argument(
-        "--along-run", default="", help="Combinations of each run's saved checkpoints."
-    )
-    args = parser.parse_args(argv)
-    grid = {}
-    for item in args.grid:
-        if "=" not in item:
-            parser.error(f"--grid {item!r} is not key=v1,v2,...")
-        key, values = item.split("=", 1)
-        grid[key] = values.split(",")
-    for config in args.config:
-        try:
-            config_lib.load_config_file(config)
-        except (OSError, ValueError) as e:
-            parser.error(f"--config={config}: {e}")
-    runs = expand(args.config, grid, [int(s) for s in args.seeds.split(",")], args.out)
-    for workdir, cmd in runs:
-        if args.mode == "print":
+def run_sweep(
+    out: str,
+    configs: list[str],
+    grid: dict[str, list[str]],
+    seeds: list[int],
+    mode: str = "run",
+    along_run: str = "",
+) -> None:
+    """Runs (mode="run") or prints (mode="print") every run of `expand`, and with `along_run`
+    the combinations of each run's checkpoints: the command line's work, callable without it."""
+    for workdir, cmd in expand(configs, grid, seeds, out):
+        if mode == "print":
             print(shlex.join(cmd))
             continue
         if (workdir / "summary.json").exists():
@@ -122,11 +110,74 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"run: {shlex.join(cmd)}", flush=True)
             subprocess.run(cmd, check=True)
-        if args.along_run and (combine := along_run_command(workdir, args.along_run)):
+        if along_run and (combine := along_run_command(workdir, along_run)):
             print(f"run: {shlex.join(combine)}", flush=True)
             subprocess.run(combine, check=True)
+
+
+def parse_grid(items: list[str]) -> dict[str, list[str]]:
+    """--grid's `key=v1,v2,...` items as {key: [v1, v2, ...]}."""
+    grid = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--grid {item!r} is not key=v1,v2,...")
+        key, values = item.split("=", 1)
+        grid[key] = values.split(",")
+    return grid
+
+
+def _check_grid(items: list[str]) -> bool:
+    try:
+        parse_grid(items)
+    except ValueError as e:
+        raise flags.ValidationError(str(e)) from e
+    return True
+
+
+def _check_seeds(seeds: str) -> bool:
+    if not all(s.strip().lstrip("-").isdigit() for s in seeds.split(",")):
+        raise flags.ValidationError(f"--seeds={seeds!r} is not comma-separated integers.")
+    return True
+
+
+def _check_configs(configs: list[str] | None) -> bool:
+    """Loads every config (and its argument) once, so a misspelled one stops the sweep before
+    anything runs."""
+    for config in configs or []:
+        try:
+            config_lib.load_config_file(config)
+        except (OSError, ValueError) as e:
+            raise flags.ValidationError(f"--config={config}: {e}") from e
+    return True
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines this command line's flags (with their checks) in `flag_values` when it starts,
+    not at import: the entry points share flag names (--out, --config)."""
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_string("out", None, "Root directory of the sweep's workdirs.", **fv)
+    flags.DEFINE_multi_string("config", None, "Config name or path[:arg]", **fv)
+    flags.DEFINE_multi_string("grid", [], "key=v1,v2,...: one axis of the grid", **fv)
+    flags.DEFINE_string("seeds", "0", "Comma-separated seeds.", **fv)
+    flags.DEFINE_enum("mode", "run", ["run", "print"], "Run here, or print the commands.", **fv)
+    flags.DEFINE_string("along_run", "", "Combinations of each run's saved checkpoints.", **fv)
+    flags.DEFINE_alias("along-run", "along_run", **fv)
+    flags.mark_flags_as_required(["out", "config"], **fv)
+    flags.register_validator("grid", _check_grid, **fv)
+    flags.register_validator("seeds", _check_seeds, **fv)
+    flags.register_validator("config", _check_configs, **fv)
+
+
+def main(argv: list[str]) -> int:
+    """Runs or prints the sweep the flags describe."""
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    f = flags.FLAGS
+    seeds = [int(s) for s in f.seeds.split(",")]
+    run_sweep(f.out, f.config, parse_grid(f.grid), seeds, f.mode, f.along_run)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    define_flags()
+    app.run(main)

@@ -35,14 +35,14 @@ def test_expand_is_the_full_product(tmp_path):
 def test_run_mode_skips_finished_runs(tmp_path, monkeypatch, capsys):
     calls = []
     monkeypatch.setattr(sweep.subprocess, "run", lambda cmd, check: calls.append(cmd))
-    args = ["--out", str(tmp_path), "--config", "configs/demo.py", "--seeds", "0,1"]
+    args = (str(tmp_path), ["configs/demo.py"], {}, [0, 1])
     done = tmp_path / "demo" / "seed0"
     done.mkdir(parents=True)
     (done / "summary.json").write_text("{}")
-    assert sweep.main(args) == 0
+    sweep.run_sweep(*args)
     assert len(calls) == 1 and f"--workdir={tmp_path / 'demo' / 'seed1'}" in calls[0]
     assert "skip (finished)" in capsys.readouterr().out
-    sweep.main(args + ["--mode", "print"])
+    sweep.run_sweep(*args, mode="print")
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) == 2 and printed[0].startswith(sys.executable)
 
@@ -55,15 +55,15 @@ def test_along_run_combines_the_checkpoints_each_run_saved(tmp_path, monkeypatch
         (run / "checkpoints" / str(step)).mkdir(parents=True)
     (run / "summary.json").write_text("{}")
     (run / "config.json").write_text('{"method": "erm"}')
-    args = ["--out", str(tmp_path), "--config", "configs/demo_erm.py", "--seeds", "0"]
-    assert sweep.main(args + ["--along-run", "greedy_soup,ensemble_sum_logits"]) == 0
+    args = (str(tmp_path), ["configs/demo_erm.py"], {}, [0])
+    sweep.run_sweep(*args, along_run="greedy_soup,ensemble_sum_logits")
     (cmd,) = calls  # The run itself is finished: only its combination runs.
     steps = ",".join(str(run / "checkpoints" / s) for s in ("300", "600", "1200"))
     assert f"--config.checkpoints={steps}" in cmd
     assert "--config.method_prefix=erm+" in cmd and f"--workdir={run / 'along_run'}" in cmd
     (run / "along_run").mkdir()
     (run / "along_run" / "summary.json").write_text("{}")
-    sweep.main(args + ["--along-run", "greedy_soup"])
+    sweep.run_sweep(*args, along_run="greedy_soup")
     assert len(calls) == 1  # Already combined: skipped.
 
 
