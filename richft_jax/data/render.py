@@ -180,6 +180,36 @@ def _glyph_mask(
     return image
 
 
+def _inverse_affines(
+    boxes: np.ndarray,
+    shift: np.ndarray,
+    angle: np.ndarray,
+    shear: np.ndarray,
+    aspect: np.ndarray,
+    canvas: int,
+    max_shift: float,
+) -> list[list[float]]:
+    """PIL's inverse affine coefficients per glyph: each is shifted (`shift` in [-1, 1]^2) by
+    at most the slack its extent (`boxes`, [N, 4]) leaves on the canvas, plus `max_shift`."""
+    extent = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    slack = 0.6 * np.maximum(0.0, (canvas - extent) / 2) + max_shift * canvas
+    translate = shift * slack[:, None]
+    # Forward map: rotation @ [[aspect, shear], [0, 1]] about the canvas centre, then translate.
+    # PIL wants the inverse: output pixel p reads input pixel inv @ (p - centre - t) + centre.
+    cos, sin = np.cos(angle), np.sin(angle)
+    forward = np.stack(
+        [
+            np.stack([cos * aspect, cos * shear - sin], -1),
+            np.stack([sin * aspect, sin * shear + cos], -1),
+        ],
+        -2,
+    )
+    inv = np.linalg.inv(forward)
+    centre = canvas / 2
+    offset = centre - np.einsum("nij,nj->ni", inv, centre + translate)
+    return np.concatenate([inv[:, 0], offset[:, :1], inv[:, 1], offset[:, 1:]], -1).tolist()
+
+
 def render_glyphs(
     chars: Sequence[str],
     rng: np.random.Generator,
@@ -228,23 +258,7 @@ def render_glyphs(
     boxes = np.array(
         [_bbox(fonts_used[i], chars[i], int(stroke[i])) for i in range(n)], np.float64
     ).reshape(n, 4)
-    extent = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-    slack = 0.6 * np.maximum(0.0, (canvas - extent) / 2) + aug.max_shift * canvas
-    translate = shift * slack[:, None]
-    # Forward map: rotation @ [[aspect, shear], [0, 1]] about the canvas centre, then translate.
-    # PIL wants the inverse: output pixel p reads input pixel inv @ (p - centre - t) + centre.
-    cos, sin = np.cos(angle), np.sin(angle)
-    forward = np.stack(
-        [
-            np.stack([cos * aspect, cos * shear - sin], -1),
-            np.stack([sin * aspect, sin * shear + cos], -1),
-        ],
-        -2,
-    )
-    inv = np.linalg.inv(forward)
-    centre = canvas / 2
-    offset = centre - np.einsum("nij,nj->ni", inv, centre + translate)
-    coeffs = np.concatenate([inv[:, 0], offset[:, :1], inv[:, 1], offset[:, 1:]], -1).tolist()
+    coeffs = _inverse_affines(boxes, shift, angle, shear, aspect, canvas, aug.max_shift)
     blur_list = blur.tolist()
     stroke_list = stroke.tolist()
     coords = (np.arange(size, dtype=np.float32) + 0.5) / size - 0.5
