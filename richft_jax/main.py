@@ -7,6 +7,8 @@ config value can be overridden with `--config.key=value`. Multi-host: `--distrib
 `--coordinator_address`, `--num_processes` and `--process_id`.
 """
 
+import sys
+
 from richft_jax import tf_cpu, xla_cpu
 
 tf_cpu.tf()  # Before anything else imports TensorFlow: keep it off the accelerators.
@@ -55,5 +57,15 @@ def main(argv: list[str]) -> None:
         train.train_and_evaluate(config, _WORKDIR.value)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """`python -m richft_jax.main` and the `richft-train` console script."""
+    main_module = sys.modules["__main__"]  # --help prints its doc and key flags: these.
+    main_module.__doc__ = main_module.__doc__ or __doc__
+    # --config is defined in config_lib, so it is not one of this module's own flags.
+    for flag in [*flags.FLAGS.get_key_flags_for_module(__name__), flags.FLAGS["config"]]:
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()
