@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import pytest
 
 from richft_jax import checkpoints, config_lib, results, train
+from richft_jax import workdir as workdir_lib
 from richft_jax.models.classifier import Classifier
 from richft_jax.models.demo import SmallResNet
 
@@ -112,7 +113,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_
 def test_second_run_on_the_same_workdir_is_refused(data_dir, tmp_path):
     path = tmp_path / "run"
     path.mkdir()
-    with train.exclusive_workdir(path):  # Another run holds the workdir.
+    with workdir_lib.exclusive_workdir(path):  # Another run holds the workdir.
         with pytest.raises(RuntimeError, match="is in use by another run"):
             train.train_and_evaluate(tiny(data_dir), str(path))
     assert not (path / "config.json").exists()  # Nothing of the running run was touched.

@@ -192,7 +192,8 @@ def test_moving_average_is_kept_in_the_state_and_evaluated(first_run, dirs):
     assert [r["loss"] for r in ma] != [r["loss"] for r in model]
     assert summary["moving_average"]["selected"]["step"] in (10, 20)
     tree = checkpoints.restore_state_tree(workdir)
-    assert tree["avg_params"]["head"]["kernel"].shape == tree["params"]["head"]["kernel"].shape
+    average = tree["extras"]["moving_average"]
+    assert average["head"]["kernel"].shape == tree["params"]["head"]["kernel"].shape
 
 
 def test_restore_from_a_relative_path(first_run, monkeypatch):

@@ -17,6 +17,7 @@ import pytest
 from absl import logging
 
 from richft_jax import checkpoints, config_lib, results, train
+from richft_jax import workdir as workdir_lib
 from richft_jax.data import pipeline
 from richft_jax.models.classifier import Classifier
 from richft_jax.models.demo import SmallResNet
@@ -229,5 +230,5 @@ def test_no_code_path_unpickles_anything():
 def test_a_bucket_url_as_workdir_is_refused_with_what_to_do(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match="workdir 'gs://bkt/run'.*mount the bucket"):
-        train.make_workdir("gs://bkt/run")
+        workdir_lib.make_workdir("gs://bkt/run")
     assert not (tmp_path / "gs:").exists()  # Not silently created as a local folder.

@@ -1,5 +1,5 @@
 """config.model.dtype ("auto": bf16 compute on accelerators, float32 on CPU; parameters and
-logits stay float32), and train.merge_on_host against the on-device metric merge."""
+logits stay float32), and steps.merge_on_host against the on-device metric merge."""
 
 import jax
 import jax.numpy as jnp
@@ -73,10 +73,10 @@ def test_bfloat16_compute_keeps_float32_parameters_and_logits():
 
 
 def test_merge_on_host_equals_the_on_device_merge():
-    from richft_jax import train
+    from richft_jax import steps as steps_lib
 
     steps = [
-        train.TrainMetrics.single_from_model_output(
+        steps_lib.TrainMetrics.single_from_model_output(
             loss=jnp.array([float(i), 2.0 * i]),
             correct=jnp.array([1.0, float(i % 2)]),
             grad_norm=jnp.float32(i + 1),
@@ -88,8 +88,8 @@ def test_merge_on_host_equals_the_on_device_merge():
     on_device = steps[0]
     for m in steps[1:]:
         on_device = on_device.merge(m)
-    host = train.merge_on_host(steps).compute()
+    host = steps_lib.merge_on_host(steps).compute()
     for k, v in on_device.compute().items():
         assert float(host[k]) == pytest.approx(float(v), rel=1e-6), k
     assert float(host["param_norm"]) == pytest.approx(14.0)  # LastValue: the last step's.
-    assert train.merge_on_host([]) is None
+    assert steps_lib.merge_on_host([]) is None

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from richft_jax import config_lib, parallel, train
+from richft_jax import config_lib, parallel
+from richft_jax import steps as steps_lib
 from richft_jax.models.classifier import Classifier
 from richft_jax.models.demo import SmallResNet
 
@@ -16,19 +17,17 @@ def _run(devices, steps=10, rate=0.9, freeze_bn=True, seed=0):
     optim = config_lib.base_config().optim
     optim.lr = 0.05
     optim.head_lr_factor = 10.0
-    tx = train.make_optimizer(optim, steps)
+    tx = steps_lib.make_optimizer(optim, steps)
     variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
-    state = train.TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=variables["params"],
-        batch_stats=variables["batch_stats"],
-        opt_state=tx.init(variables["params"]),
-        rng=jax.random.PRNGKey(seed),
+    state = steps_lib.create_train_state(
+        variables["params"], variables["batch_stats"], tx, jax.random.PRNGKey(seed)
     )
     rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     state = jax.device_put(state, rep)
     step_fn = jax.jit(
-        train.make_train_step(model, tx, train.make_schedule(optim, steps), "minus_one_one"),
+        steps_lib.make_train_step(
+            model, tx, steps_lib.make_schedule(optim, steps), "minus_one_one"
+        ),
         in_shardings=(rep, shard, rep),
         out_shardings=(rep, rep),
     )
@@ -80,14 +79,14 @@ def test_same_seed_is_bit_identical_and_frozen_bn_stays_frozen():
 def test_head_learning_rate_factor_and_step_decay():
     optim = config_lib.base_config().optim
     optim.lr, optim.weight_decay, optim.momentum, optim.head_lr_factor = 0.1, 0.0, 0.0, 10.0
-    tx = train.make_optimizer(optim, num_steps=10)
+    tx = steps_lib.make_optimizer(optim, num_steps=10)
     params = {"head": {"kernel": jnp.ones(2)}, "backbone": {"w": jnp.ones(2)}}
     grads = jax.tree.map(jnp.ones_like, params)
     opt_state = tx.init(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     np.testing.assert_allclose(updates["backbone"]["w"], -0.1)
     np.testing.assert_allclose(updates["head"]["kernel"], -1.0)
-    schedule = train.make_schedule(optim, 10)
+    schedule = steps_lib.make_schedule(optim, 10)
     np.testing.assert_allclose(
         [schedule(4), schedule(5), schedule(9)], [0.1, 0.01, 0.01], rtol=1e-6
     )
