@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from richft_jax import config_lib, parallel, train
+from richft_jax import steps as steps_lib
 from richft_jax.analysis import feature_distortion as fd
 from richft_jax.analysis import noise_stability as ns
 from richft_jax.data import pipeline
@@ -238,29 +239,34 @@ def _train(radii_fn, steps=4, lr=0.5):
     model = Classifier(SmallResNet(widths=(8, 8, 8, 8), feature_dim=16), 10, freeze_bn=True)
     optim = config_lib.base_config().optim
     optim.lr, optim.momentum = lr, 0.0
-    tx = train.make_optimizer(optim, steps)
+    tx = steps_lib.make_optimizer(optim, steps)
     variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
     params = variables["params"]
     radii = radii_fn(model, params)
     cfg = config_lib.base_config().self_labeling
     cfg.reweight_start, cfg.correction_start = 0, 2
-    state = train.TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=variables["batch_stats"],
-        opt_state=tx.init(params),
-        rng=jax.random.PRNGKey(0),
-        anchor_params=sl.anchor_params(params) if radii is not None else {},
+    state = steps_lib.create_train_state(
+        params,
+        variables["batch_stats"],
+        tx,
+        jax.random.PRNGKey(0),
+        {"anchor": sl.anchor_params(params)} if radii is not None else {},
     )
+
+    def post_update(params, extras, steps_done):
+        if radii is None:
+            return params, extras
+        return sl.project(params, extras["anchor"], radii), extras
+
     rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     step_fn = jax.jit(
-        train.make_train_step(
+        steps_lib.make_train_step(
             model,
             tx,
-            train.make_schedule(optim, steps),
+            steps_lib.make_schedule(optim, steps),
             "minus_one_one",
             label_transform=sl.make_label_transform(cfg),
-            radii=radii,
+            post_update=post_update,
         ),
         in_shardings=(rep, shard, rep),
         out_shardings=(rep, rep),
