@@ -56,16 +56,15 @@ def convert(
     return out
 
 
-def define_flags() -> None:
-    """Defines this command line's flags when it starts, not at import: the entry points share
-    flag names (--out), and tests import several of them into one process."""
-    flags.DEFINE_string("source", None, "The published .npz / .safetensors.", required=True)
-    flags.DEFINE_enum("format", None, pretrained.FORMATS, "The source's format.", required=True)
-    flags.DEFINE_string("out", None, "Directory of the Orbax checkpoint.", required=True)
-    flags.DEFINE_enum("model", None, pretrained.NAMES, "Check against this backbone first.")
-    # --help lists the main program's flags: so it does when that is the richft-convert script.
-    for name in ("source", "format", "out", "model"):
-        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines this command line's flags in `flag_values` when it starts, not at import: the
+    entry points share flag names (--out), and tests import several of them into one process."""
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_string("source", None, "The published .npz / .safetensors.", **fv)
+    flags.DEFINE_enum("format", None, pretrained.FORMATS, "The source's format.", **fv)
+    flags.DEFINE_string("out", None, "Directory of the Orbax checkpoint.", **fv)
+    flags.DEFINE_enum("model", None, pretrained.NAMES, "Check against this backbone first.", **fv)
+    flags.mark_flags_as_required(["source", "format", "out"], **fv)
 
 
 def main(argv: list[str]) -> None:
@@ -80,8 +79,10 @@ def main(argv: list[str]) -> None:
 def run() -> None:
     """The `richft-convert` console script: same as `python -m richft_jax.convert`."""
     define_flags()
-    main_module = sys.modules["__main__"]
-    main_module.__doc__ = main_module.__doc__ or __doc__  # --help's text, for the script too.
+    main_module = sys.modules["__main__"]  # --help prints its doc and key flags: these.
+    main_module.__doc__ = main_module.__doc__ or __doc__
+    for flag in flags.FLAGS.get_key_flags_for_module(__name__):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     app.run(main)
 
 

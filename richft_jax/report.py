@@ -245,12 +245,11 @@ def write_report(dirs: list[str], out: str | None = None) -> str:
     return text
 
 
-def define_flags() -> None:
-    """Defines this command line's flags when it starts, not at import: the entry points share
-    flag names (--out), and tests import several of them into one process."""
-    flags.DEFINE_string("out", None, "Directory for tables.md, results.csv and id_vs_ood.png.")
-    # --help lists the main program's flags: so it does when that is the richft-report script.
-    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS["out"])
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines this command line's flags in `flag_values` when it starts, not at import: the
+    entry points share flag names (--out), and tests import several of them into one process."""
+    help_ = "Directory for tables.md, results.csv and id_vs_ood.png."
+    flags.DEFINE_string("out", None, help_, flag_values=flag_values)
 
 
 def main(argv: list[str]) -> None:
@@ -266,8 +265,10 @@ def main(argv: list[str]) -> None:
 def run() -> None:
     """The `richft-report` console script: same as `python -m richft_jax.report`."""
     define_flags()
-    main_module = sys.modules["__main__"]
-    main_module.__doc__ = main_module.__doc__ or __doc__  # --help's text, for the script too.
+    main_module = sys.modules["__main__"]  # --help prints its doc and key flags: these.
+    main_module.__doc__ = main_module.__doc__ or __doc__
+    for flag in flags.FLAGS.get_key_flags_for_module(__name__):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     app.run(main)
 
 

@@ -1,0 +1,154 @@
+"""The command lines: one absl flag style, --help lists each one's flags, unknown or missing
+flags are refused by name, and the console scripts point at importable functions."""
+
+import importlib.metadata
+import importlib.util
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# Entry point -> the flags its --help must list (absl writes booleans as --[no]NAME).
+ENTRY_POINTS = {
+    "richft_jax.main": (
+        ["-m", "richft_jax.main"],
+        ["--config", "--workdir", "--[no]distributed", "--coordinator_address", "--process_id"],
+    ),
+    "richft_jax.report": (["-m", "richft_jax.report"], ["--out"]),
+    "richft_jax.convert": (
+        ["-m", "richft_jax.convert"],
+        ["--source", "--format", "--out", "--model"],
+    ),
+    "launch/sweep.py": (
+        ["launch/sweep.py"],
+        ["--out", "--config", "--grid", "--seeds", "--mode", "--along_run", "--along-run"],
+    ),
+}
+SCRIPTS = {
+    "richft-train": "richft_jax.main:run",
+    "richft-combine": "richft_jax.main:run",
+    "richft-report": "richft_jax.report:run",
+    "richft-convert": "richft_jax.convert:run",
+}
+
+
+def python(*args: str) -> subprocess.CompletedProcess:
+    """`python ARGS` from the repository root, as the README and launch/*.sh run them."""
+    cmd = [sys.executable, *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def load_sweep():
+    """launch/sweep.py as a module (launch/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("sweep", ROOT / "launch" / "sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    return sweep
+
+
+def assert_lists(help_text: str, names: list[str]) -> None:
+    """absl's --help text lists each flag of `names` (as `  --name: help`)."""
+    listed = help_text.split("\nflags:\n", 1)[-1]
+    for flag in names:
+        assert f"  {flag}:" in listed, (flag, help_text)
+
+
+@pytest.mark.parametrize("name", ENTRY_POINTS)
+def test_help_lists_the_flags(name):
+    args, names = ENTRY_POINTS[name]
+    out = python(*args, "--help")
+    assert out.returncode in (0, 1), out.stderr  # absl's --help exits 1.
+    assert "FATAL" not in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert_lists(out.stdout, names)
+
+
+@pytest.mark.parametrize("name", ENTRY_POINTS)
+def test_unknown_flag_is_refused_by_name(name):
+    args, _ = ENTRY_POINTS[name]
+    out = python(*args, "--no_such_flag=1")
+    assert out.returncode != 0
+    assert "Unknown command line flag 'no_such_flag'" in out.stderr, out.stderr
+
+
+def test_missing_required_flags_are_named():
+    out = python("-m", "richft_jax.convert", "--out=/nonexistent")
+    assert out.returncode != 0 and "Flag --source must have a value" in out.stderr, out.stderr
+    assert "Flag --format must have a value" in out.stderr
+    out = python("launch/sweep.py", "--out=/nonexistent")
+    assert out.returncode != 0 and "Flag --config must have a value" in out.stderr, out.stderr
+    out = python("-m", "richft_jax.report", "--out=/nonexistent")  # No DIR.
+    assert out.returncode != 0 and "Give one or more run directories" in out.stderr
+
+
+def test_report_command_as_demo_table_runs_it(tmp_path):
+    run = tmp_path / "runs" / "erm_seed0"
+    run.mkdir(parents=True)
+    base = {"step": 1, "method": "erm", "trial_seed": 0, "seed": 0, "dataset": "toy"}
+    base |= {"test_domains": ["a"], "loss": 1.0}
+    rows = [
+        {**base, "domain": d, "split": s, "is_test_domain": d == "a", "accuracy": 0.5}
+        for d in ("b", "a")
+        for s in ("in", "out")
+    ]
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = python("-m", "richft_jax.report", str(tmp_path / "runs"), "--out", str(tmp_path / "r"))
+    assert out.returncode == 0, out.stderr
+    assert "| erm | X | 50.0 ± 0.0 | X |" in out.stdout
+    assert (tmp_path / "r" / "tables.md").read_text(encoding="utf-8") in out.stdout
+    out = python("-m", "richft_jax.report", str(tmp_path / "empty"))
+    assert out.returncode == 1 and "No results.jsonl under" in out.stderr
+
+
+def test_sweep_command_as_demo_table_writes_it(tmp_path):
+    grid = "--grid=data.test_domains=mnist,syn"
+    out = python(
+        *("launch/sweep.py", f"--out={tmp_path}", "--config=configs/demo_erm.py"),
+        *("--config=configs/demo.py", grid, "--seeds=0,1", "--mode=print"),
+        "--along-run=uniform_soup,greedy_soup",
+    )
+    assert out.returncode == 0, out.stderr
+    commands = out.stdout.strip().splitlines()
+    assert len(commands) == 2 * 2 * 2
+    assert f"--workdir={tmp_path}/demo_erm/test_domains=mnist/seed0" in commands[0]
+    out = python("launch/sweep.py", f"--out={tmp_path}", "--config=demo", "--grid=nokey")
+    assert out.returncode != 0 and "--grid 'nokey' is not key=v1,v2,..." in out.stderr
+
+
+def test_flags_parse_as_the_launch_scripts_write_them():
+    """define_flags(FlagValues) parses without the global flags: both `--flag=v` and
+    `--flag v`, repeated flags, and sweep's --along-run under its old name."""
+    from richft_jax import convert, report
+
+    fv = flags.FlagValues()
+    report.define_flags(fv)
+    assert fv(["report", "runs_a", "--out", "out_dir", "runs_b"]) == ["report", "runs_a", "runs_b"]
+    assert fv.out == "out_dir"
+    fv = flags.FlagValues()
+    convert.define_flags(fv)
+    fv(["convert", "--source=w.npz", "--format=big_vision_npz", "--out=o", "--model=vit_b16"])
+    assert (fv.source, fv.format, fv.out, fv.model) == ("w.npz", "big_vision_npz", "o", "vit_b16")
+    fv = flags.FlagValues()
+    load_sweep().define_flags(fv)
+    fv(["sweep", "--out=o", "--config=demo", "--config", "demo_erm", "--along-run=greedy_soup"])
+    assert fv.config == ["demo", "demo_erm"] and fv.along_run == "greedy_soup"
+    assert (fv.seeds, fv.mode, fv.grid) == ("0", "run", [])
+
+
+def test_console_scripts_are_registered():
+    """By the (editable) install: reinstall (`pip install -e .`) after editing [project.scripts]."""
+    found = {e.name: e.value for e in importlib.metadata.entry_points(group="console_scripts")}
+    assert {name: found.get(name) for name in SCRIPTS} == SCRIPTS, "pip install -e ."
+
+
+@pytest.mark.parametrize("script", ["richft-train", "richft-report", "richft-convert"])
+def test_console_script_help_lists_its_flags(script):
+    path = pathlib.Path(sys.executable).parent / script  # Installed beside the venv's python.
+    cmd = [str(path), "--help"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode in (0, 1) and "Traceback" not in out.stderr, out.stderr
+    assert_lists(out.stdout, ENTRY_POINTS[SCRIPTS[script].split(":")[0]][1])
