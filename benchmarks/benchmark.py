@@ -1,51 +1,48 @@
 """Throughput benchmark of the train step and evaluation paths: prints a table, writes JSON.
 
-  python -m richft_jax.benchmark [--model=small_resnet,small_vit] [--batch=128] [--steps=30]
+  python -m benchmarks.benchmark [--model=small_resnet,small_vit] [--batch=128] [--steps=30]
       [--image_size=32] [--dtype=float32|bfloat16] [--remat] [--devices=N] [--torch|--no-torch]
-      [--k=4] [--compile_only] [--out=benchmark.json]
+      [--k=4] [--profile=N] [--compile_only] [--out=benchmark.json]
 
 Numbers, not assertions: train-step images/s and model FLOP utilisation against the measured
 peak of this device (a large jitted matmul timed in the same process), peak memory of the
 step, feature-dropout overhead (rate 0.9 vs 0), input-pipeline images/s against the step, the
 cost of a K-model vmapped ensemble evaluation against K single evaluations, and of a
 Taylor-model evaluation (one jvp) against a forward pass. With torch installed, the same step
-in PyTorch (benchmark_torch.py: eager, channels-last, torch.compile) timed in the same run,
-and the ratios JAX / PyTorch.
+in PyTorch (torch_twins.py: eager, channels-last, torch.compile) timed in the same run, and
+the ratios JAX / PyTorch. Boolean flags take absl's --noNAME and argparse's --no-NAME.
 """
 
-import argparse
 import collections
-import ctypes
+import dataclasses
 import importlib.util
 import json
 import pathlib
 import re
 import tempfile
-import time
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+from absl import app, flags
 
-from richft_jax import config_lib, parallel, train, xla_cpu
+from benchmarks.measure import peak_rss_growth, timeit
+from richft_jax import config_lib, parallel, run, steps, xla_cpu
 from richft_jax.analysis import linearization
 from richft_jax.data import pipeline
 from richft_jax.methods import weight_space as ws
 from richft_jax.models import registry
 
 DEMO_MODELS = ("small_resnet", "small_vit")
+NUM_CLASSES = 10
+SCHEDULE_STEPS = 1000  # Length of the optimizer's schedule: only its first steps are taken.
+TORCH_VARIANTS = ("eager", "channels_last", "compile")
 
 
-def timeit(fn, n: int) -> float:
-    """Seconds per call of fn() (which must block), after one warm-up call."""
-    fn()
-    start = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return (time.perf_counter() - start) / n
-
-
+# ----------------------------------------------------------------------------- XLA measurements
 def matmul_peak(size: int = 2048, n: int = 10) -> float:
     """Measured FLOP/s of a jitted fp32 matmul: the practical peak of this device."""
     a = jnp.ones((size, size), jnp.float32)
@@ -71,32 +68,6 @@ def compiled_costs(jitted, *args) -> dict:
             - mem.alias_size_in_bytes
         )
     return out
-
-
-def _status_bytes(field: str) -> int:
-    """A /proc/self/status memory field (VmRSS, VmHWM) in bytes."""
-    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(field)
-
-
-def peak_rss_growth(fn: Callable[[], object]) -> int | None:
-    """How far the process's resident memory rises above its level before `fn()` at peak.
-
-    Host-memory peaks the same way for any framework (Linux only, else None): freed heap pages
-    go back to the OS first (malloc_trim), the high-water mark is reset (clear_refs 5), and
-    VmHWM after the call minus VmRSS before it is what the call needed on top of what was
-    already resident (its persistent state).
-    """
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        before = _status_bytes("VmRSS")
-        pathlib.Path("/proc/self/clear_refs").write_text("5")
-    except (OSError, KeyError, AttributeError):
-        return None
-    fn()
-    return max(0, _status_bytes("VmHWM") - before)
 
 
 def profile_ops(fn: Callable[[], object], steps: int) -> list[tuple[str, float]]:
@@ -138,9 +109,8 @@ def device_peak_bytes() -> int | None:
     return None if not stats else stats.get("peak_bytes_in_use")
 
 
-def benchmark_config(
-    model_name: str, dtype: str, remat: bool = False
-) -> "config_lib.ml_collections.ConfigDict":
+# ----------------------------------------------------------------------------- the benchmarked step
+def benchmark_config(model_name: str, dtype: str, remat: bool = False) -> ml_collections.ConfigDict:
     """The demo config with the benchmarked backbone (the demo's kwargs for small_resnet);
     `remat` recomputes each block of a published-layout ViT in the backward pass."""
     config = config_lib.load_config_file("configs/demo.py")
@@ -155,10 +125,221 @@ def benchmark_config(
     return config
 
 
-def run(
+@dataclasses.dataclass
+class Bench:
+    """One backbone's setup: the library's model, optimizer and jitted train step over the
+    mesh, one fixed random batch, θ0 on the host, and the newest (donated) train state."""
+
+    config: ml_collections.ConfigDict
+    model: Any
+    mesh: jax.sharding.Mesh
+    step: Callable  # jitted (state, batch, rate) -> (state, metrics); donates the state.
+    host_batch: dict
+    dev_batch: dict
+    variables: dict  # θ0 as numpy: never donated, so every measurement can start from it.
+    state: steps.TrainState
+
+    def run_step(self, rate: float) -> None:
+        """One blocking train step at feature-dropout `rate`, from the newest state."""
+        self.state, m = self.step(self.state, self.dev_batch, jnp.float32(rate))
+        jax.block_until_ready(m)
+
+
+def setup(
+    model_name: str, batch: int, image_size: int, dtype: str, remat: bool, devices: int | None
+) -> Bench:
+    """The benchmark of one backbone, built by the library (run, steps) as a training run is."""
+    config = benchmark_config(model_name, dtype, remat)
+    mesh = parallel.make_mesh(jax.devices()[:devices] if devices else None)
+    model = run.build_model(config, NUM_CLASSES)
+    tx = steps.make_optimizer(config.optim, SCHEDULE_STEPS)
+    init_key, root = run.keys(config)
+    shape = (1, image_size, image_size, 3)
+    init = jax.jit(lambda key: model.init(key, jnp.zeros(shape), train=False))
+    variables = jax.device_get(init(init_key))
+    variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+    rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    state = steps.create_train_state(variables["params"], variables["batch_stats"], tx, root)
+    rng = np.random.default_rng(0)
+    host_batch = {
+        "image": rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8),
+        "label": rng.integers(0, NUM_CLASSES, batch).astype(np.int32),
+    }
+    schedule = steps.make_schedule(config.optim, SCHEDULE_STEPS)
+    step = jax.jit(
+        steps.make_train_step(model, tx, schedule, config.data.normalize),
+        in_shardings=(rep, shard, rep),
+        out_shardings=(rep, rep),
+        donate_argnums=(0,),
+    )
+    dev_batch = parallel.global_batch(host_batch, mesh)
+    return Bench(
+        config, model, mesh, step, host_batch, dev_batch, variables, jax.device_put(state, rep)
+    )
+
+
+def header(bench: Bench, remat: bool) -> dict:
+    """What was benchmarked: backbone, batch, image size, dtype, devices, platform."""
+    return {
+        "model": bench.config.model.name,
+        "batch": bench.host_batch["image"].shape[0],
+        "image_size": bench.host_batch["image"].shape[1],
+        "dtype": bench.config.model.dtype,
+        "remat": remat,
+        "devices": bench.mesh.devices.size,
+        "platform": jax.devices()[0].platform,
+    }
+
+
+# ----------------------------------------------------------------------------- measurements
+def compiled_step(bench: Bench) -> tuple[dict, dict]:
+    """XLA's GFLOP and compiled memory of the train step, nothing run; and the raw costs."""
+    costs = compiled_costs(bench.step, bench.state, bench.dev_batch, jnp.float32(0.9))
+    out = {"train_step_gflops": costs["flops"] / 1e9}
+    if costs["peak_bytes"] is not None:
+        out["jax_compiled_memory_mb"] = costs["peak_bytes"] / 2**20
+    return out, costs
+
+
+def time_train_step(bench: Bench, num_steps: int) -> dict:
+    """Train-step images/s at feature dropout 0 and 0.9, and the overhead of the dropout."""
+    batch = bench.host_batch["image"].shape[0]
+    out = {}
+    for rate in (0.0, 0.9):
+        seconds = timeit(lambda r=rate: bench.run_step(r), num_steps)
+        out[f"train_images_per_s_dropout{rate}"] = batch / seconds
+    out["dropout_overhead"] = (
+        out["train_images_per_s_dropout0.0"] / out["train_images_per_s_dropout0.9"] - 1.0
+    )
+    return out
+
+
+def profile_step(bench: Bench, num_steps: int, top: int) -> dict:
+    """The `top` XLA op kinds of the train step (profile_ops), ms per step, and their total."""
+    ops = profile_ops(lambda: bench.run_step(0.9), num_steps)
+    return {
+        "profile_ms_per_step": {kind: round(ms, 2) for kind, ms in ops[:top]},
+        "profile_total_ms_per_step": round(sum(ms for _, ms in ops), 2),
+    }
+
+
+def flop_utilisation(flops: float, images_per_s: float, batch: int) -> dict:
+    """The step's model FLOP utilisation against this device's measured matmul peak."""
+    peak = matmul_peak()
+    return {"peak_gflops_per_s": peak / 1e9, "mfu": flops * images_per_s / batch / peak}
+
+
+def step_memory(bench: Bench, compiled_peak_bytes: int | None) -> dict:
+    """Peak memory of a train step: the device allocator's peak (GPU/TPU), else the state and
+    batch plus the host's resident-memory growth during a step (as for torch), else XLA's."""
+    measured = device_peak_bytes()
+    growth = None if measured is not None else peak_rss_growth(lambda: bench.run_step(0.9))
+    if measured is not None:
+        peak_bytes, source = measured, "device memory_stats peak_bytes_in_use"
+    elif growth is not None:
+        peak_bytes = tree_bytes((bench.state, bench.dev_batch)) + growth
+        source = "state + batch + peak RSS growth during a step"
+    else:
+        peak_bytes = compiled_peak_bytes
+        source = "compiled.memory_analysis (args + outputs + temps - aliased)"
+    return {
+        "jax_peak_memory_mb": None if peak_bytes is None else peak_bytes / 2**20,
+        "jax_memory_source": source,
+    }
+
+
+def time_torch(bench: Bench, num_steps: int, compile_: bool, jax_images_per_s: float) -> dict:
+    """The same step in PyTorch on the same batch (torch_twins.benchmark), and JAX / PyTorch."""
+    from benchmarks import torch_twins  # noqa: PLC0415 (optional dependency)
+
+    config = bench.config
+    optim = {key: config.optim[key] for key in ("lr", "momentum", "weight_decay", "head_lr_factor")}
+    out = torch_twins.benchmark(
+        config.model.name,
+        dict(config.model.kwargs),
+        bench.host_batch["image"],
+        bench.host_batch["label"],
+        optim=optim,
+        dropout_rate=0.9,
+        freeze_bn=config.model.freeze_bn,
+        steps=num_steps,
+        dtype=config.model.dtype,
+        compile_=compile_,
+    )
+    for variant in TORCH_VARIANTS:
+        key = f"torch_{variant}_images_per_s"
+        if key in out:
+            out[f"jax_over_torch_{variant}"] = jax_images_per_s / out[key] if out[key] else None
+    return out
+
+
+def time_input_pipeline(
+    config: ml_collections.ConfigDict, batch: int, data_dir: str | None
+) -> dict:
+    """Images/s of the demo's real tf.data path on the embedded digits data (run.load_data)."""
+    data = run.load_data(config, data_dir)
+    per_domain = batch // len(data.train_domains)
+    it = pipeline.train_dataset(
+        data,
+        seed=config.seed,
+        batch_size_per_domain=per_domain,
+        start_step=0,
+        num_steps=10**6,
+        augment=config.data.augment,
+    ).as_numpy_iterator()
+    return {"input_images_per_s": per_domain * len(data.train_domains) / timeit(it.__next__, 50)}
+
+
+def ensemble_members(bench: Bench, k: int) -> list[dict]:
+    """K distinct models on the device: θ0 with its parameters shifted by 0.01 i."""
+    params, batch_stats = bench.variables["params"], bench.variables["batch_stats"]
+    members = [
+        {"params": jax.tree.map(lambda p, i=i: p + 0.01 * i, params), "batch_stats": batch_stats}
+        for i in range(k)
+    ]
+    return jax.device_put(members)
+
+
+def eval_images(bench: Bench) -> jax.Array:
+    """The benchmark batch's images as the model sees them."""
+    return pipeline.normalize(jnp.asarray(bench.host_batch["image"]), bench.config.data.normalize)
+
+
+def time_ensemble(bench: Bench, members: list[dict]) -> dict:
+    """A K-model ensemble (stacked + vmapped; all at once and one per pass) against K singles."""
+    logits, k = steps.model_logits(bench.model), len(members)
+    images = eval_images(bench)
+    single = jax.jit(logits)
+    t_single = timeit(lambda: [single(m, images).block_until_ready() for m in members], 5)
+    stacked = ws.stack(members)
+    out = {}
+    for key, per_pass in (("", None), ("_one_per_pass", 1)):
+        ensemble = jax.jit(
+            lambda v, x, n=per_pass: ws.ensemble_logits(logits, v, x, "sum_logits", n)
+        )
+        t_ens = timeit(lambda e=ensemble: e(stacked, images).block_until_ready(), 5)
+        out[f"ensemble{k}_over_{k}_singles{key}"] = t_ens / t_single
+    return out
+
+
+def time_taylor(bench: Bench, members: list[dict]) -> dict:
+    """A Taylor-model evaluation (one jvp around the first member) against a forward pass."""
+    logits, images = steps.model_logits(bench.model), eval_images(bench)
+    bs = members[0]["batch_stats"]
+    apply = lambda p, x: logits({"params": p, "batch_stats": bs}, x)  # noqa: E731
+    forward = jax.jit(apply)
+    taylor = jax.jit(lambda p0, p, x: linearization.taylor_model(apply, p0, p, x))
+    p0, p1 = members[0]["params"], members[-1]["params"]
+    t_forward = timeit(lambda: forward(p1, images).block_until_ready(), 5)
+    t_taylor = timeit(lambda: taylor(p0, p1, images).block_until_ready(), 5)
+    return {"taylor_over_forward": t_taylor / t_forward}
+
+
+# ----------------------------------------------------------------------------- one backbone
+def benchmark_backbone(
     model_name: str,
     batch: int,
-    steps: int,
+    num_steps: int,
     k: int,
     data_dir: str | None = None,
     *,
@@ -171,171 +352,26 @@ def run(
     remat: bool = False,
     compile_only: bool = False,
 ) -> dict:
-    """All measurements for one backbone (and its PyTorch twin when `torch`); with `profile`,
-    the top XLA op kinds of the train step (profile_ops) under "profile_ms_per_step"."""
+    """All measurements of one backbone (and its PyTorch twin when `torch`) as one row; with
+    `profile`, the top XLA op kinds of the train step; `compile_only`: XLA's numbers only."""
     image_size = image_size or (32 if model_name in DEMO_MODELS else 224)
-    config = benchmark_config(model_name, dtype, remat)
-    mesh = parallel.make_mesh(jax.devices()[:devices] if devices else None)
-    model = registry.build_classifier(config.model, 10)
-    tx = train.make_optimizer(config.optim, 1000)
-    shape = (1, image_size, image_size, 3)
-    variables = model.init(jax.random.key(0), jnp.zeros(shape), train=False)
-    rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-    state = jax.device_put(
-        train.TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=variables["params"],
-            batch_stats=variables.get("batch_stats", {}),
-            opt_state=tx.init(variables["params"]),
-            rng=jax.random.PRNGKey(0),
-            avg_params={},
-        ),
-        rep,
-    )
-    rng = np.random.default_rng(0)
-    host_batch = {
-        "image": rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8),
-        "label": rng.integers(0, 10, batch).astype(np.int32),
-    }
-    dev_batch = parallel.global_batch(host_batch, mesh)
-    step = jax.jit(
-        train.make_train_step(model, tx, train.make_schedule(config.optim, 1000), "minus_one_one"),
-        in_shardings=(rep, shard, rep),
-        out_shardings=(rep, rep),
-        donate_argnums=(0,),
-    )
-    out = {
-        "model": model_name,
-        "batch": batch,
-        "image_size": image_size,
-        "dtype": dtype,
-        "remat": remat,
-        "devices": mesh.devices.size,
-        "platform": jax.devices()[0].platform,
-    }
-    if compile_only:  # XLA's FLOPs and memory of the compiled step, nothing run.
-        costs = compiled_costs(step, state, dev_batch, jnp.float32(0.9))
-        out["train_step_gflops"] = costs["flops"] / 1e9
-        if costs["peak_bytes"] is not None:
-            out["jax_compiled_memory_mb"] = costs["peak_bytes"] / 2**20
-        return out
-    holder = {"state": state}  # The step donates its state: always pass the newest one.
-
-    def one(rate: float) -> None:
-        holder["state"], m = step(holder["state"], dev_batch, jnp.float32(rate))
-        jax.block_until_ready(m)
-
-    for rate in (0.0, 0.9):
-        out[f"train_images_per_s_dropout{rate}"] = batch / timeit(lambda r=rate: one(r), steps)
+    bench = setup(model_name, batch, image_size, dtype, remat, devices)
+    out = header(bench, remat)
+    if compile_only:
+        return out | compiled_step(bench)[0]
+    out |= time_train_step(bench, num_steps)
+    jax_rate = out["train_images_per_s_dropout0.9"]
     if profile:
-        ops = profile_ops(lambda: one(0.9), steps)
-        out["profile_ms_per_step"] = {k: round(v, 2) for k, v in ops[:profile]}
-        out["profile_total_ms_per_step"] = round(sum(v for _, v in ops), 2)
-    state = holder["state"]
-    costs = compiled_costs(step, state, dev_batch, jnp.float32(0.9))
-    flops = costs["flops"]
-    peak = matmul_peak()
-    out["train_step_gflops"] = flops / 1e9
-    out["peak_gflops_per_s"] = peak / 1e9
-    out["mfu"] = flops * out["train_images_per_s_dropout0.9"] / batch / peak
-    out["dropout_overhead"] = (
-        out["train_images_per_s_dropout0.0"] / out["train_images_per_s_dropout0.9"] - 1.0
-    )
-    measured = device_peak_bytes()
-    growth = None if measured is not None else peak_rss_growth(lambda: one(0.9))
-    if measured is not None:
-        peak_bytes, source = measured, "device memory_stats peak_bytes_in_use"
-    elif growth is not None:
-        peak_bytes = tree_bytes((holder["state"], dev_batch)) + growth
-        source = "state + batch + peak RSS growth during a step"
-    else:
-        peak_bytes = costs["peak_bytes"]
-        source = "compiled.memory_analysis (args + outputs + temps - aliased)"
-    out["jax_peak_memory_mb"] = None if peak_bytes is None else peak_bytes / 2**20
-    out["jax_memory_source"] = source
-    if costs["peak_bytes"] is not None:
-        out["jax_compiled_memory_mb"] = costs["peak_bytes"] / 2**20
+        out |= profile_step(bench, num_steps, profile)
+    compiled, costs = compiled_step(bench)
+    out |= compiled | flop_utilisation(costs["flops"], jax_rate, batch)
+    out |= step_memory(bench, costs["peak_bytes"])
     if torch:
-        out.update(torch_side(config, host_batch, steps, dtype, torch_compile))
-        jax_rate = out["train_images_per_s_dropout0.9"]
-        for variant in ("eager", "channels_last", "compile"):
-            torch_rate = out.get(f"torch_{variant}_images_per_s")
-            if f"torch_{variant}_images_per_s" in out:
-                out[f"jax_over_torch_{variant}"] = jax_rate / torch_rate if torch_rate else None
-
-    # Input pipeline: the demo's real tf.data path on the embedded data.
-    data = pipeline.load_domains("digits_domains", "syn", 0, data_dir=data_dir)
-    per_domain = batch // len(data.train_domains)
-    it = pipeline.train_dataset(
-        data,
-        seed=0,
-        batch_size_per_domain=per_domain,
-        start_step=0,
-        num_steps=10**6,
-        augment="crop",
-    ).as_numpy_iterator()
-    out["input_images_per_s"] = per_domain * len(data.train_domains) / timeit(lambda: next(it), 50)
-    out["input_over_step"] = out["input_images_per_s"] / out["train_images_per_s_dropout0.9"]
-
-    # Ensemble of K models (stacked + vmapped) against K single evaluations.
-    logits = train.model_logits(model)
-    # Fresh variables: the train state built from the first ones was donated to the step.
-    variables = model.init(jax.random.key(0), jnp.zeros(shape), train=False)
-    single = jax.jit(lambda v, x: logits(v, x))
-    members = [
-        {
-            "params": jax.tree.map(lambda p, i=i: p + 0.01 * i, variables["params"]),
-            "batch_stats": variables.get("batch_stats", {}),
-        }
-        for i in range(k)
-    ]
-    stacked = ws.stack(members)
-    images = jnp.asarray(host_batch["image"], jnp.float32) / 127.5 - 1
-    t_single = timeit(lambda: [single(m, images).block_until_ready() for m in members], 5)
-    for key, per_pass in (("", None), ("_one_per_pass", 1)):
-        ensemble = jax.jit(
-            lambda v, x, n=per_pass: ws.ensemble_logits(logits, v, x, "sum_logits", n)
-        )
-        t_ens = timeit(lambda e=ensemble: e(stacked, images).block_until_ready(), 5)
-        out[f"ensemble{k}_over_{k}_singles{key}"] = t_ens / t_single
-
-    # Taylor model (one jvp around the pretrained weights) against a plain forward pass.
-    bs = variables.get("batch_stats", {})
-    forward = jax.jit(lambda p, x: logits({"params": p, "batch_stats": bs}, x))
-    taylor = jax.jit(
-        lambda p0, p, x: linearization.taylor_model(
-            lambda q, y: logits({"params": q, "batch_stats": bs}, y), p0, p, x
-        )
-    )
-    p0, p1 = members[0]["params"], members[-1]["params"]
-    t_forward = timeit(lambda: forward(p1, images).block_until_ready(), 5)
-    t_taylor = timeit(lambda: taylor(p0, p1, images).block_until_ready(), 5)
-    out["taylor_over_forward"] = t_taylor / t_forward
-    return out
-
-
-def torch_side(config, host_batch: dict, steps: int, dtype: str, compile_: bool) -> dict:
-    """The same step in PyTorch on the same batch (benchmark_torch.benchmark)."""
-    from richft_jax import benchmark_torch  # noqa: PLC0415 (optional dependency)
-
-    optim = {
-        "lr": config.optim.lr,
-        "momentum": config.optim.momentum,
-        "weight_decay": config.optim.weight_decay,
-        "head_lr_factor": config.optim.head_lr_factor,
-    }
-    return benchmark_torch.benchmark(
-        config.model.name,
-        dict(config.model.kwargs),
-        host_batch["image"],
-        host_batch["label"],
-        optim=optim,
-        dropout_rate=0.9,
-        freeze_bn=config.model.freeze_bn,
-        steps=steps,
-        dtype=dtype,
-        compile_=compile_,
-    )
+        out |= time_torch(bench, num_steps, torch_compile, jax_rate)
+    out |= time_input_pipeline(bench.config, batch, data_dir)
+    out["input_over_step"] = out["input_images_per_s"] / jax_rate
+    members = ensemble_members(bench, k)
+    return out | time_ensemble(bench, members) | time_taylor(bench, members)
 
 
 def format_table(rows: list[dict]) -> str:
@@ -359,74 +395,109 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    xla_cpu.tune()  # No effect once a backend exists (e.g. called from tests).
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="small_resnet", help="Comma-separated backbones.")
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument(
-        "--image_size", type=int, default=None, help="Default: 32 (demo backbones), else 224."
+# ----------------------------------------------------------------------------- command line
+def _known_backbones(names: list[str]) -> bool:
+    unknown = [n for n in names if n not in registry.BACKBONES]
+    if unknown:
+        raise flags.ValidationError(f"--model: {unknown} not in {sorted(registry.BACKBONES)}.")
+    return True
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines the benchmark's flags in `flag_values` when it starts, not at import (tests
+    parse them into their own FlagValues)."""
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_list("model", ["small_resnet"], "Comma-separated backbones.", **fv)
+    flags.DEFINE_integer("batch", 128, "Global batch size.", lower_bound=1, **fv)
+    flags.DEFINE_integer("steps", 30, "Timed train steps per measurement.", lower_bound=1, **fv)
+    flags.DEFINE_integer("image_size", None, "Default: 32 (demo backbones), else 224.", **fv)
+    flags.DEFINE_enum(
+        "dtype",
+        "float32",
+        ["float32", "bfloat16"],
+        "Compute dtype (config.model.dtype; parameters stay float32).",
+        **fv,
     )
-    parser.add_argument(
-        "--dtype",
-        default="float32",
-        choices=("float32", "bfloat16"),
-        help="Compute dtype (config.model.dtype; parameters stay float32).",
+    flags.DEFINE_boolean(
+        "remat", False, "Rematerialise the ViT blocks (config.model.kwargs.remat; vit_*).", **fv
     )
-    parser.add_argument(
-        "--remat",
-        action="store_true",
-        help="Rematerialise the ViT blocks (config.model.kwargs.remat; vit_* only).",
+    flags.DEFINE_boolean(
+        "compile_only", False, "Only compile the train step: GFLOP, compiled memory.", **fv
     )
-    parser.add_argument(
-        "--compile_only",
-        action="store_true",
-        help="Only compile the train step: its GFLOP and compiled memory (no timing).",
+    flags.DEFINE_integer("devices", None, "Use the first N devices.", lower_bound=1, **fv)
+    flags.DEFINE_boolean(
+        "torch",
+        importlib.util.find_spec("torch") is not None,
+        "Also time the PyTorch step (default: on when torch is importable).",
+        **fv,
     )
-    parser.add_argument("--devices", type=int, default=None, help="Use the first N devices.")
-    parser.add_argument(
-        "--torch",
-        action=argparse.BooleanOptionalAction,
-        default=importlib.util.find_spec("torch") is not None,
-        help="Also time the PyTorch step (default: on when torch is importable).",
+    flags.DEFINE_boolean("torch_compile", True, "Also time the torch.compile variant.", **fv)
+    flags.DEFINE_integer("k", 4, "Ensemble size.", lower_bound=1, **fv)
+    flags.DEFINE_integer(
+        "profile", 0, "Print the N op kinds the train step spends most on.", lower_bound=0, **fv
     )
-    parser.add_argument("--torch_compile", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--k", type=int, default=4, help="Ensemble size.")
-    parser.add_argument(
-        "--profile", type=int, default=0, help="Print the N op kinds the train step spends most on."
-    )
-    parser.add_argument("--out", default=None, help="Write the results as JSON here.")
-    parser.add_argument("--data_dir", default=None, help="TFDS data dir (default: TFDS's).")
-    args = parser.parse_args(argv)
-    if args.devices is not None and not 0 < args.devices <= jax.device_count():
-        parser.error(f"--devices={args.devices}: this process has {jax.device_count()} devices.")
-    if args.batch % (args.devices or jax.device_count()):
-        parser.error(f"--batch={args.batch} must be a multiple of the device count.")
+    flags.DEFINE_string("out", None, "Write the results as JSON here.", **fv)
+    flags.DEFINE_string("data_dir", None, "TFDS data dir (default: TFDS's).", **fv)
+    flags.register_validator("model", _known_backbones, **fv)
+
+
+def absl_spellings(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+    """`argv` with argparse's `--no-NAME` of a boolean flag written as absl's `--noNAME`, so
+    the commands written for the argparse version of this benchmark still run."""
+
+    def spelling(arg: str) -> str:
+        m = re.fullmatch(r"--no-(\w+)", arg)
+        if m and m[1] in flag_values and flag_values[m[1]].boolean:
+            return f"--no{m[1]}"
+        return arg
+
+    return [argv[0], *map(spelling, argv[1:])]
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """app.run's flags parser: absl's (usage and exit on bad flags), with `--no-NAME` too."""
+    return app.parse_flags_with_usage(absl_spellings(argv))
+
+
+def benchmark_all(f: flags.FlagValues = flags.FLAGS) -> list[dict]:
+    """One row per --model backbone; prints the table and writes --out."""
+    if f.devices is not None and f.devices > jax.device_count():
+        raise app.UsageError(f"--devices={f.devices}: this process has {jax.device_count()}.")
+    if f.batch % (f.devices or jax.device_count()):
+        raise app.UsageError(f"--batch={f.batch} must be a multiple of the device count.")
     rows = [
-        run(
-            m,
-            args.batch,
-            args.steps,
-            args.k,
-            args.data_dir,
-            image_size=args.image_size,
-            dtype=args.dtype,
-            devices=args.devices,
-            torch=args.torch,
-            torch_compile=args.torch_compile,
-            profile=args.profile,
-            remat=args.remat,
-            compile_only=args.compile_only,
+        benchmark_backbone(
+            name,
+            f.batch,
+            f.steps,
+            f.k,
+            f.data_dir,
+            image_size=f.image_size,
+            dtype=f.dtype,
+            devices=f.devices,
+            torch=f.torch,
+            torch_compile=f.torch_compile,
+            profile=f.profile,
+            remat=f.remat,
+            compile_only=f.compile_only,
         )
-        for m in args.model.split(",")
+        for name in f.model
     ]
     print(format_table(rows))
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(rows, f, indent=2)
+    if f.out:
+        with open(f.out, "w", encoding="utf-8") as fh:
+            json.dump(rows, fh, indent=2)
     return rows
 
 
+def main(argv: list[str]) -> None:
+    """Benchmarks the --model backbones."""
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    xla_cpu.tune()  # Before JAX starts its backend (no effect once one exists, as in tests).
+    benchmark_all(flags.FLAGS)
+
+
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main, flags_parser=parse_flags)

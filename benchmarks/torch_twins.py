@@ -6,7 +6,7 @@ importable, else the torch.nn versions here), same batch, optimizer (SGD momentu
 weight decay, head lr x factor), frozen BatchNorm statistics, inverted dropout on the
 penultimate features, cross-entropy. Variants: eager, channels-last (convnets) and
 torch.compile (reported as None when it fails). Imported only when torch is installed
-(`pip install -e ".[bench]"`).
+(`pip install -e ".[bench]"`); it imports nothing of the harness (benchmark.py).
 """
 
 import os
@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from benchmarks.measure import peak_rss_growth
 
 
 # ----------------------------------------------------------------------------- architectures
@@ -318,7 +320,7 @@ def load_flax(model: nn.Module, params: dict, batch_stats: dict | None = None) -
 def make_optimizer(
     model: Classifier, lr: float, momentum: float, weight_decay: float, head_lr_factor: float
 ) -> torch.optim.Optimizer:
-    """SGD with momentum and coupled weight decay, head lr x factor (train.make_optimizer)."""
+    """SGD with momentum and coupled weight decay, head lr x factor (steps.make_optimizer)."""
     return torch.optim.SGD(
         [
             {"params": list(model.backbone.parameters()), "lr": lr},
@@ -382,7 +384,7 @@ def peak_step_bytes(step: Callable, model: nn.Module, opt, args: tuple, device) 
 
     CUDA: torch.cuda.max_memory_allocated. CPU: the persistent state (parameters, buffers,
     momentum, batch) plus the process's peak resident-memory growth during the step, measured
-    as for the JAX step (benchmark.peak_rss_growth). torch.profiler's memory events missed
+    as for the JAX step (measure.peak_rss_growth). torch.profiler's memory events missed
     most of a step's allocations (184 MB for a ResNet-50 step at batch 32).
     """
     if device.type == "cuda":
@@ -391,8 +393,6 @@ def peak_step_bytes(step: Callable, model: nn.Module, opt, args: tuple, device) 
         step(*args)
         torch.cuda.synchronize()
         return {"bytes": int(torch.cuda.max_memory_allocated()), "source": "cuda_max_allocated"}
-    from richft_jax.benchmark import peak_rss_growth  # noqa: PLC0415 (no import cycle)
-
     growth = peak_rss_growth(lambda: step(*args))
     if growth is None:
         return {"bytes": None, "source": "not measured (no /proc on this OS)"}

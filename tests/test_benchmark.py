@@ -1,7 +1,12 @@
-"""The benchmark runs end to end and reports every number it promises (no speed asserted), and
-its PyTorch step is the same computation as the JAX one (same weights, batch -> same losses)."""
+"""The benchmark (`benchmarks/`, outside the library) runs end to end and reports every number
+it promises (no speed asserted), and its PyTorch step is the same computation as the JAX one
+(same weights, batch -> same losses)."""
 
+import ast
 import json
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -9,9 +14,12 @@ import numpy as np
 import optax
 import pytest
 import torch
+from absl import flags
 
-from richft_jax import benchmark, benchmark_torch, config_lib, train
-from richft_jax.models import registry
+from benchmarks import benchmark, measure, torch_twins
+from richft_jax import config_lib, run, steps
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
 
 TINY = {
     "small_resnet": {"widths": (8, 8, 16, 16), "blocks": (1, 1, 1, 1), "stem_stride": 2},
@@ -22,7 +30,11 @@ TINY = {
 def test_benchmark_reports_all_measurements(tmp_path, data_dir):
     out = tmp_path / "bench.json"
     args = ["--batch", "24", "--steps", "2", "--k", "2", "--out", str(out), "--torch"]
-    rows = benchmark.main(args + ["--no-torch_compile", "--data_dir", str(data_dir)])
+    flag_values = flags.FlagValues()
+    benchmark.define_flags(flag_values)
+    argv = ["benchmark", *args, "--no-torch_compile", "--data_dir", str(data_dir)]
+    flag_values(benchmark.absl_spellings(argv, flag_values))
+    rows = benchmark.benchmark_all(flag_values)
     row = rows[0]
     for key in (
         "train_images_per_s_dropout0.0",
@@ -63,12 +75,12 @@ def test_torch_benchmark_variants_and_memory():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     optim = {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4, "head_lr_factor": 10.0}
-    out = benchmark_torch.benchmark(
+    out = torch_twins.benchmark(
         "small_vit", TINY["small_vit"], images, np.arange(4), optim=optim, steps=1, compile_=False
     )
     assert out["torch_eager_images_per_s"] > 0
     assert "torch_channels_last_images_per_s" not in out
-    backbone = benchmark_torch.build_backbone("small_vit", TINY["small_vit"], 32)
+    backbone = torch_twins.build_backbone("small_vit", TINY["small_vit"], 32)
     params = sum(p.numel() * 4 for p in backbone.parameters())
     assert out["torch_eager_peak_memory_mb"] * 2**20 > 2 * params  # parameters + momentum
 
@@ -81,14 +93,14 @@ def test_peak_rss_growth_sees_a_transient_allocation():
         a = np.ones(2**25)  # 256 MB, every page touched.
         return float(a[-1])
 
-    grew = benchmark.peak_rss_growth(transient)
+    grew = measure.peak_rss_growth(transient)
     assert 250 * 2**20 <= grew <= 320 * 2**20
-    assert benchmark.peak_rss_growth(lambda: None) < 16 * 2**20
+    assert measure.peak_rss_growth(lambda: None) < 16 * 2**20
 
 
 def test_unknown_torch_backbone_is_named():
     with pytest.raises(ValueError, match="'nope'"):
-        benchmark_torch.build_backbone("nope", {}, 32)
+        torch_twins.build_backbone("nope", {}, 32)
 
 
 def _jax_and_torch(name: str, lr: float):
@@ -96,7 +108,7 @@ def _jax_and_torch(name: str, lr: float):
     config = config_lib.load_config_file("configs/demo.py")
     config.model.name, config.model.kwargs = name, {**TINY[name], "feature_dim": 32}
     config.optim.lr, config.optim.schedule = lr, "constant"
-    model = registry.build_classifier(config.model, 10)
+    model = run.build_model(config, 10)
     variables = jax.jit(
         lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
     )()
@@ -114,9 +126,9 @@ def _jax_and_torch(name: str, lr: float):
         lambda x: np.asarray(x) + 0.05 * rng.standard_normal(x.shape, np.float32),
         variables["params"],
     )
-    torch_backbone = benchmark_torch.build_backbone(name, config.model.kwargs, 32)
-    torch_model = benchmark_torch.Classifier(torch_backbone, 32, 10, config.model.freeze_bn)
-    benchmark_torch.load_flax(torch_model, params, stats)
+    torch_backbone = torch_twins.build_backbone(name, config.model.kwargs, 32)
+    torch_model = torch_twins.Classifier(torch_backbone, 32, 10, config.model.freeze_bn)
+    torch_twins.load_flax(torch_model, params, stats)
     return config, model, params, stats, torch_model.train()
 
 
@@ -125,20 +137,13 @@ def test_torch_step_computes_the_jax_step(name):
     """Same weights, batch and optimizer at dropout 0: the same losses over three steps (so the
     updates, momentum, weight decay and the head's lr factor agree too) and parameters."""
     config, model, params, stats, torch_model = _jax_and_torch(name, lr=0.05)
-    tx = train.make_optimizer(config.optim, 10)
-    state = train.TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=stats,
-        opt_state=tx.init(params),
-        rng=jax.random.PRNGKey(0),
-        avg_params={},
-    )
-    step = jax.jit(train.make_train_step(model, tx, optax.constant_schedule(0.05), "minus_one_one"))
-    opt = benchmark_torch.make_optimizer(
+    tx = steps.make_optimizer(config.optim, 10)
+    state = steps.create_train_state(params, stats, tx, jax.random.PRNGKey(0))
+    step = jax.jit(steps.make_train_step(model, tx, optax.constant_schedule(0.05), "minus_one_one"))
+    opt = torch_twins.make_optimizer(
         torch_model, 0.05, config.optim.momentum, config.optim.weight_decay, 10.0
     )
-    torch_step = benchmark_torch.make_train_step(torch_model, opt)
+    torch_step = torch_twins.make_train_step(torch_model, opt)
     rng = np.random.default_rng(0)
     jax_losses, torch_losses = [], []
     for _ in range(3):
@@ -160,7 +165,7 @@ def test_flax_weights_are_matched_one_to_one():
     _, _, params, stats, torch_model = _jax_and_torch("small_resnet", lr=0.05)
     params = {**params, "extra": {"kernel": np.zeros((2, 2), np.float32)}}
     with pytest.raises(ValueError, match="extra.weight"):
-        benchmark_torch.load_flax(torch_model, params, stats)
+        torch_twins.load_flax(torch_model, params, stats)
 
 
 def test_profile_ops_names_the_ops_of_a_jitted_step():
@@ -179,7 +184,7 @@ def test_compile_only_reports_flops_and_memory_without_timing(monkeypatch):
     monkeypatch.setattr(
         benchmark, "benchmark_config", _tiny_config(benchmark.benchmark_config, "small_resnet")
     )
-    row = benchmark.run("small_resnet", 8, 1, 1, compile_only=True)
+    row = benchmark.benchmark_backbone("small_resnet", 8, 1, 1, compile_only=True)
     assert row["train_step_gflops"] > 0 and row["jax_compiled_memory_mb"] > 0
     assert "train_images_per_s_dropout0.9" not in row and row["remat"] is False
 
@@ -198,3 +203,66 @@ def _tiny_config(original, name):
         return c
 
     return config
+
+
+def test_argparse_negations_still_parse():
+    """`--no-torch` (argparse's spelling, in the docs' commands) is absl's `--notorch`; other
+    `--no-...` arguments and non-boolean flags are left for absl to judge."""
+    flag_values = flags.FlagValues()
+    benchmark.define_flags(flag_values)
+    argv = ["b", "--no-torch", "--no-torch_compile", "--no-batch", "--no-such", "--k=2"]
+    assert benchmark.absl_spellings(argv, flag_values) == [
+        "b",
+        "--notorch",
+        "--notorch_compile",
+        "--no-batch",
+        "--no-such",
+        "--k=2",
+    ]
+    flag_values(benchmark.absl_spellings(["b", "--no-torch", "--model=small_vit"], flag_values))
+    assert flag_values.torch is False and flag_values.model == ["small_vit"]
+    with pytest.raises(flags.IllegalFlagValueError, match="'nope'"):
+        flag_values(["b", "--model=small_resnet,nope"])
+
+
+def test_help_lists_the_flags():
+    """`python -m benchmarks.benchmark --help` from the repository root: usage and flags."""
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.benchmark", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode in (0, 1), result.stderr  # absl's --help exits 1.
+    assert "FATAL" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert "python -m benchmarks.benchmark" in result.stdout
+    for name in ("batch", "steps", "[no]torch", "[no]torch_compile", "compile_only", "profile"):
+        assert f"--{name}" in result.stdout, name
+
+
+def _imports(path: pathlib.Path) -> set[str]:
+    """Top-level names of the modules a source file imports anywhere."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_library_imports_neither_torch_nor_the_benchmarks():
+    """torch and the benchmark tooling stay outside richft_jax; the twins never import the
+    harness (no cycle: benchmark -> torch_twins -> measure)."""
+    for path in (REPO / "richft_jax").rglob("*.py"):
+        assert not _imports(path) & {"torch", "benchmarks"}, path
+    twins = ast.parse((REPO / "benchmarks" / "torch_twins.py").read_text(encoding="utf-8"))
+    imported = {
+        f"{n.module}.{alias.name}"
+        for n in ast.walk(twins)
+        if isinstance(n, ast.ImportFrom)
+        for alias in n.names
+    }
+    assert "benchmarks.measure.peak_rss_growth" in imported
+    assert not [m for m in imported if m.startswith(("benchmarks.benchmark", "richft_jax"))]
