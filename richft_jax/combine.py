@@ -3,8 +3,9 @@
   python -m richft_jax.main --config=configs/combine.py --workdir=DIR \
       --config.checkpoints=RUN1,RUN2,RUN3
 
-Each RUN is a fine-tuning workdir (its config.json says how to rebuild the model and data);
-its selected (`best/`) or latest (`checkpoints/`) checkpoint is restored with Orbax. A step
+Each RUN is a fine-tuning workdir: the run builder (`richft_jax.run`) rebuilds its data and
+model from its config.json exactly as training built them (image size, in/out split, label
+noise), and restores its selected (`best/`) or latest (`checkpoints/`) checkpoint. A step
 directory RUN/checkpoints/STEP selects that step: ensembles and soups of the checkpoints
 saved every N steps along one run (keep them with --config.keep_checkpoints). Writes
 results.jsonl rows like a training run, with `method` naming the combination, and a
@@ -13,7 +14,6 @@ acceptance) use only the training domains' out splits, never the test domain.
 """
 
 import json
-import pathlib
 import time
 
 import jax
@@ -21,10 +21,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from richft_jax import checkpoints, parallel, results, train
-from richft_jax.data import pipeline
+from richft_jax import evaluation, parallel, results, run, steps
+from richft_jax import workdir as workdir_lib
 from richft_jax.methods import weight_space as ws
-from richft_jax.models import registry
 
 COMBINATIONS = (
     "individual",
@@ -34,79 +33,76 @@ COMBINATIONS = (
     "ensemble_mean_probs",
     "interpolation",
 )
+# What the runs must share to be combined: the same data (domains, in/out split, image size)
+# and the same architecture.
+SHARED = (
+    "data.name",
+    "data.test_domains",
+    "data.holdout_fraction",
+    "data.image_size",
+    "trial_seed",
+    "model.name",
+)
 
 
-def load_run(path: str, which: str = "best") -> tuple[ml_collections.ConfigDict, dict, int]:
-    """(run config, {"params", "batch_stats"}, step) of a run's best or latest checkpoint, or
-    of one step directory (RUN/checkpoints/STEP: ensembles and averages along one run)."""
-    path = pathlib.Path(path).expanduser()
-    if (path / "state").is_dir():
-        run, step_dir = path.parent.parent, path
-    else:
-        sub = {"best": checkpoints.BEST, "latest": checkpoints.LATEST}.get(which)
-        if sub is None:
-            raise ValueError(f"config.which={which!r} is not 'best' or 'latest'.")
-        run, step_dir = path, checkpoints.latest_step_dir(path / sub)
-    config_file = run / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"config.checkpoints: {run} has no config.json (not a run dir).")
-    config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
-    tree = checkpoints.restore_state_tree(step_dir)
-    return (
-        config,
-        {"params": tree["params"], "batch_stats": tree["batch_stats"]},
-        int(step_dir.name),
-    )
+def _get(config: ml_collections.ConfigDict, key: str):
+    """config[key] for a dotted key, None where a (older) config.json has no such field."""
+    value = config
+    for part in key.split("."):
+        value = value.get(part) if value is not None else None
+    return value
+
+
+def restore_runs(config: ml_collections.ConfigDict) -> tuple[list[str], list[tuple]]:
+    """(run dirs, [(config, variables, step)] per run) of config.checkpoints, checked to share
+    `SHARED` and compatible parameter trees."""
+    run_dirs = [r for r in config.checkpoints.split(",") if r]
+    if not run_dirs:
+        raise ValueError("config.checkpoints is empty: give comma-separated run directories.")
+    if config.which not in ("best", "latest"):
+        raise ValueError(f"config.which={config.which!r} is not 'best' or 'latest'.")
+    loaded = []
+    for r in run_dirs:
+        try:
+            loaded.append(run.restore(r, config.which))
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"config.checkpoints: {e}") from None
+    base = loaded[0][0]
+    for r, (c, _, _) in zip(run_dirs, loaded, strict=True):
+        for key in SHARED:
+            a, b = _get(base, key), _get(c, key)
+            if a != b:
+                raise ValueError(
+                    f"config.checkpoints: {r} has {key}={b!r}, but {run_dirs[0]} has {a!r}."
+                )
+    ws.check_compatible([v for _, v, _ in loaded], run_dirs)
+    return run_dirs, loaded
 
 
 def combine_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Evaluates the configured combinations of the runs in config.checkpoints."""
     start = time.time()
-    unknown = set(config.combinations.split(",")) - set(COMBINATIONS)
+    combos = config.combinations.split(",")
+    unknown = set(combos) - set(COMBINATIONS)
     if unknown:
         raise ValueError(f"config.combinations: unknown {sorted(unknown)}; known {COMBINATIONS}.")
-    run_dirs = [r for r in config.checkpoints.split(",") if r]
-    if not run_dirs:
-        raise ValueError("config.checkpoints is empty: give comma-separated run directories.")
-    loaded = [load_run(r, config.which) for r in run_dirs]
-    base = loaded[0][0]
-    for run, (c, _, _) in zip(run_dirs, loaded, strict=True):
-        for key in ("data.name", "data.test_domains", "trial_seed", "model.name"):
-            a, b = base[key.split(".")[0]], c[key.split(".")[0]]
-            if "." in key:
-                a, b = a[key.split(".")[1]], b[key.split(".")[1]]
-            if a != b:
-                raise ValueError(
-                    f"config.checkpoints: {run} has {key}={b!r}, but {run_dirs[0]} has {a!r}."
-                )
-    variables = [v for _, v, _ in loaded]
-    ws.check_compatible(variables, run_dirs)
-    workdir = train.prepare_workdir(workdir, config)
+    run_dirs, loaded = restore_runs(config)
+    base, variables = loaded[0][0], [v for _, v, _ in loaded]
+    workdir = workdir_lib.prepare_workdir(workdir, config)
 
-    data = pipeline.load_domains(
-        base.data.name,
-        base.data.test_domains,
-        base.trial_seed,
-        base.data.holdout_fraction,
-        data_dir=config.data_dir or base.data.data_dir,
-    )
+    # The runs' own data (image size, holdout, label noise...) and model: the run builder's.
+    data = run.load_data(base, config.data_dir)
     mesh = parallel.make_mesh()
-    model = registry.build_classifier(base.model, data.num_classes)
-    logits = train.model_logits(model)
-    single = jax.jit(train.make_eval_step(logits, base.data.normalize))
+    model = run.build_model(base, data.num_classes)
+    logits = steps.model_logits(model)
+    single = jax.jit(steps.make_eval_step(logits, base.data.normalize))
     batch_size = base.data.eval_batch_size
 
     def evaluate(step_fn, v, splits=None):
-        d = (
-            data
-            if splits is None
-            else pipeline.DomainData(
-                data.name, data.domains, data.test_domains, data.num_classes, splits
-            )
-        )
-        return train.evaluate(step_fn, v, d, batch_size, mesh)
+        d = data if splits is None else data.with_splits(splits)
+        return evaluation.evaluate(step_fn, v, d, batch_size, mesh)
 
-    held_out = tuple(s for s in data.splits if s.split == "out" and not s.is_test_domain)
+    held_out = data.id_splits()  # Greedy soup's scores: ID only, never the test domain.
 
     def score(v) -> float:
         return float(np.mean([m["accuracy"] for _, m in evaluate(single, v, held_out)]))
@@ -127,16 +123,15 @@ def combine_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dic
     def add(name: str, evals, **extra):
         rows.extend(results.eval_rows(evals, **meta, method=config.method_prefix + name, **extra))
 
-    combos = config.combinations.split(",")
     scores = None
     if "individual" in combos or "greedy_soup" in combos:
         scores = []
-        for run, v in zip(run_dirs, variables, strict=True):
+        for r, v in zip(run_dirs, variables, strict=True):
             # Greedy soup alone needs only the held-out splits: skip the rest (K evaluations).
             evals = evaluate(single, v, None if "individual" in combos else held_out)
             scores.append(float(np.mean([m["accuracy"] for s, m in evals if s in held_out])))
             if "individual" in combos:
-                add("individual", evals, member=str(run))
+                add("individual", evals, member=str(r))
     if "uniform_soup" in combos:
         add("uniform_soup", evaluate(single, ws.uniform_soup(variables)))
     if "greedy_soup" in combos:
@@ -146,7 +141,7 @@ def combine_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dic
     for combine in ("sum_logits", "mean_probs"):
         if f"ensemble_{combine}" in combos:
             step_fn = jax.jit(
-                train.make_eval_step(
+                steps.make_eval_step(
                     lambda v, x, c=combine: ws.ensemble_logits(logits, v, x, c, per_pass),
                     base.data.normalize,
                 )
@@ -157,34 +152,25 @@ def combine_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dic
             v = ws.interpolate(variables[0], variables[1], alpha)
             add("interpolation", evaluate(single, v), alpha=float(alpha))
 
+    summary = {"runs": run_dirs, "which": config.which, "wall_time_s": time.time() - start}
+    summary.update(summarize(rows))
     if jax.process_index() == 0:
         results.append_rows(workdir, rows)
-    summary = {"runs": run_dirs, "which": config.which, "wall_time_s": time.time() - start}
-    for name in dict.fromkeys(r["method"] for r in rows):
-        key_rows = [r for r in rows if r["method"] == name]
-        groups = {}
-        for r in key_rows:
-            groups.setdefault(r.get("member", r.get("alpha", "")), []).append(r)
-        summary[name] = {
-            str(k): {
-                "id_accuracy": float(
-                    np.mean(
-                        [
-                            r["accuracy"]
-                            for r in g
-                            if not r["is_test_domain"] and r["split"] == "out"
-                        ]
-                    )
-                ),
-                "ood_accuracy": float(
-                    np.mean(
-                        [r["accuracy"] for r in g if r["is_test_domain"] and r["split"] == "in"]
-                    )
-                ),
-            }
-            for k, g in groups.items()
-        }
-    if jax.process_index() == 0:
         results.write_json_atomic(workdir / results.SUMMARY, summary)
     logging.info("Combinations: %s", json.dumps(summary, indent=1))
     return summary
+
+
+def summarize(rows: list[dict]) -> dict:
+    """{method: {member or alpha (or ""): {"id_accuracy", "ood_accuracy"}}} of the rows."""
+    out = {}
+    for name in dict.fromkeys(r["method"] for r in rows):
+        groups = {}
+        for r in rows:
+            if r["method"] == name:
+                groups.setdefault(r.get("member", r.get("alpha", "")), []).append(r)
+        out[name] = {}
+        for k, g in groups.items():
+            m = results.id_ood(g, "accuracy")
+            out[name][str(k)] = {"id_accuracy": m["id"], "ood_accuracy": m["ood"]}
+    return out

@@ -1,7 +1,9 @@
 """The run outputs other tools read: results.jsonl rows and summary.json.
 
 Rows are appended one whole line per write and fsynced, so a crash leaves at most a
-truncated last line, which readers skip with a warning.
+truncated last line, which readers skip with a warning. ID and OOD of a row are defined once
+here (`is_id`, `is_ood`, `id_ood`), as `DomainData.id_splits` / `ood_splits` define them for
+splits: ID = the training domains' out splits, OOD = the test domains' in splits (DomainBed).
 """
 
 import json
@@ -9,14 +11,36 @@ import os
 import pathlib
 from collections.abc import Iterable
 
+import numpy as np
 from absl import logging
 
 RESULTS = "results.jsonl"
 SUMMARY = "summary.json"
 
 
+def is_id(row: dict) -> bool:
+    """Whether a per-split row is in-distribution: a training domain's held-out (out) split."""
+    return not row["is_test_domain"] and row["split"] == "out"
+
+
+def is_ood(row: dict) -> bool:
+    """Whether a per-split row is out-of-distribution: a test domain's in split (DomainBed's
+    test accuracy; the test domains' out splits serve only oracle selection)."""
+    return bool(row["is_test_domain"]) and row["split"] == "in"
+
+
+def id_ood(rows: Iterable[dict], key: str = "accuracy") -> dict[str, float]:
+    """{"id": mean of `key` over the ID rows, "ood": over the OOD rows}; NaN where none."""
+    rows = list(rows)
+    ident, ood = [r[key] for r in rows if is_id(r)], [r[key] for r in rows if is_ood(r)]
+    return {
+        "id": float(np.mean(ident)) if ident else float("nan"),
+        "ood": float(np.mean(ood)) if ood else float("nan"),
+    }
+
+
 def eval_rows(evals: Iterable[tuple], **fields) -> list[dict]:
-    """results.jsonl rows from `train.evaluate`'s (split, metrics) pairs, each row carrying
+    """results.jsonl rows from `evaluation.evaluate`'s (split, metrics) pairs, each row carrying
     `fields` (step, method, run metadata...)."""
     return [
         {
@@ -108,15 +132,19 @@ def select_training_domain_validation(rows: list[dict], method: str | None = Non
     def summarize(step: int) -> dict:
         rs = by_step[step]
         mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
-        pick = lambda test, split: [  # noqa: E731
-            r["accuracy"] for r in rs if r["is_test_domain"] == test and r["split"] == split
-        ]
+        accuracies = lambda keep: [r["accuracy"] for r in rs if keep(r)]  # noqa: E731
         return {
             "step": step,
-            "id_accuracy": mean(pick(False, "out")),
-            "id_train_accuracy": mean(pick(False, "in")),
-            "ood_accuracy": mean(pick(True, "in")),
-            "ood_out_accuracy": mean(pick(True, "out")),
+            "id_accuracy": mean(accuracies(is_id)),
+            # The other two splits: the training domains' in splits (what the model trains
+            # on) and the test domains' out splits (oracle selection only).
+            "id_train_accuracy": mean(
+                accuracies(lambda r: not r["is_test_domain"] and r["split"] == "in")
+            ),
+            "ood_accuracy": mean(accuracies(is_ood)),
+            "ood_out_accuracy": mean(
+                accuracies(lambda r: r["is_test_domain"] and r["split"] == "out")
+            ),
         }
 
     summaries = [summarize(s) for s in sorted(by_step)]

@@ -109,7 +109,7 @@ def test_taylor_sums_over_a_masked_batch_match_a_direct_computation():
 
 
 def test_id_ood_means_training_out_splits_and_test_in_split():
-    from richft_jax.analysis.linearization import id_ood
+    from richft_jax.results import id_ood, is_id, is_ood
 
     rows = [
         {"is_test_domain": False, "split": "out", "x": 0.2},
@@ -119,3 +119,6 @@ def test_id_ood_means_training_out_splits_and_test_in_split():
         {"is_test_domain": True, "split": "out", "x": 9.0},
     ]
     np.testing.assert_allclose(list(id_ood(rows, "x").values()), [0.3, 0.7])
+    assert [is_id(r) for r in rows] == [True, True, False, False, False]
+    assert [is_ood(r) for r in rows] == [False, False, False, True, False]
+    assert np.isnan(id_ood(rows[:3], "x")["ood"])  # No test-domain row: NaN, not an error.

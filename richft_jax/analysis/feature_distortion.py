@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from richft_jax import results
 from richft_jax.data import pipeline
 
 
@@ -82,6 +83,6 @@ def feature_distortion(
         keys = ("relative_l2", "cosine", "cka")
         return {k: sum(r[k] * r["num_examples"] for r in selected) / n for k in keys}
 
-    id_rows = [r for r in rows if not r["is_test_domain"] and r["split"] == "out"]
-    ood_rows = [r for r in rows if r["is_test_domain"] and r["split"] == "in"]
+    id_rows = [r for r in rows if results.is_id(r)]
+    ood_rows = [r for r in rows if results.is_ood(r)]
     return {"id": mean_of(id_rows), "ood": mean_of(ood_rows), "splits": rows}

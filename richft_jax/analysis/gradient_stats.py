@@ -6,7 +6,8 @@ the variance of the mini-batch gradient directions (mean pairwise cosine distanc
 M fixed mini-batches, each with its own dropout mask) and their mean cosine alignment with the
 full-dataset gradient (all training examples, no dropout). At the end: the training loss on the
 full training set without dropout (of an underfitting model, early dropout should lower it).
-The steps are the train loop's own `train.make_train_step`.
+The run (data, model, θ0, train state) is the run builder's and the steps are the train
+loop's own (`richft_jax.run`, `richft_jax.steps`).
 
   python -m richft_jax.analysis.gradient_stats --config=configs/demo.py:tiny \
       --config.pretrained.path= --out=/tmp/gradient_stats.json
@@ -22,10 +23,10 @@ import optax
 from absl import app, flags
 from ml_collections import config_flags
 
-from richft_jax import train
+from richft_jax import run, steps
 from richft_jax.data import pipeline
 from richft_jax.methods import feature_dropout
-from richft_jax.models import registry
+from richft_jax.methods import hooks as hooks_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).")
 _OUT = flags.DEFINE_string("out", None, "Where to write the JSON results.")
@@ -58,28 +59,21 @@ def _flat(tree) -> np.ndarray:
 
 def run_once(config: ml_collections.ConfigDict, rate: float, args: dict) -> dict:
     """One run with early dropout at `rate` (0: none): early-phase gradient stats, final loss."""
-    data = pipeline.load_domains(
-        config.data.name, config.data.test_domains, config.trial_seed, data_dir=config.data.data_dir
-    )
-    model = registry.build_classifier(config.model, data.num_classes)
-    tx = train.make_optimizer(config.optim, args["steps"])
-    schedule = train.make_schedule(config.optim, args["steps"])
-    image_shape = data.splits[0].images.shape[1:]
-    variables = model.init(jax.random.key(config.seed), jnp.zeros((1, *image_shape)), train=False)
-    params, batch_stats = train.load_pretrained(
-        config, variables["params"], variables.get("batch_stats", {})
-    )
-    state = train.TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=batch_stats,
-        opt_state=tx.init(params),
-        rng=jax.random.PRNGKey(config.seed),
-        avg_params={},
-        anchor_params={},
-    )
+    # The run's own data, model, θ0 and train state (the run builder's, as train.py's), and
+    # the loop's own step; only the dropout rates follow the early schedule given here.
+    data = run.load_data(config)
+    model = run.build_model(config, data.num_classes)
+    tx = steps.make_optimizer(config.optim, args["steps"])
+    schedule = steps.make_schedule(config.optim, args["steps"])
+    theta0 = run.init_variables(config, model, data)
+    params, batch_stats = theta0["params"], theta0["batch_stats"]
+    hooks = hooks_lib.build(config, model, data.splits[0].images.shape[1:])
+    _, root = run.keys(config)
+    state = steps.create_train_state(params, batch_stats, tx, root, hooks.init_extras(params))
     norm = config.data.normalize
-    step_fn = jax.jit(train.make_train_step(model, tx, schedule, norm))
+    step_fn = jax.jit(
+        steps.make_train_step(model, tx, schedule, norm, hooks.label_transform, hooks.post_update)
+    )
 
     # BatchNorm in training mode (from-scratch runs, model.freeze_bn=False) normalises with
     # the batch's statistics; its running-statistics update is not needed here.

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from richft_jax import results, train
+from richft_jax import evaluation, results, steps
 from richft_jax.data import pipeline
 
 KINDS = ("weight", "representation")
@@ -56,7 +56,7 @@ def eval_step(model, kind: str, normalize: str):
     key = (repr(model), kind, normalize)
     if key not in _STEPS:
         _STEPS[key] = jax.jit(
-            train.make_eval_step(lambda v, x: LOGITS[kind](model, v, x), normalize)
+            steps.make_eval_step(lambda v, x: LOGITS[kind](model, v, x), normalize)
         )
     return _STEPS[key]
 
@@ -79,6 +79,6 @@ def interpolation_curves(
         step = eval_step(model, kind, normalize)
         for alpha in alphas:
             variables = {"pre": v_pre, "ft": v_ft, "alpha": jnp.float32(alpha)}
-            evals = train.evaluate(step, variables, data, batch_size, mesh, max_examples)
+            evals = evaluation.evaluate(step, variables, data, batch_size, mesh, max_examples)
             rows += results.eval_rows(evals, kind=kind, alpha=float(alpha))
     return rows

@@ -2,10 +2,11 @@
 
   python -m richft_jax.analysis.linear_regime --runs=ERM_RUN,DROPOUT_RUN --out=DIR
 
-For each run (a fine-tuning workdir), restores θ_ft (its selected `best/` checkpoint, or
-`--which=latest`) and rebuilds θ0 (the pretrained backbone of its config, or `--pretrained`,
-with the run's own initial head: the pretrained checkpoint has none for the new task), then
-writes into DIR, each as PNG + JSON:
+For each run (a fine-tuning workdir), the run builder (`richft_jax.run`) rebuilds its data and
+model, restores θ_ft (its selected `best/` checkpoint, or `--which=latest`) and rebuilds θ0,
+the state train.py started from (the pretrained backbone of its config, or `--pretrained`,
+with the run's own initial head; LP-FT's probe head for LP-FT runs), then writes into DIR,
+each as PNG + JSON:
 - taylor_agreement: the fine-tuned network vs its Taylor model around θ0, per split;
 - taylor_trajectory: the same (ID / OOD means) along the checkpoints kept in RUN/checkpoints;
 - interpolation: weight vs representation interpolation, accuracy per domain along α;
@@ -27,7 +28,8 @@ import jax
 import ml_collections
 from absl import logging
 
-from richft_jax import checkpoints, combine, parallel, results, train
+from richft_jax import checkpoints, parallel, results, steps
+from richft_jax import run as run_lib
 from richft_jax.analysis import (
     feature_distortion,
     interpolation,
@@ -36,7 +38,6 @@ from richft_jax.analysis import (
     plots,
 )
 from richft_jax.data import pipeline
-from richft_jax.models import registry
 
 ANALYSES = ("taylor", "trajectory", "interpolation", "linear_finetune", "feature_distortion")
 DEFAULT_ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -54,7 +55,7 @@ class Run:
     v0: dict
     v_ft: dict
     step: int
-    pretrained: pathlib.Path
+    pretrained: str | None  # θ0's backbone (None: the run trained from its random init).
 
 
 def load(
@@ -66,56 +67,35 @@ def load(
     data_dir: str | None = None,
     mesh=None,
 ) -> Run:
-    """Restores a run's θ_ft and rebuilds its θ0 (see module docstring); LP-FT runs get θ0's
-    head from the linear probe, as train.py computes it."""
-    path = pathlib.Path(path).expanduser().resolve()  # Orbax reads absolute paths only.
-    config, v_ft, step = combine.load_run(str(path), which)
-    pre = pretrained or config.pretrained.path
-    if not pre:
-        raise ValueError(
-            f"{path}: its config has no pretrained.path; pass the pretrained checkpoint "
-            "(--pretrained) whose backbone is θ0."
-        )
-    pre = pathlib.Path(pre).expanduser().resolve()
-    data = pipeline.load_domains(
-        config.data.name,
-        config.data.test_domains,
-        config.trial_seed,
-        config.data.holdout_fraction,
-        data_dir=data_dir or config.data.data_dir,
-    )
-    model = registry.build_classifier(config.model, data.num_classes)
-    v0 = linearization.initial_variables(
-        model,
-        config,
-        data.splits[0].images.shape[1:],
-        checkpoints.restore_state_tree(pre),
-        str(checkpoints.latest_step_dir(pre)),
-    )
-    if config.get("lp_head", False):
-        mesh = mesh or parallel.make_mesh()
-        v0["params"]["head"] = train.linear_probe_head(
-            model, v0["params"], v0["batch_stats"], data, config, mesh
-        )
+    """The run as the run builder rebuilds it (`run.from_workdir`: its data, model and θ_ft)
+    with θ0 = `run.init_variables`, the state train.py started from: the pretrained backbone
+    (`pretrained` overrides the config's) with the run's own initial head (LP-FT: the probe's)."""
+    built = run_lib.from_workdir(path, which, data_dir)
+    config = built.config
+    if pretrained:
+        config = ml_collections.ConfigDict(config.to_dict())  # The run's config stays as it was.
+        config.pretrained.path = _resolved(pretrained)
+    v0 = run_lib.init_variables(config, built.model, built.data, mesh)
     return Run(
-        path=path,
-        name=name or config.method,
-        config=config,
-        model=model,
-        data=data,
+        path=built.path,
+        name=name or built.config.method,
+        config=built.config,
+        model=built.model,
+        data=built.data,
         v0=v0,
-        v_ft=v_ft,
-        step=step,
-        pretrained=pre,
+        v_ft=built.variables,
+        step=built.step,
+        pretrained=_resolved(config.pretrained.path),
     )
+
+
+def _resolved(path: str | None) -> str | None:
+    return str(pathlib.Path(path).expanduser().resolve()) if path else None
 
 
 def distortion(run: Run, max_examples: int | None = None) -> dict:
     """Feature distortion between θ0 and θ_ft (analysis.feature_distortion): ID, OOD, splits."""
-    norm = run.config.data.normalize
-    features = jax.jit(
-        lambda v, x: run.model.apply(v, pipeline.normalize(x, norm), train=False)[1]["features"]
-    )
+    features = jax.jit(steps.model_features(run.model, run.config.data.normalize))
     return feature_distortion.feature_distortion(
         lambda v, batch: features(v, batch["image"]),
         run.v0,
@@ -153,7 +133,7 @@ def taylor(run: Run, mesh, max_examples: int | None = None, v: dict | None = Non
 
 
 def summarize(rows: list[dict], step: int) -> dict:
-    """ID / OOD means of each Taylor measurement (see linearization.id_ood)."""
+    """ID / OOD means of each Taylor measurement (results.id_ood)."""
     keys = (
         "agreement",
         "network_accuracy",
@@ -161,7 +141,7 @@ def summarize(rows: list[dict], step: int) -> dict:
         "logits_relative_distance",
         "features_relative_distance",
     )
-    return {"step": step, **{k: linearization.id_ood(rows, k) for k in keys}}
+    return {"step": step, **{k: results.id_ood(rows, k) for k in keys}}
 
 
 def checkpoint_steps(run: Run) -> list[int]:
@@ -169,8 +149,8 @@ def checkpoint_steps(run: Run) -> list[int]:
     ckpt = run.path / checkpoints.LATEST
     if not ckpt.is_dir():
         return []
-    steps = [p for p in ckpt.iterdir() if p.name.isdigit() and (p / "state").is_dir()]
-    return sorted(int(p.name) for p in steps)
+    kept = [p for p in ckpt.iterdir() if p.name.isdigit() and (p / "state").is_dir()]
+    return sorted(int(p.name) for p in kept)
 
 
 def trajectory(run: Run, mesh, max_examples: int | None = None) -> list[dict]:
@@ -181,7 +161,7 @@ def trajectory(run: Run, mesh, max_examples: int | None = None) -> list[dict]:
         if step == 0:
             v = run.v0
         else:
-            _, v, _ = combine.load_run(str(run.path / checkpoints.LATEST / str(step)))
+            _, v, _ = run_lib.restore(str(run.path / checkpoints.LATEST / str(step)))
         rows = linearization.taylor_measurements(
             sums, run.v0, v, run.data, run.config.data.eval_batch_size, mesh, max_examples
         )
@@ -248,6 +228,24 @@ def extract_parts(
     )
 
 
+def parts_key(run: Run) -> str:
+    """What θ0's block outputs depend on (the backbone, the data and its split and labels):
+    runs with equal keys share one extraction."""
+    c = run.config
+    return json.dumps(
+        {
+            "pretrained": run.pretrained,
+            "seed": None if run.pretrained else c.seed,  # θ0's backbone is the random init.
+            "data": c.data.to_dict(),
+            "trial_seed": c.trial_seed,
+            "label_noise": c.get("label_noise", {}),
+            "model": c.model.to_dict(),
+        },
+        sort_keys=True,
+        default=str,
+    )
+
+
 def analyze(
     run_paths: Sequence[str],
     out: str,
@@ -296,7 +294,7 @@ def analyze(
         for r in runs:
             summary[r.name]["interpolation"] = {
                 kind: {
-                    str(a): linearization.id_ood(
+                    str(a): results.id_ood(
                         [x for x in per_run[r.name] if x["kind"] == kind and x["alpha"] == a],
                         "accuracy",
                     )
@@ -308,7 +306,7 @@ def analyze(
     if "linear_finetune" in analyses:
         per_run, cache = {}, {}
         for r in runs:
-            key = (str(r.pretrained), tuple(r.data.test_domains), r.config.trial_seed)
+            key = parts_key(r)
             if key not in cache:
                 cache[key] = extract_parts(r, mesh, max_examples)
             per_run[r.name] = linear_ft(r, mesh, max_examples, cache[key], **dict(lft or {}))

@@ -3,6 +3,8 @@
 f_lin(x; θ) = f(x; θ0) + J(x; θ0)(θ − θ0), computed with one `jax.jvp` (the Jacobian is never
 materialised), for any output pytree of the network (logits, penultimate features). Zhang &
 Bottou argue that fine-tuning a large pretrained network on little data stays close to it.
+θ0 of a run is its train state's starting point, `richft_jax.run.init_variables`; ID / OOD
+means of the per-split rows are `richft_jax.results.id_ood`.
 """
 
 from collections.abc import Callable
@@ -12,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from richft_jax import checkpoints, parallel
+from richft_jax import parallel
 from richft_jax.data import pipeline
 
 PyTree = Any
@@ -48,35 +50,6 @@ def classifier_outputs(model, params0: PyTree, params: PyTree, batch_stats: PyTr
 
 
 # ----------------------------------------------------------------------------- runs
-def initial_variables(
-    model, config, image_shape: tuple[int, ...], pretrained: dict, source: str = "pretrained"
-) -> dict:
-    """θ0 of a fine-tuning run: its initial variables, rebuilt as train.py builds them.
-
-    The pretrained checkpoint has no head for the new task, so θ0's head is the run's own
-    initial head: the init of `model` with the run's init key (split of PRNGKey(config.seed)),
-    i.e. Dense's default init, or zeros with `model.head_zero_init`. `pretrained` is a restored
-    state tree ({"params": {"backbone": ...}, "batch_stats": ...}); merged strictly.
-    """
-    init_key, _ = jax.random.split(jax.random.PRNGKey(config.seed))
-    variables = jax.jit(
-        lambda k: model.init(k, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-    )(init_key)
-    params = dict(jax.device_get(variables["params"]))
-    params["backbone"] = checkpoints.merge_pretrained(
-        params["backbone"], pretrained["params"].get("backbone", {}), source, "params/backbone"
-    )
-    batch_stats = dict(jax.device_get(variables.get("batch_stats", {})))
-    if batch_stats:
-        batch_stats["backbone"] = checkpoints.merge_pretrained(
-            batch_stats["backbone"],
-            pretrained["batch_stats"].get("backbone", {}),
-            source,
-            "batch_stats/backbone",
-        )
-    return {"params": params, "batch_stats": batch_stats}
-
-
 def make_taylor_sums(model, normalize: str) -> Callable[[dict, dict, dict], dict]:
     """`(v0, v, batch) -> sums` over the masked batch, for network vs Taylor model around v0:
     agreement, correct predictions of each, squared norms of logits, features and their gaps.
@@ -157,16 +130,3 @@ def taylor_measurements(
             }
         )
     return rows
-
-
-def id_ood(rows: list[dict], key: str) -> dict:
-    """DomainBed's two numbers of a per-split measurement: ID = mean over the training domains'
-    out splits, OOD = mean over the test domains' in splits."""
-    pick = lambda test, split: [  # noqa: E731
-        r[key] for r in rows if r["is_test_domain"] == test and r["split"] == split
-    ]
-    ident, ood = pick(False, "out"), pick(True, "in")
-    return {
-        "id": float(np.mean(ident)) if ident else float("nan"),
-        "ood": float(np.mean(ood)) if ood else float("nan"),
-    }

@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from richft_jax import results  # noqa: E402
+
 
 def save(fig, data: dict, path: str | pathlib.Path) -> pathlib.Path:
     """Writes `fig` to PATH.png and `data` to PATH.json; returns the PNG path."""
@@ -66,7 +68,7 @@ def interpolation(per_run: dict[str, list[dict]], path) -> pathlib.Path:
     interpolation; training domains on their out split, the test domain on its in split."""
     fig, axes = plt.subplots(1, len(per_run), figsize=(6 * len(per_run), 4), squeeze=False)
     for ax, (name, rows) in zip(axes[0], per_run.items(), strict=True):
-        shown = [r for r in rows if r["split"] == ("in" if r["is_test_domain"] else "out")]
+        shown = [r for r in rows if results.is_id(r) or results.is_ood(r)]
         domains = list(dict.fromkeys(r["domain"] for r in shown))
         for c, domain in enumerate(domains):
             for kind, style in (("weight", "-"), ("representation", "--")):
