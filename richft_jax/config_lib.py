@@ -41,6 +41,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Where DomainBed's downloaded folders are (PACS/, VLCS/, office_home/, ...); None: TFDS's
     # <data_dir>/downloads/manual.
     c.data.manual_dir = ml_collections.FieldReference(None, field_type=str)
+    # DomainBed photo sets: skip image files PIL cannot read even as truncated (default: an
+    # error naming them, as DomainBed fails on them). Skipping changes the in/out splits.
+    c.data.skip_unreadable = False
     c.data.normalize = "minus_one_one"  # "minus_one_one" | "imagenet".
     c.data.eval_batch_size = 512
     c.data.eval_max_examples = ml_collections.FieldReference(None, field_type=int)  # Per split.

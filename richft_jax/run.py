@@ -56,6 +56,7 @@ def load_data(config: ml_collections.ConfigDict, data_dir: str | None = None):
         data_dir=data_dir or c.data_dir,
         image_size=c.get("image_size"),
         manual_dir=c.get("manual_dir"),
+        skip_unreadable=c.get("skip_unreadable", False),
     )
     return hooks_lib.build(config).transform_data(data)
 

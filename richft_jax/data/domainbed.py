@@ -6,12 +6,20 @@ dir, and keep DomainBed's conventions so that `test_domains=0` means what it mea
 and in the paper (Zhang & Bottou 2024): domains are the sorted domain folders, classes the sorted
 class folders, and a domain's images are in torchvision ImageFolder's order (sorted walk), which
 DomainBed's in/out split indices refer to. Images are kept as their encoded JPEG/PNG bytes at
-their own size; decoding and resizing happen when the data is loaded. Images that do not decode
-are counted, logged by path and skipped; a missing domain or class folder is an error naming it.
+their own size; decoding and resizing happen when the data is loaded. A missing domain or class
+folder is an error naming it.
+
+Damaged files follow DomainBed, which sets PIL's `ImageFile.LOAD_TRUNCATED_IMAGES = True` and reads
+every file: a truncated image is kept with the pixels PIL gives it with that flag (stored as PNG,
+so they load exactly), and each is named in the log. A file PIL cannot read even so (DomainBed
+would crash on it) is an error naming it, unless the builder config `skip_unreadable` (from
+`config.data.skip_unreadable`) skips it: that shifts the domain's in/out splits away from
+DomainBed's, so that config builds into its own directory and says so in the log.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import os
@@ -20,7 +28,7 @@ from collections.abc import Iterator
 import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
-from PIL import Image
+from PIL import Image, ImageFile
 
 # torchvision's ImageFolder extensions (IMG_EXTENSIONS), matched case-insensitively as it does.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -164,35 +172,117 @@ def image_files(class_dir: epath.Path) -> list[str]:
     return files
 
 
-def encoded_image(path: str) -> bytes:
-    """The file's bytes if TF can decode them to RGB as they are, else the image re-encoded as
-    PNG; raises (OSError, ValueError, ...) if PIL cannot decode the whole image."""
+class UnreadableImageError(ValueError):
+    """Image files PIL cannot decode even with LOAD_TRUNCATED_IMAGES (DomainBed would crash)."""
+
+
+@contextlib.contextmanager
+def load_truncated_images() -> Iterator[None]:
+    """PIL's LOAD_TRUNCATED_IMAGES on inside the block (DomainBed sets it for the whole process)
+    and restored after, so only our decoding of damaged files sees it. (A module global of PIL:
+    other threads decoding meanwhile would see it too.)"""
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = True
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
+
+
+def _decoded(data: bytes) -> Image.Image:
+    """The image with every pixel decoded (lazy PIL images fail only on load)."""
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    return im
+
+
+def encoded_image(path: str) -> tuple[bytes, bool]:
+    """(bytes that decode to what DomainBed reads, whether the file is truncated).
+
+    The file's own bytes if PIL decodes it whole and TF can decode it to RGB as it is; else the
+    pixels PIL gives (with LOAD_TRUNCATED_IMAGES for a truncated file), in RGB, as PNG. Raises
+    UnreadableImageError (chained to PIL's error) if PIL cannot decode it even with the flag.
+    """
     data = epath.Path(path).read_bytes()
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()  # Decodes every pixel: truncated and corrupt files fail here.
-        if im.mode in _PASS_THROUGH.get(im.format, ()):
-            return data
+    truncated = False
+    try:
+        im = _decoded(data)
+    except Exception:  # noqa: BLE001  (any failure: try it as DomainBed reads it)
+        truncated = True
+        try:
+            with load_truncated_images():
+                im = _decoded(data)
+        except Exception as e:  # noqa: BLE001
+            raise UnreadableImageError(f"{path}: {type(e).__name__}: {e}") from e
+    with im:
+        if not truncated and im.mode in _PASS_THROUGH.get(im.format, ()):
+            return data, False
         out = io.BytesIO()
         im.convert("RGB").save(out, format="PNG")
-        return out.getvalue()
+        return out.getvalue(), truncated
 
 
-def domain_examples(root: epath.Path, domain: str, classes: tuple[str, ...]) -> Iterator[dict]:
-    """Examples of one domain in ImageFolder order; undecodable images are logged and skipped."""
-    skipped = []
+def _log_damaged(where: epath.Path, truncated: list[str], skipped: list[str]) -> None:
+    """One warning per domain naming its truncated (kept) and unreadable (skipped) files."""
+    if truncated:
+        logging.warning(
+            "%s: kept %d truncated image(s), decoded as DomainBed does (PIL with "
+            "LOAD_TRUNCATED_IMAGES fills the missing part): %s",
+            where,
+            len(truncated),
+            truncated,
+        )
+    if skipped:
+        logging.warning(
+            "%s: skipped %d unreadable image(s) (config.data.skip_unreadable=True): %s. Skipping "
+            "changes this domain's in/out splits relative to DomainBed's, which index every "
+            "file.",
+            where,
+            len(skipped),
+            skipped,
+        )
+
+
+def domain_examples(
+    root: epath.Path, domain: str, classes: tuple[str, ...], skip_unreadable: bool = False
+) -> Iterator[dict]:
+    """Examples of one domain in ImageFolder order, truncated images kept as DomainBed keeps
+    them; unreadable ones raise UnreadableImageError naming them all (after the domain's last
+    file) or, with `skip_unreadable`, are skipped."""
+    truncated, unreadable = [], []
     for label, name in enumerate(classes):
         for path in image_files(root / domain / name):
             try:
-                image = encoded_image(path)
-            except Exception as e:  # noqa: BLE001  (any decoder failure means: skip this file)
-                logging.warning("Skipping undecodable image %s: %s", path, e)
-                skipped.append(path)
+                image, was_truncated = encoded_image(path)
+            except UnreadableImageError as e:
+                logging.warning("Unreadable image %s", e)
+                unreadable.append(path)
                 continue
-            yield {"image": image, "label": label, "filename": os.path.relpath(path, root)}
-    if skipped:
-        logging.warning(
-            "%s: skipped %d undecodable image(s): %s", root / domain, len(skipped), skipped
+            if was_truncated:
+                logging.warning("Truncated image %s: kept, decoded as DomainBed does.", path)
+                truncated.append(path)
+            if skip_unreadable or not unreadable:  # Else only the error is left to give.
+                yield {"image": image, "label": label, "filename": os.path.relpath(path, root)}
+    _log_damaged(root / domain, truncated, unreadable if skip_unreadable else [])
+    if unreadable and not skip_unreadable:
+        raise UnreadableImageError(
+            f"{root / domain}: {len(unreadable)} image file(s) that PIL cannot read even with "
+            f"LOAD_TRUNCATED_IMAGES (DomainBed would fail on them too): {unreadable}. Replace "
+            "or remove them, or set --config.data.skip_unreadable=True to skip them (which "
+            "changes the in/out splits relative to DomainBed's)."
         )
+
+
+@dataclasses.dataclass
+class DomainBedConfig(tfds.core.BuilderConfig):
+    """Which files a build keeps: a config of its own, so builds that differ never share a dir."""
+
+    skip_unreadable: bool = False
+
+
+def config_name(skip_unreadable: bool) -> str:
+    """The builder config of `config.data.skip_unreadable`."""
+    return "skip_unreadable" if skip_unreadable else "domainbed"
 
 
 class DomainBedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -200,8 +290,23 @@ class DomainBedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     SPEC: Spec
     code_path = epath.Path(__file__)  # See digits_domains.DigitsDomains.
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "DomainBed's folder layout, domains and classes."}
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {
+        "1.0.0": "DomainBed's folder layout, domains and classes.",
+        "2.0.0": "Truncated images kept as DomainBed decodes them; unreadable files an error "
+        "(config domainbed) or skipped (config skip_unreadable).",
+    }
+    BUILDER_CONFIGS = [
+        DomainBedConfig(
+            name=config_name(False),
+            description="Every file, as DomainBed: truncated images kept; unreadable an error.",
+        ),
+        DomainBedConfig(
+            name=config_name(True),
+            skip_unreadable=True,
+            description="Unreadable files skipped: in/out splits differ from DomainBed's.",
+        ),
+    ]
 
     def _info(self) -> tfds.core.DatasetInfo:
         """Variable-size encoded images, the class label and the file's path in the dataset."""
@@ -242,7 +347,8 @@ class DomainBedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _generate_examples(self, root: epath.Path, domain: str, classes: tuple[str, ...]):
         """Yields (index, example) pairs of one domain."""
-        yield from enumerate(domain_examples(root, domain, classes))
+        skip = self.builder_config.skip_unreadable
+        yield from enumerate(domain_examples(root, domain, classes, skip))
 
 
 class DomainBedPACS(DomainBedBuilder):

@@ -102,6 +102,7 @@ def load_domains(
     data_dir: str | None = None,
     image_size: int | None = None,
     manual_dir: str | None = None,
+    skip_unreadable: bool = False,
 ) -> DomainData:
     """Loads every domain of `name` (images resized to `image_size`, see sources.load_arrays)
     and splits each 80/20 in/out as DomainBed does (or by its official splits, if it has them)."""
@@ -117,7 +118,11 @@ def load_domains(
                 out.append(Split(domain, split, domain in tests, images, labels))
         return DomainData(name, tuple(domains), tests, num_classes, tuple(out))
     arrays = sources.load_arrays(
-        name, data_dir=data_dir, image_size=image_size, manual_dir=manual_dir
+        name,
+        data_dir=data_dir,
+        image_size=image_size,
+        manual_dir=manual_dir,
+        skip_unreadable=skip_unreadable,
     )
     for index, domain in enumerate(domains):
         images, labels = arrays[domain]

@@ -67,11 +67,21 @@ def has_official_splits(name: str) -> bool:
 
 
 def builder_of(
-    name: str, data_dir: str | None = None, manual_dir: str | None = None
+    name: str,
+    data_dir: str | None = None,
+    manual_dir: str | None = None,
+    skip_unreadable: bool = False,
 ) -> tfds.core.DatasetBuilder:
-    """Returns the dataset's builder, preparing it on disk first if that was never done."""
+    """Returns the dataset's builder, preparing it on disk first if that was never done.
+
+    `skip_unreadable` (DomainBed photo sets only; the others are not read from image files):
+    its own builder config, prepared apart, as it may keep fewer files (see domainbed.py).
+    """
     _check_name(name)
-    builder = BUILDERS[name](data_dir=data_dir)
+    kwargs = {}
+    if name in domainbed.BUILDERS:
+        kwargs["config"] = domainbed.config_name(skip_unreadable)
+    builder = BUILDERS[name](data_dir=data_dir, **kwargs)
     if not builder.is_prepared():
         logging.info("Preparing TFDS dataset %s into %s (once)", name, builder.data_dir)
         # Generated locally: never ask GCS for a prepared copy (there is none, and no network).
@@ -141,10 +151,11 @@ def load_arrays(
     domains: Sequence[str] | None = None,
     image_size: int | None = None,
     manual_dir: str | None = None,
+    skip_unreadable: bool = False,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Reads the requested splits into memory: {split: (images uint8 NHWC, labels int32)},
     images decoded and resized to `image_size` (None: the dataset's own size if fixed, else
-    VARIABLE_SIZE_DEFAULT)."""
+    VARIABLE_SIZE_DEFAULT); `skip_unreadable` as in builder_of."""
     valid = domains_of(name)
     domains = valid if domains is None else tuple(domains)
     unknown = [d for d in domains if d not in valid]
@@ -153,7 +164,7 @@ def load_arrays(
     if name in OFFICIAL:
         raise ValueError(f"Dataset {name!r} has official splits: use load_official_splits.")
     check_image_size(image_size)
-    builder = builder_of(name, data_dir, manual_dir)
+    builder = builder_of(name, data_dir, manual_dir, skip_unreadable)
     native = builder.info.features["image"].shape[0]  # None: variable-size photos.
     size = image_size or native or VARIABLE_SIZE_DEFAULT
     arrays = {}
