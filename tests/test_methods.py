@@ -72,22 +72,22 @@ def test_vit_block_dropout_and_drop_path_are_traced_and_take_effect():
 
 
 # ----------------------------------------------------------------------------- distance constraints
-def test_stages_follow_the_forward_pass_and_radii_grow_by_gamma():
+def test_declared_stages_give_radii_growing_by_gamma():
     model = Classifier(SmallResNet(widths=(8, 8, 8, 8), feature_dim=16), 10)
-    order = sl.backbone_stage_order(model, (32, 32, 3))
-    assert order == ["stem", "stage1", "stage2", "stage3", "stage4", "widen"]
+    stages = sl.backbone_stages(model)
+    assert [n for n, _ in stages] == ["stem", "stage1", "stage2", "stage3", "stage4", "widen"]
     params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)["params"]
-    radii = sl.projection_radii(params, order, 2.0, 1.5, 3.0)
+    radii = sl.projection_radii(params, stages, 2.0, 1.5, 3.0)
     assert radii["backbone"]["stem_conv"]["kernel"] == 2.0
     assert radii["backbone"]["stage2_block1"]["conv1"]["kernel"] == pytest.approx(2.0 * 1.5**2)
     assert radii["backbone"]["widen_bn"]["scale"] == pytest.approx(2.0 * 1.5**5)
     assert radii["head"]["kernel"] == 3.0 and radii["head"]["bias"] == float("inf")
 
     vit = Classifier(SmallViT(patch=8, dim=16, depth=2, heads=2, feature_dim=0), 10)
-    vit_order = sl.backbone_stage_order(vit, (32, 32, 3))
-    assert vit_order == ["embedding", "block0", "block1", "encoder"]
+    vit_stages = sl.backbone_stages(vit)
+    assert [n for n, _ in vit_stages] == ["embedding", "block0", "block1", "encoder_norm"]
     vparams = vit.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)["params"]
-    vradii = sl.projection_radii(vparams, vit_order, 1.0, 2.0, None)
+    vradii = sl.projection_radii(vparams, vit_stages, 1.0, 2.0, None)
     assert vradii["backbone"]["pos_embedding"] == 1.0  # On the input side: stage 0.
     assert vradii["backbone"]["block1_mlp2"]["kernel"] == 4.0
     assert vradii["head"]["kernel"] == float("inf")  # No head bound configured.
@@ -285,8 +285,7 @@ def _train(radii_fn, steps=4, lr=0.5):
 
 def test_params_stay_within_their_radii_during_training():
     def radii_fn(model, params):
-        order = sl.backbone_stage_order(model, (32, 32, 3))
-        return sl.projection_radii(params, order, 0.002, 1.2, 0.3)
+        return sl.projection_radii(params, sl.backbone_stages(model), 0.002, 1.2, 0.3)
 
     start, end, radii = _train(radii_fn)
     _, free, _ = _train(lambda model, params: None)

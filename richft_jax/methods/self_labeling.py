@@ -4,8 +4,9 @@ fine-tuning in neural networks").
 Three pieces, each plugged into the one train step:
 - layer-wise distance constraints: after every optimizer update, each weight tensor is projected
   back into a Frobenius ball around its pretrained value, W <- W0 + (W - W0) min(1, r / |W - W0|),
-  with radius r = D gamma^stage growing by gamma per stage from input to output; the new head's
-  kernel is bounded in norm (a ball around 0, radius D_head). The centres (the "anchor") are part
+  with radius r = D gamma^stage growing by gamma per stage from input to output (the stages the
+  backbone declares, its `stages()`: e.g. each ViT encoder block is one); the new head's kernel
+  is bounded in norm (a ball around 0, radius D_head). The centres (the "anchor") are part
   of the train state, never constants baked into the compiled step.
 - self label-correction: from a given step on, a label is replaced by the model's prediction when
   the prediction disagrees and its probability exceeds a threshold (0.9).
@@ -28,38 +29,53 @@ HEAD = "head"
 
 
 # ----------------------------------------------------------------------------- distance constraints
-def backbone_stage_order(model: nn.Module, image_shape: tuple[int, ...]) -> list[str]:
-    """Stage names of the classifier's backbone in forward (input-to-output) order.
+Stages = list[tuple[str, tuple[str, ...]]]  # (stage name, "/"-joined parameter-path prefixes).
 
-    A stage is the prefix before the first "_" of a top-level backbone submodule's name
-    ("stage2_block1" -> "stage2", "block3_attn" -> "block3", "stem_conv" -> "stem"); the order
-    is the order of the first call during an abstract forward pass, so it never depends on
-    how a parameter dict happens to be sorted.
-    """
-    order: list[str] = []
 
-    def interceptor(next_fun, args, kwargs, context):
-        path = context.module.path
-        if len(path) == 2 and path[0] == "backbone":
-            stage = path[1].split("_")[0]
-            if stage not in order:
-                order.append(stage)
-        return next_fun(*args, **kwargs)
-
-    with nn.intercept_methods(interceptor):
-        jax.eval_shape(
-            lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_shape)), train=False)
+def backbone_stages(model: nn.Module) -> Stages:
+    """The stages the classifier's backbone declares (its `stages()`), input to output: each a
+    name and the backbone-relative parameter-path prefixes it owns (models/resnet.py, vit.py,
+    demo.py). Declared by the architecture, not guessed from module names."""
+    backbone = getattr(model, "backbone", None)
+    declare = getattr(backbone, "stages", None)
+    if not callable(declare):
+        raise ValueError(
+            f"self_labeling: the backbone {type(backbone).__name__} declares no stages (a "
+            "`stages()` method listing (stage, parameter-path prefixes) from input to output), "
+            "so its layers have no radii."
         )
-    return order
+    return declare()
+
+
+def _matches(prefix: str, names: list[str]) -> bool:
+    """Whether a "/"-joined prefix matches the start of a path, whole components only."""
+    parts = prefix.split("/")
+    return names[: len(parts)] == parts
+
+
+def stage_index(names: list[str], stages: Stages) -> int:
+    """The index of the one stage owning the backbone-relative parameter path `names`; a
+    ValueError naming the path when no stage, or more than one, owns it."""
+    owners = [
+        i for i, (_, prefixes) in enumerate(stages) if any(_matches(p, names) for p in prefixes)
+    ]
+    if len(owners) != 1:
+        found = [stages[i][0] for i in owners]
+        raise ValueError(
+            f"self_labeling: parameter backbone/{'/'.join(names)} must belong to exactly one "
+            f"declared backbone stage, found {found or 'none'} (stages: {[n for n, _ in stages]})."
+        )
+    return owners[0]
 
 
 def projection_radii(
-    params: Any, stage_order: list[str], radius: float, gamma: float, head_radius: float | None
+    params: Any, stages: Stages, radius: float, gamma: float, head_radius: float | None
 ) -> Any:
-    """A tree like `params` of ball radii: D gamma^s for a backbone leaf of stage s (parameters
-    directly on the backbone, e.g. a position embedding, are stage 0), `head_radius` for the
-    head's kernel, inf (unconstrained) for the head's bias or when a radius is None."""
-    stages = {name: i for i, name in enumerate(stage_order)}
+    """A tree like `params` of ball radii: D gamma^s for a backbone leaf of declared stage s
+    (`backbone_stages`), `head_radius` for the head's kernel, inf (unconstrained) for the
+    head's bias or when a radius is None. Every backbone parameter must fall in exactly one
+    stage and every stage must own a parameter (else the gamma powers would be off)."""
+    used: set[int] = set()
 
     def leaf_radius(path, _):
         names = [getattr(p, "key", str(p)) for p in path]
@@ -71,19 +87,18 @@ def projection_radii(
                 f"self_labeling: parameter {'/'.join(names)} is neither in the backbone nor "
                 "the head; no stage to give it a radius."
             )
-        if len(names) == 2:  # A parameter of the backbone module itself (e.g. pos_embedding).
-            stage = 0
-        else:
-            prefix = names[1].split("_")[0]
-            if prefix not in stages:
-                raise ValueError(
-                    f"self_labeling: parameter {'/'.join(names)} belongs to no stage seen in "
-                    f"the forward pass ({stage_order})."
-                )
-            stage = stages[prefix]
+        stage = stage_index(names[1:], stages)
+        used.add(stage)
         return float("inf") if radius is None else float(radius) * float(gamma) ** stage
 
-    return jax.tree_util.tree_map_with_path(leaf_radius, params)
+    radii = jax.tree_util.tree_map_with_path(leaf_radius, params)
+    empty = [name for i, (name, _) in enumerate(stages) if i not in used]
+    if empty:
+        raise ValueError(
+            f"self_labeling: declared backbone stages {empty} own no parameter; the backbone's "
+            "stages() and its parameters disagree."
+        )
+    return radii
 
 
 def anchor_params(pretrained: Any) -> Any:
@@ -193,7 +208,8 @@ def method(
         return None
     if not constrained(cfg):
         return Method(name="self_labeling", label_transform=label_transform)
-    stages = backbone_stage_order(model, image_shape)
+    del image_shape  # The stages are declared by the backbone, not traced.
+    stages = backbone_stages(model)
 
     def post_update(params: Any, anchor: Any, steps_done: jax.Array) -> tuple[Any, Any]:
         # The radii depend only on parameter paths: the same floats whenever they are built.

@@ -59,6 +59,21 @@ class SmallResNet(nn.Module):
     feature_dim: int = 512
     dtype: jnp.dtype = jnp.float32
 
+    @nn.nowrap
+    def stages(self) -> list[tuple[str, tuple[str, ...]]]:
+        """(stage, parameter-path prefixes) from input to output, e.g. for layer-wise radii
+        (methods/self_labeling.py): the stem, stage1..stage4 (their blocks), then the widening
+        conv and its BatchNorm when `feature_dim`."""
+        stages = [("stem", ("stem_conv", "stem_bn"))]
+        for i, n in enumerate(self.blocks):
+            if n:
+                stages.append(
+                    (f"stage{i + 1}", tuple(f"stage{i + 1}_block{j + 1}" for j in range(n)))
+                )
+        if self.feature_dim:
+            stages.append(("widen", ("widen_conv", "widen_bn")))
+        return stages
+
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         x = nn.Conv(
@@ -104,6 +119,19 @@ class SmallViT(nn.Module):
     mlp_ratio: int = 2
     feature_dim: int = 512
     dtype: jnp.dtype = jnp.float32
+
+    @nn.nowrap
+    def stages(self) -> list[tuple[str, tuple[str, ...]]]:
+        """(stage, parameter-path prefixes) from input to output, e.g. for layer-wise radii
+        (methods/self_labeling.py): the embedding (patches and positions), each block, the
+        final LayerNorm, then the widening layer when `feature_dim`."""
+        stages = [("embedding", ("embedding", "pos_embedding"))]
+        parts = ("ln1", "attn", "ln2", "mlp1", "mlp2")
+        stages += [(f"block{i}", tuple(f"block{i}_{p}" for p in parts)) for i in range(self.depth)]
+        stages.append(("encoder_norm", ("encoder_norm",)))
+        if self.feature_dim:
+            stages.append(("widen", ("widen",)))
+        return stages
 
     @nn.compact
     def __call__(

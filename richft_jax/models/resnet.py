@@ -92,6 +92,19 @@ class ResNet(nn.Module):
     num_classes: int | None = None
     dtype: jnp.dtype = jnp.float32
 
+    @nn.nowrap
+    def stages(self) -> list[tuple[str, tuple[str, ...]]]:
+        """(stage, parameter-path prefixes) from input to output, e.g. for layer-wise radii
+        (methods/self_labeling.py): the stem (`conv1`, `bn1`), `layer1`..`layer4` (their
+        blocks), then `fc` when the model has it. A prefix matches whole path components."""
+        stages = [("stem", ("conv1", "bn1"))]
+        for i, n in enumerate(self.stage_sizes):
+            if n:
+                stages.append((f"layer{i + 1}", tuple(f"layer{i + 1}_{j}" for j in range(n))))
+        if self.num_classes is not None:
+            stages.append(("fc", ("fc",)))
+        return stages
+
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False, features: bool = False):
         if self.block not in EXPANSION:

@@ -153,6 +153,23 @@ class ViT(nn.Module):
     dtype: jnp.dtype = jnp.float32
     remat: bool = False  # Recompute each block in the backward pass (Encoder).
 
+    @nn.nowrap
+    def stages(self) -> list[tuple[str, tuple[str, ...]]]:
+        """(stage, parameter-path prefixes) from input to output, e.g. for layer-wise radii
+        (methods/self_labeling.py): the embedding (patch embedding, [CLS], position
+        embedding), each `Transformer/encoderblock_{i}` its own stage, the final LayerNorm
+        with `pre_logits` when present, then `head` when the model has it. A prefix matches
+        whole path components (`encoderblock_1` is not a prefix of `encoderblock_10/...`)."""
+        stages = [("embedding", ("embedding", "cls", "Transformer/posembed_input"))]
+        stages += [
+            (f"encoderblock_{i}", (f"Transformer/encoderblock_{i}",)) for i in range(self.depth)
+        ]
+        pre_logits = ("pre_logits",) if self.representation_size else ()
+        stages.append(("encoder_norm", ("Transformer/encoder_norm", *pre_logits)))
+        if self.num_classes is not None:
+            stages.append(("head", ("head",)))
+        return stages
+
     @nn.compact
     def __call__(
         self,
