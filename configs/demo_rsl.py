@@ -1,3 +1,7 @@
-"""Shim: the `demo_rsl` config lives in richft_jax/configs/demo_rsl.py (--config=demo_rsl works anywhere)."""
+"""Shim for `--config=configs/demo_rsl.py[:arg]` from a clone.
+
+The config is richft_jax/configs/demo_rsl.py;
+`--config=demo_rsl[:arg]` works from anywhere.
+"""
 
 from richft_jax.configs.demo_rsl import get_config  # noqa: F401

@@ -184,8 +184,8 @@ def _package_config(name: str, spec: str) -> types.ModuleType:
     """The module `richft_jax.configs.<name>`, or FileNotFoundError listing the names."""
     if name not in config_names():
         raise FileNotFoundError(
-            f"Config {spec!r}: no file there and no config named {name!r} in richft_jax.configs "
-            f"(names: {', '.join(config_names())})."
+            f"Config {spec!r}: not a config file, and no config named {name!r} in "
+            f"richft_jax.configs (names: {', '.join(config_names())})."
         )
     return importlib.import_module(f"richft_jax.configs.{name}")
 
