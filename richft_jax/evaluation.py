@@ -18,6 +18,7 @@ import numpy as np
 from richft_jax import parallel, steps
 from richft_jax.analysis import feature_distortion, noise_stability
 from richft_jax.data import pipeline
+from richft_jax.data.splits import seed_hash
 from richft_jax.methods import self_labeling
 
 
@@ -31,6 +32,25 @@ class Context:
     mesh: Any
 
 
+EVAL_AUGMENT = ("none", "training_domains")
+
+
+def eval_augmentation(config: ml_collections.ConfigDict, step_label: int) -> tuple[str, int]:
+    """(augmentation kind, seed) of the evaluation labelled `step_label`.
+
+    config.data.eval_augment="training_domains" is DomainBed's default (trainv2.py without
+    --outsplit_noaug): the training domains' splits are seen through the training augmentation,
+    drawn from a key fixed by (run seed, step label), so the same label sees the same images.
+    "none": every split unaugmented.
+    """
+    kind = config.data.get("eval_augment", "none")
+    if kind not in EVAL_AUGMENT:
+        raise ValueError(f"config.data.eval_augment={kind!r} is not one of {EVAL_AUGMENT}.")
+    if kind == "none" or config.data.augment == "none":
+        return "none", 0
+    return config.data.augment, seed_hash(config.seed, "eval_augment", step_label)
+
+
 def evaluate(
     eval_step,
     variables: Any,
@@ -38,13 +58,21 @@ def evaluate(
     batch_size: int,
     mesh,
     max_examples: int | None = None,
+    augment: tuple[str, int] = ("none", 0),
 ) -> list[tuple[pipeline.Split, dict]]:
-    """Accuracy and loss on the in and out splits of every domain, each example once."""
+    """Accuracy and loss on the in and out splits of every domain, each example once.
+
+    `augment` = (kind, seed), e.g. from `eval_augmentation`: the training domains' splits go
+    through that augmentation, keyed by (seed, domain, split); the test domains never do.
+    """
     out = []
+    kind, seed = augment
     for split in data.splits:
+        aug = "none" if split.is_test_domain else kind
+        split_seed = seed_hash(seed, split.domain, split.split)
         batch_metrics = [
             eval_step(variables, parallel.global_batch(parallel.host_slice(batch), mesh))
-            for batch in pipeline.eval_batches(split, batch_size, max_examples)
+            for batch in pipeline.eval_batches(split, batch_size, max_examples, aug, split_seed)
         ]
         values = {k: float(v) for k, v in steps.merge_on_host(batch_metrics).compute().items()}
         values["count"] = min(len(split.labels), max_examples or len(split.labels))

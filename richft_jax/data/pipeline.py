@@ -229,13 +229,27 @@ def train_dataset(
     return ds.with_options(options).prefetch(prefetch)
 
 
+@tf.function(reduce_retracing=True)
+def _augment_eval(images: "tf.Tensor", kind: str, seed: "tf.Tensor") -> "tf.Tensor":
+    return _augment(images, kind, seed)
+
+
 def eval_batches(
-    split: Split, batch_size: int, max_examples: int | None = None
+    split: Split,
+    batch_size: int,
+    max_examples: int | None = None,
+    augment: str = "none",
+    seed: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Fixed-size batches of a split (its first `max_examples` if set); the last is padded
-    and masked, so each example counts exactly once."""
+    and masked, so each example counts exactly once.
+
+    `augment` (a config.data.augment kind): each batch goes through the training batches'
+    augmentation with the stateless seed (seed, batch index), so the images are a pure
+    function of (seed, batch size) and an evaluation can be repeated exactly.
+    """
     n = len(split.labels) if not max_examples else min(max_examples, len(split.labels))
-    for start in range(0, n, batch_size):
+    for index, start in enumerate(range(0, n, batch_size)):
         images = split.images[start : start + batch_size]
         labels = split.labels[start : start + batch_size]
         k = len(labels)
@@ -246,6 +260,9 @@ def eval_batches(
                 [images, np.zeros((batch_size - k, *images.shape[1:]), images.dtype)]
             )
             labels = np.concatenate([labels, np.zeros(batch_size - k, labels.dtype)])
+        if augment != "none":
+            key = tf.constant([seed, index], tf.int64)
+            images = _augment_eval(tf.constant(images), augment, key).numpy()
         yield {"image": images, "label": labels, "mask": mask}
 
 
