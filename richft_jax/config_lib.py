@@ -47,6 +47,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.normalize = "minus_one_one"  # "minus_one_one" | "imagenet".
     c.data.eval_batch_size = 512
     c.data.eval_max_examples = ml_collections.FieldReference(None, field_type=int)  # Per split.
+    # "none": every split evaluated unaugmented | "training_domains": the training domains' in
+    # and out splits through data.augment, as DomainBed (keys fixed per split and step label).
+    c.data.eval_augment = "none"
     c.data.prefetch = 2
 
     c.model = ml_collections.ConfigDict()
@@ -106,10 +109,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.head_lr_factor = 1.0  # Last-layer learning-rate factor.
     c.optim.schedule = "step"  # "step": x decay_factor at decay_at fractions | "cosine".
     c.optim.decay_at = (0.5,)
+    c.optim.decay_steps = ()  # Update indices (torch MultiStepLR milestones): replace decay_at.
     c.optim.decay_factor = 0.1
     c.optim.warmup_steps = 0
 
     c.num_steps = 10_000
+    c.step_labels = "updates"  # | "domainbed": records labelled updates - 1 (schedule.py).
+    # First step label of the checkpoints combined along the run (sweep --along-run); None: all.
+    c.along_run_start = ml_collections.FieldReference(None, field_type=int)
     c.log_every = 50
     c.eval_every = 300
     c.checkpoint_every = 300

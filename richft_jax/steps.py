@@ -76,9 +76,13 @@ def merge_on_host(step_metrics: list[metrics.Collection]) -> metrics.Collection 
 
 # ----------------------------------------------------------------------------- optimizer
 def make_schedule(optim: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
-    """The base learning-rate schedule: step decay at fractions of training, or cosine."""
+    """The base learning-rate schedule: step decay at fractions of training (or at the update
+    indices optim.decay_steps, as torch's MultiStepLR milestones), or cosine."""
     if optim.schedule == "step":
-        boundaries = {int(f * num_steps): optim.decay_factor for f in optim.decay_at}
+        # The update of 0-based index b (schedule(b): b updates done before it) is the first at
+        # the decayed rate; in "domainbed" step labels it is the one that writes label b.
+        at = optim.get("decay_steps") or [int(f * num_steps) for f in optim.decay_at]
+        boundaries = {int(b): optim.decay_factor for b in at}
         schedule = optax.piecewise_constant_schedule(optim.lr, boundaries)
     elif optim.schedule == "cosine":
         schedule = optax.cosine_decay_schedule(optim.lr, max(num_steps - optim.warmup_steps, 1))

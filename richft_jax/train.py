@@ -19,6 +19,7 @@ from clu import metric_writers, parameter_overview, periodic_actions
 from jax.experimental import multihost_utils
 
 from richft_jax import checkpoints, config_lib, evaluation, parallel, results, run, steps
+from richft_jax import schedule as schedule_lib
 from richft_jax import workdir as workdir_lib
 from richft_jax.data import pipeline
 from richft_jax.methods import hooks as hooks_lib
@@ -31,6 +32,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     after saving step N.
     """
     run.validate_config(config)
+    schedule_lib.validate(config)
+    evaluation.eval_augmentation(config, 0)  # Fails early on an unknown data.eval_augment.
     path = workdir_lib.make_workdir(workdir)
     with workdir_lib.exclusive_workdir(path), workdir_lib.preemption_notice() as preempted:
         workdir_lib.write_config(path, config)
@@ -106,22 +109,29 @@ def setup(config: ml_collections.ConfigDict, mesh):
     return ctx, hooks, tx, schedule, state, pretrained
 
 
-def resume(workdir: pathlib.Path, mngr, state: steps.TrainState) -> steps.TrainState:
-    """The latest checkpoint's state if there is one; drops result rows written after it."""
+def resume(
+    workdir: pathlib.Path, mngr, state: steps.TrainState, config: ml_collections.ConfigDict
+) -> steps.TrainState:
+    """The latest checkpoint's state if there is one; drops result rows written after it.
+
+    Rows and checkpoint directories carry step labels; the state carries the updates done.
+    """
     is_main = jax.process_index() == 0
     restored = checkpoints.restore_latest(mngr, state)
     if restored is not None:
         state, meta = restored
-        dropped = results.truncate_after(workdir, int(state.step)) if is_main else 0
+        step = schedule_lib.label(config, int(state.step))
+        dropped = results.truncate_after(workdir, step) if is_main else 0
         logging.info(
-            "Resumed from step %d (%s); dropped %d result rows written after it.",
+            "Resumed from step %d (%d updates done; %s); dropped %d result rows written after it.",
+            step,
             int(state.step),
             meta.get("config_name", ""),
             dropped,
         )
     elif is_main and results.read_rows(workdir):
         # Rows without any checkpoint come from a run killed before its first save.
-        results.truncate_after(workdir, -1)
+        results.truncate_after(workdir, schedule_lib.label(config, 0) - 1)
     return state
 
 
@@ -144,8 +154,8 @@ def compile_steps(ctx: evaluation.Context, hooks: hooks_lib.Hooks, tx, schedule)
 
 
 def make_evaluate_and_log(ctx: evaluation.Context, eval_step, writer, meta: dict):
-    """`(step, {row method: params}, batch_stats) -> result rows` on every split, also written
-    as scalars."""
+    """`(step label, {row method: params}, batch_stats) -> result rows` on every split (the
+    training domains' augmented if config.data.eval_augment says so), also written as scalars."""
     c = ctx.config
 
     def evaluate_and_log(step: int, weights: dict, batch_stats) -> list[dict]:
@@ -158,6 +168,7 @@ def make_evaluate_and_log(ctx: evaluation.Context, eval_step, writer, meta: dict
                 c.data.eval_batch_size,
                 ctx.mesh,
                 c.data.eval_max_examples,
+                evaluation.eval_augmentation(c, step),
             )
             rows += results.eval_rows(evals, step=step, **{**meta, "method": method})
         writer.write_scalars(
@@ -222,7 +233,7 @@ def _train_and_evaluate(
     # -- checkpoints: resume if there is one.
     mngr = checkpoints.manager(workdir / checkpoints.LATEST, config.keep_checkpoints)
     best_mngr = checkpoints.manager(workdir / checkpoints.BEST, 1)
-    state = resume(workdir, mngr, state)
+    state = resume(workdir, mngr, state, config)
     start_step = int(state.step)
 
     # -- steps, compiled once; writers.
@@ -234,7 +245,8 @@ def _train_and_evaluate(
     evaluate_and_log = make_evaluate_and_log(ctx, eval_step, writer, meta)
     initial = hooks.initial_weights(state.params)
     if initial and start_step == 0:
-        rows = evaluate_and_log(0, initial, state.batch_stats)  # E.g. LP, LP-FT's step 0.
+        # E.g. LP, LP-FT's step 0 (-1 in "domainbed" labels: before any update).
+        rows = evaluate_and_log(schedule_lib.label(config, 0), initial, state.batch_stats)
         if is_main:
             results.append_rows(workdir, rows)
 
@@ -255,22 +267,23 @@ def _train_and_evaluate(
                 last_train["dropout_rate" if name == "feature" else name] = rate
             writer.write_scalars(step, {f"train/{k}": v for k, v in last_train.items()})
             pending = []
-        if step % config.eval_every == 0 or is_last:
+        label = schedule_lib.label(config, step)  # What rows and checkpoints are numbered.
+        if schedule_lib.is_eval_step(config, step):
             weights = hooks.eval_weights(state.params, state.extras, step)
-            rows = evaluate_and_log(step, weights, state.batch_stats)
+            rows = evaluate_and_log(label, weights, state.batch_stats)
             if is_main:
                 results.append_rows(workdir, rows)
-            save_best_if_selected(workdir, best_mngr, step, state, config.method)
+            save_best_if_selected(workdir, best_mngr, label, state, config.method)
         stop = should_stop(preempted, step, config.log_every)
-        if step % config.checkpoint_every == 0 or is_last or stop:
+        if schedule_lib.is_checkpoint_step(config, step) or stop:
             merged = steps.merge_on_host(pending)
             check_finite(merged, step, workdir / checkpoints.LATEST, mngr)
-            checkpoints.save(mngr, step, state, {**meta, "step": step})
+            checkpoints.save(mngr, label, state, {**meta, "step": label, "updates": step})
         if stop and not is_last:
             logging.warning(
                 "SIGTERM: saved a checkpoint at step %d in %s and stopped; rerun the same "
                 "command to resume.",
-                step,
+                label,
                 workdir / checkpoints.LATEST,
             )
             break
@@ -282,7 +295,7 @@ def _train_and_evaluate(
     writer.close()
 
     if int(state.step) < config.num_steps:
-        return {"preempted": True, "step": int(state.step)}
+        return {"preempted": True, "step": schedule_lib.label(config, int(state.step))}
     final = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
     # Every host takes part (the features are computed over the mesh); process 0 writes.
     measured = evaluation.end_of_run(ctx, pretrained, final) if pretrained is not None else {}

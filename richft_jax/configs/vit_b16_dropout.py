@@ -3,8 +3,9 @@
 augreg ViT-B/16 (ImageNet-21k; or its 21k->1k file) from the vision_transformer .npz
 (models/pretrained.py says where; or its `python -m richft_jax.convert` output), inputs in
 [-1, 1], dropout 0.9 on the 768-d [CLS] features; otherwise the ResNet-50 protocol
-(`resnet50_dropout`: SGD momentum 0.9, 10,000 steps, x0.1 at 5,000, 32 images per
-training domain). Same arguments (`dataset`, `test_domain`, `erm`, `dry_run`):
+(`resnet50_dropout`: SGD momentum 0.9, 32 images per training domain, trainv2.py's schedule:
+10,001 updates labelled 0, 300, ..., 10000, x0.1 from label 5,000; training domains evaluated
+augmented). Same arguments (`dataset`, `test_domain`, `erm`, `dry_run`):
 
   python -m richft_jax.main --config=vit_b16_dropout:dataset=pacs,test_domain=0 \
       --workdir=/tmp/vit_pacs_0 --config.pretrained.path=/path/to/B_16-i21k-...npz
