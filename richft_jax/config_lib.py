@@ -47,9 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.normalize = "minus_one_one"  # "minus_one_one" | "imagenet".
     c.data.eval_batch_size = 512
     c.data.eval_max_examples = ml_collections.FieldReference(None, field_type=int)  # Per split.
-    # "none": every split evaluated unaugmented | "training_domains": the training domains' in
-    # and out splits through data.augment, as DomainBed (keys fixed per split and step label).
-    c.data.eval_augment = "none"
+    c.data.eval_augment = "none"  # | "training_domains": through data.augment, as DomainBed.
     c.data.prefetch = 2
 
     c.model = ml_collections.ConfigDict()
@@ -115,8 +113,6 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.num_steps = 10_000
     c.step_labels = "updates"  # | "domainbed": records labelled updates - 1 (schedule.py).
-    # First step label of the checkpoints combined along the run (sweep --along-run); None: all.
-    c.along_run_start = ml_collections.FieldReference(None, field_type=int)
     c.log_every = 50
     c.eval_every = 300
     c.checkpoint_every = 300

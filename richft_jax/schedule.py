@@ -69,6 +69,6 @@ def eval_labels(config: ml_collections.ConfigDict) -> list[int]:
 
 def along_run_steps(config: ml_collections.ConfigDict, saved: Iterable[int]) -> list[int]:
     """The saved checkpoint labels that enter the along-run ensembles and soups: those from
-    config.along_run_start on (all of them when it is None), in order."""
+    config.along_run_start on (a paper config's key; all of them without it), in order."""
     start = config.get("along_run_start")
     return sorted(s for s in saved if start is None or s >= start)

@@ -77,7 +77,9 @@ def paper_config(
     # trainv2's SWA: the weights after update 301 (label 300) on, averaged uniformly (its test
     # global_iter - 1 >= ma_start_iter); moving_average_start counts updates done.
     c.moving_average_start = schedule.updates(c, MA_START_ITER)
-    c.along_run_start = MA_START_ITER  # Its ensemble: the models of labels 300, 600, ... on.
+    # Its ensemble: the models of labels 300, 600, ... on. The first checkpoint label the
+    # along-run combinations take (schedule.along_run_steps); other configs: every checkpoint.
+    c.along_run_start = MA_START_ITER
     if dry_run:
         c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 3, 1, 3, 3
         c.data.eval_max_examples = 64
