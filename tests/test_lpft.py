@@ -47,8 +47,11 @@ def test_linear_probe_picks_c_on_validation_and_folds_standardisation():
 
 def test_lp_ft_starts_from_the_lp_head(data_dir, tmp_path):
     """With a zero learning rate fine-tuning never moves: the LP-FT rows after its steps equal
-    the LP rows of step 0 on every split, so its first step starts from the probe's head."""
-    from richft_jax import config_lib, results, train
+    the LP rows of step 0 on every split, so its first step starts from the probe's head; and
+    the run builder's θ0 (what the analyses start from) is that state, probe head included."""
+    import jax
+
+    from richft_jax import config_lib, results, run, train
 
     c = config_lib.load_config_file("configs/demo_lpft.py:tiny")
     c.data.data_dir = str(data_dir)
@@ -66,3 +69,9 @@ def test_lp_ft_starts_from_the_lp_head(data_dir, tmp_path):
         assert ft[k] == pytest.approx(lp[k], rel=1e-5), k
     # A fresh head would be near chance (0.1) on the training domains; the probe is not.
     assert np.mean([lp[(d, "out")][0] for d in ("mnist", "mnist_m", "digits")]) > 0.2
+    built = run.from_workdir(str(tmp_path / "lpft"), "latest")
+    theta0 = run.init_variables(built.config, built.model, built.data)
+    flat = jax.tree_util.tree_flatten_with_path(theta0)[0]
+    assert len(flat) == len(jax.tree.leaves(built.variables))
+    for (path, a), b in zip(flat, jax.tree.leaves(built.variables), strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
