@@ -1,10 +1,10 @@
 """The methods a config switches on, composed into the one hook object the train loop uses.
 
-`build(config, model, image_shape)` asks every method module in `METHODS` for its `Method`
-(None when off) and returns `Hooks`. The loop only calls Hooks' functions, so adding a method
-is its module, its config and its line in `METHODS`; the loop is never edited. The order of
-`METHODS` is the order hooks compose in (e.g. the projection of self-labeling runs before the
-moving average sees the parameters).
+`build(config, model, image_shape)` asks every method module listed in `_methods` for its
+`Method` (None when off) and returns `Hooks`. The loop only calls Hooks' functions, so adding a
+method is its module, its config keys and its line in `_methods` (and in `validate` if it
+checks keys); the loop is never edited. The order of `_methods` is the order hooks compose in
+(e.g. the projection of self-labeling runs before the moving average sees the parameters).
 """
 
 import dataclasses
