@@ -25,9 +25,10 @@ import shlex
 import subprocess
 import sys
 
+import ml_collections
 from absl import app, flags
 
-from richft_jax import config_lib
+from richft_jax import config_lib, schedule
 
 
 def expand(
@@ -69,16 +70,17 @@ def along_run_command(workdir: pathlib.Path, combinations: str) -> list[str] | N
     out = workdir / "along_run"
     if (out / "summary.json").exists():
         return None
-    steps = sorted(
-        (p for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()),
-        key=lambda p: int(p.name),
-    )
+    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    saved = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+    # The paper configs start the along-run ensembles and soups at config.along_run_start.
+    steps = [workdir / "checkpoints" / str(s) for s in schedule.along_run_steps(config, saved)]
     if len(steps) < 2:
         raise SystemExit(
-            f"--along-run: {workdir}/checkpoints has {len(steps)} checkpoint(s), "
-            "need 2 or more (set --grid=keep_checkpoints=N)."
+            f"--along-run: {workdir}/checkpoints has {len(steps)} checkpoint(s) from "
+            f"along_run_start={config.get('along_run_start')} on, need 2 or more (set "
+            "--grid=keep_checkpoints=N)."
         )
-    method = json.loads((workdir / "config.json").read_text())["method"]
+    method = config.method
     return [
         sys.executable,
         "-m",

@@ -5,6 +5,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 spec = importlib.util.spec_from_file_location(
     "sweep", pathlib.Path(__file__).resolve().parents[1] / "launch" / "sweep.py"
 )
@@ -65,6 +67,27 @@ def test_along_run_combines_the_checkpoints_each_run_saved(tmp_path, monkeypatch
     (run / "along_run" / "summary.json").write_text("{}")
     sweep.run_sweep(*args, along_run="greedy_soup")
     assert len(calls) == 1  # Already combined: skipped.
+
+
+def test_along_run_starts_at_the_configs_along_run_start(tmp_path, monkeypatch):
+    # The paper configs ensemble / average the checkpoints from label 300 on (trainv2.py's
+    # ensemble_start_iter = ma_start_iter); label 0 is saved but left out.
+    calls = []
+    monkeypatch.setattr(sweep.subprocess, "run", lambda cmd, check: calls.append(cmd))
+    run = tmp_path / "resnet50_dropout" / "seed0"
+    for step in (0, 300, 600, 10000):
+        (run / "checkpoints" / str(step)).mkdir(parents=True)
+    (run / "summary.json").write_text("{}")
+    (run / "config.json").write_text('{"method": "very_large_dropout", "along_run_start": 300}')
+    sweep.run_sweep(
+        str(tmp_path), ["configs/resnet50_dropout.py"], {}, [0], along_run="greedy_soup"
+    )
+    (cmd,) = calls
+    steps = ",".join(str(run / "checkpoints" / s) for s in ("300", "600", "10000"))
+    assert f"--config.checkpoints={steps}" in cmd
+    (run / "config.json").write_text('{"method": "m", "along_run_start": 10000}')
+    with pytest.raises(SystemExit, match="along_run_start=10000"):
+        sweep.along_run_command(run, "greedy_soup")
 
 
 def test_config_args_name_the_workdir(tmp_path):
