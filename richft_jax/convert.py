@@ -15,11 +15,10 @@ can also point at the original file directly; converting once saves re-reading a
 
 import os
 import pathlib
-import sys
 
 from absl import app, flags
 
-from richft_jax import checkpoints
+from richft_jax import checkpoints, cli
 from richft_jax.models import pretrained
 
 
@@ -78,12 +77,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """The `richft-convert` console script: same as `python -m richft_jax.convert`."""
-    define_flags()
-    main_module = sys.modules["__main__"]  # --help prints its doc and key flags: these.
-    main_module.__doc__ = main_module.__doc__ or __doc__
-    for flag in flags.FLAGS.get_key_flags_for_module(__name__):
-        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-    app.run(main)
+    cli.run(main, __name__, __doc__, define_flags)
 
 
 if __name__ == "__main__":

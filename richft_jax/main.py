@@ -7,17 +7,15 @@ config value can be overridden with `--config.key=value`. Multi-host: `--distrib
 `--coordinator_address`, `--num_processes` and `--process_id`.
 """
 
-import sys
-
 from richft_jax import tf_cpu, xla_cpu
 
 tf_cpu.tf()  # Before anything else imports TensorFlow: keep it off the accelerators.
 xla_cpu.tune()  # Before JAX starts its CPU backend.
 
 import jax  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
-from richft_jax import combine, config_lib, train  # noqa: E402
+from richft_jax import cli, combine, config_lib, train  # noqa: E402
 
 # A config name from the installed package (demo:tiny) or a file (configs/demo.py:tiny), with
 # --config.key=value overrides of the locked config.
@@ -59,12 +57,8 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """`python -m richft_jax.main` and the `richft-train` console script."""
-    main_module = sys.modules["__main__"]  # --help prints its doc and key flags: these.
-    main_module.__doc__ = main_module.__doc__ or __doc__
     # --config is defined in config_lib, so it is not one of this module's own flags.
-    for flag in [*flags.FLAGS.get_key_flags_for_module(__name__), flags.FLAGS["config"]]:
-        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-    app.run(main)
+    cli.run(main, __name__, __doc__, extra_key_flags=("config",))
 
 
 if __name__ == "__main__":

@@ -18,11 +18,10 @@ import csv
 import dataclasses
 import math
 import pathlib
-import sys
 
 from absl import app, flags
 
-from richft_jax import results
+from richft_jax import cli, results
 
 SELECTIONS = ("training_domain_validation", "oracle")
 
@@ -264,12 +263,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """The `richft-report` console script: same as `python -m richft_jax.report`."""
-    define_flags()
-    main_module = sys.modules["__main__"]  # --help prints its doc and key flags: these.
-    main_module.__doc__ = main_module.__doc__ or __doc__
-    for flag in flags.FLAGS.get_key_flags_for_module(__name__):
-        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-    app.run(main)
+    cli.run(main, __name__, __doc__, define_flags)
 
 
 if __name__ == "__main__":

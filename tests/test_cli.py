@@ -28,12 +28,26 @@ ENTRY_POINTS = {
         ["launch/sweep.py"],
         ["--out", "--config", "--grid", "--seeds", "--mode", "--along_run", "--along-run"],
     ),
+    "richft_jax.analysis.linear_regime": (
+        ["-m", "richft_jax.analysis.linear_regime"],
+        ["--runs", "--out", "--analyses", "--alphas", "--which", "--pretrained", "--lft_steps"],
+    ),
+    "richft_jax.analysis.gradient_stats": (
+        ["-m", "richft_jax.analysis.gradient_stats"],
+        ["--config", "--out", "--rate", "--steps", "--cutoff", "--num_batches"],
+    ),
+    "benchmarks.benchmark": (
+        ["-m", "benchmarks.benchmark"],
+        ["--model", "--batch", "--steps", "--[no]torch", "--[no]compile_only", "--profile"],
+    ),
 }
 SCRIPTS = {
     "richft-train": "richft_jax.main:run",
     "richft-combine": "richft_jax.main:run",
     "richft-report": "richft_jax.report:run",
     "richft-convert": "richft_jax.convert:run",
+    "richft-linear-regime": "richft_jax.analysis.linear_regime:run",
+    "richft-gradient-stats": "richft_jax.analysis.gradient_stats:run_cli",
 }
 
 
@@ -145,7 +159,9 @@ def test_console_scripts_are_registered():
     assert {name: found.get(name) for name in SCRIPTS} == SCRIPTS, "pip install -e ."
 
 
-@pytest.mark.parametrize("script", ["richft-train", "richft-report", "richft-convert"])
+@pytest.mark.parametrize(
+    "script", ["richft-train", "richft-report", "richft-convert", "richft-linear-regime"]
+)
 def test_console_script_help_lists_its_flags(script):
     path = pathlib.Path(sys.executable).parent / script  # Installed beside the venv's python.
     cmd = [str(path), "--help"]

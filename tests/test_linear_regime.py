@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl import flags
 
 from richft_jax import checkpoints, config_lib, results, train
 from richft_jax.analysis import interpolation, linear_finetune, linear_regime
@@ -155,8 +156,11 @@ def test_linear_finetune_learns_and_sums_equal_widths(env):
 
 def test_cli_writes_every_figure_with_its_numbers(env):
     out = env["root"] / "analysis"
-    linear_regime.main(
+    fv = flags.FlagValues()
+    linear_regime.define_flags(fv)
+    fv(
         [
+            "linear_regime",
             f"--runs={env['run']},{env['frozen']}",
             f"--out={out}",
             f"--max_examples={MAX}",
@@ -165,6 +169,7 @@ def test_cli_writes_every_figure_with_its_numbers(env):
             "--lft_eval_every=50",
         ]
     )
+    linear_regime.analyze_flags(fv)
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"very_large_dropout", "very_large_dropout_2"}
     for name in ("taylor_agreement", "taylor_trajectory", "interpolation", "linear_finetune"):

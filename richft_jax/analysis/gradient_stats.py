@@ -21,21 +21,25 @@ import ml_collections
 import numpy as np
 import optax
 from absl import app, flags
-from ml_collections import config_flags
 
-from richft_jax import run, steps
+from richft_jax import cli, config_lib, run, steps
 from richft_jax.data import pipeline
 from richft_jax.methods import feature_dropout
 from richft_jax.methods import hooks as hooks_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).")
-_OUT = flags.DEFINE_string("out", None, "Where to write the JSON results.")
-_RATE = flags.DEFINE_float("rate", 0.1, "Early-dropout rate p (Liu et al.: 0.1).")
-_STEPS = flags.DEFINE_integer("steps", 200, "Training steps of each run.")
-_CUTOFF = flags.DEFINE_integer("cutoff", 50, "Steps of early dropout (the early phase).")
-_EVERY = flags.DEFINE_integer("measure_every", 10, "Measure every N steps of the early phase.")
-_BATCHES = flags.DEFINE_integer("num_batches", 8, "Mini-batches M per measurement.")
-_MAX = flags.DEFINE_integer("max_examples", 1024, "Examples per training domain, full gradient.")
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """This command line's flags, defined when it starts (see richft_jax.cli)."""
+    fv = {"flag_values": flag_values}
+    config_lib.define_config_flag("config", **fv)
+    flags.DEFINE_string("out", None, "Where to write the JSON results.", **fv)
+    flags.DEFINE_float("rate", 0.1, "Early-dropout rate p (Liu et al.: 0.1).", **fv)
+    flags.DEFINE_integer("steps", 200, "Training steps of each run.", **fv)
+    flags.DEFINE_integer("cutoff", 50, "Steps of early dropout (the early phase).", **fv)
+    flags.DEFINE_integer("measure_every", 10, "Measure every N steps of the early phase.", **fv)
+    flags.DEFINE_integer("num_batches", 8, "Mini-batches M per measurement.", **fv)
+    flags.DEFINE_integer("max_examples", 1024, "Examples per training domain, full gradient.", **fv)
+    flags.mark_flags_as_required(["config"], flag_values=flag_values)
 
 
 def direction_stats(minibatch: list, full) -> dict[str, float]:
@@ -159,17 +163,12 @@ def gradient_stats(config: ml_collections.ConfigDict, args: dict) -> dict:
     }
 
 
-def main(argv):
-    del argv
-    args = {
-        "rate": _RATE.value,
-        "steps": _STEPS.value,
-        "cutoff": _CUTOFF.value,
-        "measure_every": _EVERY.value,
-        "num_batches": _BATCHES.value,
-        "max_examples": _MAX.value,
-    }
-    out = gradient_stats(_CONFIG.value, args)
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments {argv[1:]}: every input is a --flag.")
+    f = flags.FLAGS
+    keys = ("rate", "steps", "cutoff", "measure_every", "num_batches", "max_examples")
+    out = gradient_stats(f.config, {k: f[k].value for k in keys})
     for name in ("no_dropout", "early_dropout"):
         r = out[name]
         print(
@@ -177,10 +176,15 @@ def main(argv):
             f"  alignment with full gradient {r['mean_alignment_with_full']:.4f}"
             f"  final train loss {r['final_train_loss']:.4f}"
         )
-    if _OUT.value:
-        with open(_OUT.value, "w") as f:
-            json.dump(out, f, indent=1)
+    if f.out:
+        with open(f.out, "w") as file:
+            json.dump(out, file, indent=1)
+
+
+def run_cli() -> None:
+    """`python -m richft_jax.analysis.gradient_stats` and the `richft-gradient-stats` script."""
+    cli.run(main, __name__, __doc__, define_flags, extra_key_flags=("config",))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_cli()

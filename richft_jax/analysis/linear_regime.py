@@ -17,7 +17,6 @@ each as PNG + JSON:
 and summary.json with the headline numbers. Follows Zhang & Bottou (arXiv 2403.00946).
 """
 
-import argparse
 import dataclasses
 import json
 import pathlib
@@ -26,9 +25,9 @@ from typing import Any
 
 import jax
 import ml_collections
-from absl import logging
+from absl import app, flags, logging
 
-from richft_jax import checkpoints, parallel, results, steps
+from richft_jax import checkpoints, cli, parallel, results, steps
 from richft_jax import run as run_lib
 from richft_jax.analysis import (
     feature_distortion,
@@ -322,40 +321,56 @@ def analyze(
     return {"summary": summary, "figures": {k: str(v) for k, v in figures.items()}}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", required=True, help="Comma-separated run directories.")
-    parser.add_argument("--out", required=True, help="Directory for the figures and JSON.")
-    parser.add_argument("--analyses", default=",".join(ANALYSES))
-    parser.add_argument("--alphas", default=",".join(str(a) for a in DEFAULT_ALPHAS))
-    parser.add_argument("--max_examples", type=int, default=None, help="Per split (speed).")
-    parser.add_argument("--which", default="best", choices=("best", "latest"))
-    parser.add_argument("--pretrained", default=None, help="θ0's backbone (default: config's).")
-    parser.add_argument("--data_dir", default=None, help="TFDS data dir (default: config's).")
-    parser.add_argument("--lft_steps", type=int, default=2000)
-    parser.add_argument("--lft_eval_every", type=int, default=200)
-    parser.add_argument("--lft_lr", type=float, default=0.01)
-    parser.add_argument("--lft_weight_decay", type=float, default=5e-3)
-    args = parser.parse_args(argv)
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """This command line's flags, defined when it starts (see richft_jax.cli)."""
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_list("runs", None, "Comma-separated run directories.", **fv)
+    flags.DEFINE_string("out", None, "Directory for the figures and JSON.", **fv)
+    flags.DEFINE_list("analyses", list(ANALYSES), f"Any of {ANALYSES}.", **fv)
+    flags.DEFINE_list("alphas", [str(a) for a in DEFAULT_ALPHAS], "Interpolation α's.", **fv)
+    flags.DEFINE_integer("max_examples", None, "Examples per split (speed).", **fv)
+    flags.DEFINE_enum("which", "best", ["best", "latest"], "Which checkpoint of each run.", **fv)
+    flags.DEFINE_string("pretrained", None, "θ0's backbone (default: the config's).", **fv)
+    flags.DEFINE_string("data_dir", None, "TFDS data dir (default: the config's).", **fv)
+    flags.DEFINE_integer("lft_steps", 2000, "Linear fine-tuning steps.", **fv)
+    flags.DEFINE_integer("lft_eval_every", 200, "Linear fine-tuning evaluation period.", **fv)
+    flags.DEFINE_float("lft_lr", 0.01, "Linear fine-tuning learning rate.", **fv)
+    flags.DEFINE_float("lft_weight_decay", 5e-3, "Linear fine-tuning weight decay.", **fv)
+    flags.mark_flags_as_required(["runs", "out"], flag_values=flag_values)
+
+
+def analyze_flags(f: flags.FlagValues) -> dict:
+    """`analyze` with the parsed flags `f`; prints and returns its output."""
     out = analyze(
-        [r for r in args.runs.split(",") if r],
-        args.out,
-        analyses=[a for a in args.analyses.split(",") if a],
-        alphas=[float(a) for a in args.alphas.split(",")],
-        max_examples=args.max_examples,
-        which=args.which,
-        pretrained=args.pretrained,
-        data_dir=args.data_dir,
+        [r for r in f.runs if r],
+        f.out,
+        analyses=[a for a in f.analyses if a],
+        alphas=[float(a) for a in f.alphas],
+        max_examples=f.max_examples,
+        which=f.which,
+        pretrained=f.pretrained,
+        data_dir=f.data_dir,
         lft={
-            "num_steps": args.lft_steps,
-            "eval_every": args.lft_eval_every,
-            "lr": args.lft_lr,
-            "weight_decay": args.lft_weight_decay,
+            "num_steps": f.lft_steps,
+            "eval_every": f.lft_eval_every,
+            "lr": f.lft_lr,
+            "weight_decay": f.lft_weight_decay,
         },
     )
     print(json.dumps(out, indent=1))
     return out
 
 
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments {argv[1:]}: every input is a --flag.")
+    analyze_flags(flags.FLAGS)
+
+
+def run() -> None:
+    """`python -m richft_jax.analysis.linear_regime` and the `richft-linear-regime` script."""
+    cli.run(main, __name__, __doc__, define_flags)
+
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -97,11 +97,9 @@ def linear_probe_head(ctx: evaluation.Context, params: dict, batch_stats: dict) 
         [data.get(d, "in") for d in data.train_domains],
         c.data.eval_batch_size,
     )
+    # Validation: the ID splits (training domains' out splits, in domain order).
     xv, yv = evaluation.split_features(
-        features_of,
-        variables,
-        [data.get(d, "out") for d in data.train_domains],
-        c.data.eval_batch_size,
+        features_of, variables, data.id_splits(), c.data.eval_batch_size
     )
     probe = linear_probe(xt, yt, xv, yv, data.num_classes)
     logging.info(
