@@ -45,10 +45,18 @@ def test_selection_and_mean_standard_error(tmp_path):
     oracle = report.aggregate(records, "oracle")[("toy", "erm", "a")]
     # Oracle: last step, run with the best test out split (h1s0: 0.3 > h0s0: 0.2).
     assert oracle["ood"] == pytest.approx([0.20, 0.90])
+    # DomainBed's error bar (collect_results.format_mean): np.std with divisor n, over sqrt(n):
+    # std([0.2, 0.5]) = 0.15, / sqrt(2). This test encoded the n - 1 version (sample std
+    # sqrt(0.045), ± 15.0) before the report followed DomainBed; that is now --error_bar=sample.
     m, se = report.mean_se([0.2, 0.5])
+    assert m == pytest.approx(0.35) and se == pytest.approx(0.15 / math.sqrt(2))
+    m, se = report.mean_se([0.2, 0.5], "sample")
     assert m == pytest.approx(0.35) and se == pytest.approx(math.sqrt(0.045) / math.sqrt(2))
     text = report.write_report([str(tmp_path)], str(tmp_path / "out"))
-    assert "| erm | X | 35.0 ± 15.0 | X |" in text  # Domain b was never the test domain.
+    assert "| erm | 2 | X | 35.0 ± 10.6 | X |" in text  # Domain b was never the test domain.
+    assert report.ERROR_BARS["domainbed"] in text
+    sample = report.write_report([str(tmp_path)], error_bar="sample")
+    assert "| erm | 2 | X | 35.0 ± 15.0 | X |" in sample and report.ERROR_BARS["sample"] in sample
     assert (tmp_path / "out" / "id_vs_ood.png").stat().st_size > 1000
     csv_text = (tmp_path / "out" / "results.csv").read_text()
     assert "oracle,toy,erm,a,2,0.55" in csv_text
@@ -59,7 +67,8 @@ def test_columns_follow_the_datasets_domain_order(tmp_path):
     write_run(tmp_path / "r1", "erm", 0, "b", {1: (0.5, 0.6, 0.8)})
     records = report.run_records([str(tmp_path)])
     assert records[0].domains == ("b", "a")  # r0's rows list b (training) first.
-    assert "| method | b | a | Avg |" in report.markdown(records)
-    # Domain b never tested: its column stays, with X, and so does the average.
+    assert "| method | seeds | b | a | Avg |" in report.markdown(records)
+    # Domain b never tested: its column stays, with X, and so does the average. One seed: the
+    # mean alone (DomainBed would print "30.0 +/- 0.0").
     text = report.markdown(report.run_records([str(tmp_path / "r0")]))
-    assert "| method | b | a | Avg |" in text and "| erm | X | 30.0 ± 0.0 | X |" in text
+    assert "| method | seeds | b | a | Avg |" in text and "| erm | 1 | X | 30.0 | X |" in text
