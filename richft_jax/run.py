@@ -39,6 +39,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         if value not in valid:
             raise ValueError(f"config.{key}={value!r} is not one of {valid}.")
     hooks_lib.validate(config)
+    if config.pretrained.get("path"):
+        local_path(config.pretrained.path, "config.pretrained.path")
     for key in ("num_steps", "log_every", "eval_every", "checkpoint_every"):
         if config[key] <= 0:
             raise ValueError(f"config.{key}={config[key]} must be positive.")
@@ -72,13 +74,24 @@ def keys(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
     return init_key, root
 
 
+def local_path(value: str, key: str) -> pathlib.Path:
+    """`value` as a local path; a URL (gs://, https://) is refused, naming `key`, never taken
+    for a local folder called "gs:"."""
+    if "://" in value:
+        raise ValueError(
+            f"{key}={value!r}: a URL, and this input is read from the local file system only; "
+            "copy the file or checkpoint to a local path (or mount the bucket) and pass that."
+        )
+    return pathlib.Path(value).expanduser()
+
+
 def load_pretrained(config: ml_collections.ConfigDict, params: dict, batch_stats: dict):
     """`params`, `batch_stats` with the backbone from config.pretrained.path (published weights
     .npz / .safetensors or an Orbax run directory); unchanged when no path is set."""
     path = config.pretrained.path
     if not path:
         return params, batch_stats
-    path = pathlib.Path(path).expanduser()
+    path = local_path(path, "config.pretrained.path")
     if path.is_file() or config.model.name in published.NAMES:
         # Published weights or their converted Orbax checkpoint: read directly, ViT position
         # embeddings resized to the input size, strict merge.

@@ -45,10 +45,13 @@ def ensure_pretrained(config: ml_collections.ConfigDict) -> None:
     """Pretrains the backbone first when config.pretrained.path is empty and
     config.pretrained.pretrain_config names how (the embedded demo's first run)."""
     path, pre = config.pretrained.path, config.pretrained.get("pretrain_config")
-    if not path or not pre or pathlib.Path(path).expanduser().is_file():
+    if not path or not pre:
+        return
+    path = run.local_path(path, "config.pretrained.path")  # Never a local "gs:" folder.
+    if path.is_file():
         return
     try:
-        checkpoints.latest_step_dir(pathlib.Path(path).expanduser())
+        checkpoints.latest_step_dir(path)
     except FileNotFoundError:
         logging.warning(
             "Pretrained backbone not found at %s: pretraining it first with %s (once; later "
@@ -58,7 +61,7 @@ def ensure_pretrained(config: ml_collections.ConfigDict) -> None:
         )
         pre_config = config_lib.load_config_file(pre)
         pre_config.data.data_dir = config.data.data_dir
-        train_and_evaluate(pre_config, str(pathlib.Path(path).expanduser()))
+        train_and_evaluate(pre_config, str(path))
 
 
 def check_finite(m, step: int, ckpt_dir: pathlib.Path, mngr) -> dict:

@@ -232,3 +232,14 @@ def test_a_bucket_url_as_workdir_is_refused_with_what_to_do(tmp_path, monkeypatc
     with pytest.raises(ValueError, match="workdir 'gs://bkt/run'.*mount the bucket"):
         workdir_lib.make_workdir("gs://bkt/run")
     assert not (tmp_path / "gs:").exists()  # Not silently created as a local folder.
+
+
+def test_a_bucket_url_as_pretrained_path_is_refused_before_anything_is_written(
+    tmp_path, monkeypatch
+):
+    # It used to be taken for a local folder "gs:/bucket/x" and pretrained into.
+    monkeypatch.chdir(tmp_path)
+    c = tiny(str(tmp_path / "data"), **{"pretrained.path": "gs://bucket/x"})
+    with pytest.raises(ValueError, match="config.pretrained.path='gs://bucket/x': a URL"):
+        train.train_and_evaluate(c, str(tmp_path / "run"))
+    assert not (tmp_path / "gs:").exists() and not (tmp_path / "run").exists()
