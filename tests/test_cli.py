@@ -168,3 +168,19 @@ def test_console_script_help_lists_its_flags(script):
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode in (0, 1) and "Traceback" not in out.stderr, out.stderr
     assert_lists(out.stdout, ENTRY_POINTS[SCRIPTS[script].split(":")[0]][1])
+
+
+def test_library_info_lines_are_dropped_but_not_their_warnings_or_ours():
+    import logging
+
+    from richft_jax import cli
+
+    def record(path, level):
+        return logging.LogRecord("absl", level, path, 1, "m", None, None)
+
+    f = cli.LibraryInfoFilter()
+    site = "/venv/lib/python3.11/site-packages"
+    assert not f.filter(record(f"{site}/orbax/checkpoint/_src/checkpointer.py", logging.INFO))
+    assert not f.filter(record(f"{site}/tensorflow_datasets/core/builder.py", logging.INFO))
+    assert f.filter(record(f"{site}/orbax/checkpoint/checkpoint_manager.py", logging.WARNING))
+    assert f.filter(record("/repo/richft_jax/train.py", logging.INFO))
