@@ -112,7 +112,7 @@ def test_report_command_as_demo_table_runs_it(tmp_path):
     (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = python("-m", "richft_jax.report", str(tmp_path / "runs"), "--out", str(tmp_path / "r"))
     assert out.returncode == 0, out.stderr
-    assert "| erm | X | 50.0 ± 0.0 | X |" in out.stdout
+    assert "| erm | 1 | X | 50.0 | X |" in out.stdout  # One seed: the mean alone, and its count.
     assert (tmp_path / "r" / "tables.md").read_text(encoding="utf-8") in out.stdout
     out = python("-m", "richft_jax.report", str(tmp_path / "empty"))
     assert out.returncode == 1 and "No results.jsonl under" in out.stderr
