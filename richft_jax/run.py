@@ -19,8 +19,8 @@ from absl import logging
 from richft_jax import checkpoints, evaluation, parallel
 from richft_jax.data import pipeline
 from richft_jax.methods import hooks as hooks_lib
+from richft_jax.models import hub, registry
 from richft_jax.models import pretrained as published
-from richft_jax.models import registry
 
 CHOICES = {
     "data.augment": ("none", "crop", "flip_crop", "domainbed"),
@@ -40,7 +40,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config.{key}={value!r} is not one of {valid}.")
     hooks_lib.validate(config)
     if config.pretrained.get("path"):
-        local_path(config.pretrained.path, "config.pretrained.path")
+        validate_pretrained(config)
     for key in ("num_steps", "log_every", "eval_every", "checkpoint_every"):
         if config[key] <= 0:
             raise ValueError(f"config.{key}={config[key]} must be positive.")
@@ -78,20 +78,67 @@ def local_path(value: str, key: str) -> pathlib.Path:
     """`value` as a local path; a URL (gs://, https://) is refused, naming `key`, never taken
     for a local folder called "gs:"."""
     if "://" in value:
+        names = f" or a registered name ({', '.join(hub.WEIGHTS)})" if "pretrained" in key else ""
         raise ValueError(
             f"{key}={value!r}: a URL, and this input is read from the local file system only; "
-            "copy the file or checkpoint to a local path (or mount the bucket) and pass that."
+            "copy the file or checkpoint to a local path (or mount the bucket) and pass that"
+            f"{names}."
         )
     return pathlib.Path(value).expanduser()
 
 
+def published_weights(value: str | None) -> hub.Weights | None:
+    """The registry entry when config.pretrained.path is a registered name (e.g. "resnet50",
+    "vit_b16": published weights, downloaded once), else None (a local path)."""
+    return hub.WEIGHTS.get(value) if isinstance(value, str) else None
+
+
+def validate_pretrained(config: ml_collections.ConfigDict) -> None:
+    """config.pretrained.path: a registered name of weights for config.model.name's
+    architecture, or a local path (never a URL)."""
+    value = config.pretrained.path
+    weights = published_weights(value)
+    if weights is None:
+        local_path(value, "config.pretrained.path")
+        return
+    if weights.arch != config.model.name:
+        raise ValueError(
+            f"config.pretrained.path={value!r}: {weights.arch} weights ({weights.what}), but "
+            f"config.model.name={config.model.name!r}."
+        )
+    if config.data.get("normalize") != weights.normalize:
+        logging.warning(
+            "config.pretrained.path=%r was trained on inputs normalized %r; "
+            "config.data.normalize=%r.",
+            value,
+            weights.normalize,
+            config.data.get("normalize"),
+        )
+
+
+def resolve_pretrained(config: ml_collections.ConfigDict) -> pathlib.Path | None:
+    """config.pretrained.path as a local path. A registered name is fetched (downloaded once
+    into the cache, models/hub.py) and its file's sha256 and source recorded as
+    config.pretrained.sha256 / .source, which the run writes to its config.json."""
+    value = config.pretrained.get("path")
+    if not value:
+        return None
+    if published_weights(value) is None:
+        return local_path(value, "config.pretrained.path")
+    info = hub.provenance(value)
+    with config.unlocked():
+        config.pretrained.sha256 = info["sha256"]
+        config.pretrained.source = info["source"]
+    return pathlib.Path(info["path"])
+
+
 def load_pretrained(config: ml_collections.ConfigDict, params: dict, batch_stats: dict):
-    """`params`, `batch_stats` with the backbone from config.pretrained.path (published weights
-    .npz / .safetensors or an Orbax run directory); unchanged when no path is set."""
-    path = config.pretrained.path
-    if not path:
+    """`params`, `batch_stats` with the backbone from config.pretrained.path (a registered
+    name, published weights .npz / .safetensors or an Orbax run directory); unchanged when no
+    path is set."""
+    path = resolve_pretrained(config)
+    if path is None:
         return params, batch_stats
-    path = local_path(path, "config.pretrained.path")
     if path.is_file() or config.model.name in published.NAMES:
         # Published weights or their converted Orbax checkpoint: read directly, ViT position
         # embeddings resized to the input size, strict merge.

@@ -34,6 +34,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     run.validate_config(config)
     schedule_lib.validate(config)
     evaluation.eval_augmentation(config, 0)  # Fails early on an unknown data.eval_augment.
+    # A registered name (e.g. "resnet50") is downloaded once, before anything is written, and
+    # its file's sha256 and source recorded in config.pretrained for config.json.
+    run.resolve_pretrained(config)
     path = workdir_lib.make_workdir(workdir)
     with workdir_lib.exclusive_workdir(path), workdir_lib.preemption_notice() as preempted:
         workdir_lib.write_config(path, config)
@@ -45,7 +48,7 @@ def ensure_pretrained(config: ml_collections.ConfigDict) -> None:
     """Pretrains the backbone first when config.pretrained.path is empty and
     config.pretrained.pretrain_config names how (the embedded demo's first run)."""
     path, pre = config.pretrained.path, config.pretrained.get("pretrain_config")
-    if not path or not pre:
+    if not path or not pre or run.published_weights(path):
         return
     path = run.local_path(path, "config.pretrained.path")  # Never a local "gs:" folder.
     if path.is_file():

@@ -1,9 +1,10 @@
 """The paper's ResNet-50 rows: very-large-dropout (0.9) fine-tuning on a DomainBed dataset.
 
-torchvision ResNet-50 IMAGENET1K_V2 ("ResNet #2"; V1 is "#1") from a .safetensors file with
-torchvision's names (models/pretrained.py says where; or its `python -m richft_jax.convert`
-output), BatchNorm statistics frozen, SGD momentum 0.9, 32 images per training domain, dropout
-0.9 on the 2048-d pooled features. The schedule is the paper's command (trainv2.py --steps
+torchvision ResNet-50 IMAGENET1K_V2 ("ResNet #2"; V1 is "#1": `resnet50_v1`), by its registered
+name `resnet50` (models/hub.py: timm's .safetensors, downloaded once into $RICHFT_CACHE/weights;
+or --config.pretrained.path=a local file or its `python -m richft_jax.convert` output),
+BatchNorm statistics frozen, SGD momentum 0.9, 32 images per training domain, dropout 0.9 on
+the 2048-d pooled features. The schedule is the paper's command (trainv2.py --steps
 10001) exactly: 10,001 updates, records labelled as DomainBed labels them (0 after the first
 update, then 300, 600, ..., 9900 and 10000 after the last; `schedule.py`), lr x0.1 from the
 update labelled 5,000 and x0.01 for the last one (MultiStepLR milestones [5000, 10000]), the
@@ -12,7 +13,7 @@ domains' splits evaluated on augmented images (DomainBed's default; --config.dat
 =none evaluates them unaugmented). The argument picks dataset, test domain and variant:
 
   python -m richft_jax.main --config=resnet50_dropout:dataset=pacs,test_domain=0 \
-      --workdir=/tmp/r50_pacs_0 --config.pretrained.path=/path/to/resnet50.tv2_in1k.safetensors
+      --workdir=/tmp/r50_pacs_0   # --config.pretrained.path=resnet50 (the default)
   python -m richft_jax.main --config=resnet50_dropout:dataset=vlcs,erm ...   # ERM
   ... :dataset=pacs,dry_run   # 3 steps on at most 64 images per split: checks a setup end to end
 
@@ -94,7 +95,7 @@ def build(
     c.data.normalize = "imagenet"  # torchvision's mean/std.
     c.model.name = "resnet50"
     c.model.freeze_bn = True  # Running statistics frozen (eval mode), affine params trained.
-    c.pretrained.path = config_lib.cache_path("resnet50.tv2_in1k.safetensors")
+    c.pretrained.path = "resnet50"  # Registered name: downloaded once (models/hub.py).
     return c
 
 

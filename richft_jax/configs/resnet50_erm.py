@@ -1,7 +1,7 @@
 """ERM fine-tuning of ResNet-50 (the paper's baseline row): `resnet50_dropout` with rate 0.
 
   python -m richft_jax.main --config=resnet50_erm:dataset=pacs,test_domain=0 \
-      --workdir=/tmp/r50_erm_pacs_0 --config.pretrained.path=/path/to/resnet50.safetensors
+      --workdir=/tmp/r50_erm_pacs_0   # --config.pretrained.path=resnet50 (the default)
 
 Args as `resnet50_dropout` but `erm`: `dataset`, `test_domain`, `dry_run`.
 """

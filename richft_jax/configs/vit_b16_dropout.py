@@ -1,14 +1,15 @@
 """The paper's ViT-B/16 rows: very-large-dropout (0.9) fine-tuning on a DomainBed dataset.
 
-augreg ViT-B/16 (ImageNet-21k; or its 21k->1k file) from the vision_transformer .npz
-(models/pretrained.py says where; or its `python -m richft_jax.convert` output), inputs in
+augreg ViT-B/16 (ImageNet-21k), by its registered name `vit_b16` (models/hub.py: the
+vision_transformer .npz, downloaded once into $RICHFT_CACHE/weights; `vit_b16_i1k`: its 21k->1k
+file; or a local file or its `python -m richft_jax.convert` output), inputs in
 [-1, 1], dropout 0.9 on the 768-d [CLS] features; otherwise the ResNet-50 protocol
 (`resnet50_dropout`: SGD momentum 0.9, 32 images per training domain, trainv2.py's schedule:
 10,001 updates labelled 0, 300, ..., 10000, x0.1 from label 5,000; training domains evaluated
 augmented). Same arguments (`dataset`, `test_domain`, `erm`, `dry_run`):
 
   python -m richft_jax.main --config=vit_b16_dropout:dataset=pacs,test_domain=0 \
-      --workdir=/tmp/vit_pacs_0 --config.pretrained.path=/path/to/B_16-i21k-...npz
+      --workdir=/tmp/vit_pacs_0   # --config.pretrained.path=vit_b16 (the default)
   ... :dataset=pacs,erm   # ERM (also vit_b16_erm);  ... ,dry_run   # 3 steps
 """
 
@@ -17,7 +18,6 @@ import ml_collections
 from richft_jax import config_lib
 from richft_jax.configs import resnet50_dropout
 
-AUGREG_B16 = "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz"
 ARGS = dict(resnet50_dropout.ARGS)
 
 
@@ -29,7 +29,7 @@ def build(
     c.data.normalize = "minus_one_one"  # augreg ViTs take [-1, 1].
     c.model.name = "vit_b16"
     c.model.freeze_bn = False  # No BatchNorm.
-    c.pretrained.path = config_lib.cache_path(AUGREG_B16)
+    c.pretrained.path = "vit_b16"  # Registered name: downloaded once (models/hub.py).
     return c
 
 

@@ -1,7 +1,7 @@
 """ERM fine-tuning of ViT-B/16 (the paper's baseline row): `vit_b16_dropout` with rate 0.
 
   python -m richft_jax.main --config=vit_b16_erm:dataset=pacs,test_domain=0 \
-      --workdir=/tmp/vit_erm_pacs_0 --config.pretrained.path=/path/to/B_16-i21k-...npz
+      --workdir=/tmp/vit_erm_pacs_0   # --config.pretrained.path=vit_b16 (the default)
 
 Args as `vit_b16_dropout` but `erm`: `dataset`, `test_domain`, `dry_run`.
 """

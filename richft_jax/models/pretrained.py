@@ -4,7 +4,8 @@ torchvision / timm `.safetensors` (ResNet), read without unpickling.
 Every source is read into one layout, the one the train loop saves and `load_pretrained` reads
 (an Orbax checkpoint written by `python -m richft_jax.convert` holds exactly this):
 `{"params": {"backbone": ..., "head": source head}, "batch_stats": {"backbone": ...}}`.
-`from_pretrained(name, path)` gives the source model itself (its logits, or its features).
+`from_pretrained(name)` gives the source model itself (its logits, or its features), its weights
+downloaded once by name (`hub.py`), or `from_pretrained(backbone, path)` from a local file.
 """
 
 import functools
@@ -19,48 +20,30 @@ import numpy as np
 from flax import traverse_util
 
 from richft_jax import checkpoints
-from richft_jax.models import registry, resnet, vit
+from richft_jax.models import hub, registry, resnet, vit
 
 FORMATS = ("big_vision_npz", "torchvision_safetensors")
-NAMES = (*vit.VARIANTS, *resnet.VARIANTS)  # Backbones with published checkpoints.
-_VIT_NPZ = "https://storage.googleapis.com/vit_models/augreg/"
-_AUGREG = {
-    "vit_s16": "S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0",
-    "vit_b16": "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0",
-    "vit_l16": "L_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1",
-}
-_AUGREG_1K = {
-    "vit_s16": "--imagenet2012-steps_20k-lr_0.03-res_224",
-    "vit_b16": "--imagenet2012-steps_20k-lr_0.01-res_224",
-    "vit_l16": "--imagenet2012-steps_20k-lr_0.01-res_224",
-}
-_TIMM = {
-    "resnet18": ("resnet18.tv_in1k",),
-    "resnet50": ("resnet50.tv_in1k (IMAGENET1K_V1)", "resnet50.tv2_in1k (IMAGENET1K_V2)"),
-    "resnet101": ("resnet101.tv_in1k", "resnet101.tv2_in1k"),
-}
+NAMES = (*vit.VARIANTS, *resnet.VARIANTS)  # Backbones with published checkpoints (hub.WEIGHTS).
 
 
 def where_published(name: str) -> str:
-    """Where checkpoints for backbone `name` are published, for error messages and docs."""
-    if name in _AUGREG:
-        base = _VIT_NPZ + _AUGREG[name]
-        return (
-            f"augreg .npz files (format big_vision_npz): ImageNet-21k {base}.npz, "
-            f"21k->1k {base}{_AUGREG_1K[name]}.npz (all: {_VIT_NPZ}index.csv, gs://vit_models)"
+    """Where checkpoints for backbone `name` are published (from the one registry,
+    `hub.WEIGHTS`), for error messages and docs."""
+    entries = [w for w in hub.WEIGHTS.values() if w.arch == name]
+    if not entries:
+        return "no published weights are known for this backbone"
+    listed = "; ".join(f"{w.name!r} = {w.what}: {' or '.join(w.urls)}" for w in entries)
+    if entries[0].fmt == "big_vision_npz":
+        more = f"all augreg files: {hub.AUGREG_INDEX}"
+    else:
+        more = (
+            "or a torchvision .pth (download.pytorch.org/models) re-saved in a trusted "
+            "environment with safetensors.torch.save_file(torch.load(f, weights_only=True), out)"
         )
-    if name in _TIMM:
-        repos = ", ".join(
-            f"https://huggingface.co/timm/{r.split()[0]}/resolve/main/model.safetensors "
-            + " ".join(r.split()[1:])
-            for r in _TIMM[name]
-        )
-        return (
-            f"torchvision-named .safetensors (format torchvision_safetensors): {repos}; or a "
-            "torchvision .pth (download.pytorch.org/models) re-saved in a trusted environment "
-            "with safetensors.torch.save_file(torch.load(f, weights_only=True), out)"
-        )
-    return "no published weights are known for this backbone"
+    return (
+        f"{entries[0].fmt} files, by registered name (--config.pretrained.path=NAME downloads "
+        f"once into the cache): {listed}; {more}"
+    )
 
 
 # ----------------------------------------------------------------------------- reading files
@@ -280,14 +263,25 @@ def _head_name(name: str) -> str:
 
 
 def from_pretrained(
-    name: str, path: str | os.PathLike, *, image_size: int | None = None, **kwargs: Any
+    name: str,
+    path: str | os.PathLike | None = None,
+    *,
+    image_size: int | None = None,
+    **kwargs: Any,
 ) -> tuple[nn.Module, dict]:
     """`(model, variables)` of a published checkpoint: `model.apply(variables, images,
     train=False)` gives the source's logits for float32 NHWC images preprocessed as the source
     expects ([-1, 1] for augreg ViTs, ImageNet mean/std for torchvision ResNets), and
-    `features=True` the penultimate features. `image_size` (ViT): resize the position
-    embedding to that input size (default: the checkpoint's). kwargs override the variant
-    (e.g. depth) for non-standard files."""
+    `features=True` the penultimate features.
+
+    `name`: a registered name of published weights (`hub.WEIGHTS`: downloaded once into the
+    cache when `path` is None) or a backbone (`path` then names the file or Orbax dir).
+    `image_size` (ViT): resize the position embedding to that input size (default: the
+    checkpoint's). kwargs override the variant (e.g. depth) for non-standard files."""
+    if path is None:
+        path = hub.fetch(name)
+    if name in hub.WEIGHTS:
+        name = hub.WEIGHTS[name].arch
     path = pathlib.Path(path).expanduser()
     tree = read_checkpoint(path)
     head = tree["params"].get("head") or {}
