@@ -43,9 +43,9 @@ TORCH_VARIANTS = ("eager", "channels_last", "compile")
 
 
 # ----------------------------------------------------------------------------- XLA measurements
-def matmul_peak(size: int = 2048, n: int = 10) -> float:
-    """Measured FLOP/s of a jitted fp32 matmul: the practical peak of this device."""
-    a = jnp.ones((size, size), jnp.float32)
+def matmul_peak(size: int = 2048, n: int = 10, dtype: Any = jnp.float32) -> float:
+    """Measured FLOP/s of a jitted matmul (fp32 by default): the practical peak of this device."""
+    a = jnp.ones((size, size), dtype)
     f = jax.jit(lambda x: x @ x)
     return 2 * size**3 / timeit(lambda: f(a).block_until_ready(), n)
 
@@ -54,11 +54,15 @@ def compiled_costs(jitted, *args) -> dict:
     """FLOPs (XLA's cost analysis; 0 if unreported) and memory analysis of one compiled call.
 
     Peak bytes = arguments + outputs + temporaries - outputs aliased to donated arguments.
+    `lowered_flops`: the same count on the HLO before XLA's passes, the same on every backend
+    (a backend's compiled count can leave out library calls, e.g. cuDNN convolutions).
     """
-    compiled = jitted.lower(*args).compile()
+    lowered = jitted.lower(*args)
+    compiled = lowered.compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     out = {"flops": float((cost or {}).get("flops", 0.0)), "peak_bytes": None}
+    out["lowered_flops"] = float((lowered.cost_analysis() or {}).get("flops", 0.0))
     mem = compiled.memory_analysis()
     if mem is not None:
         out["peak_bytes"] = (
@@ -146,10 +150,19 @@ class Bench:
 
 
 def setup(
-    model_name: str, batch: int, image_size: int, dtype: str, remat: bool, devices: int | None
+    model_name: str,
+    batch: int,
+    image_size: int,
+    dtype: str,
+    remat: bool,
+    devices: int | None,
+    kwargs: dict | None = None,
 ) -> Bench:
-    """The benchmark of one backbone, built by the library (run, steps) as a training run is."""
+    """The benchmark of one backbone, built by the library (run, steps) as a training run is;
+    `kwargs` override config.model.kwargs (e.g. tiny sizes)."""
     config = benchmark_config(model_name, dtype, remat)
+    if kwargs:
+        config.model.kwargs = {**config.model.kwargs, **kwargs}
     mesh = parallel.make_mesh(jax.devices()[:devices] if devices else None)
     model = run.build_model(config, NUM_CLASSES)
     tx = steps.make_optimizer(config.optim, SCHEDULE_STEPS)
@@ -223,9 +236,11 @@ def profile_step(bench: Bench, num_steps: int, top: int) -> dict:
     }
 
 
-def flop_utilisation(flops: float, images_per_s: float, batch: int) -> dict:
-    """The step's model FLOP utilisation against this device's measured matmul peak."""
-    peak = matmul_peak()
+def flop_utilisation(
+    flops: float, images_per_s: float, batch: int, peak: float | None = None
+) -> dict:
+    """The step's model FLOP utilisation against `peak` FLOP/s (default: matmul_peak())."""
+    peak = peak or matmul_peak()
     return {"peak_gflops_per_s": peak / 1e9, "mfu": flops * images_per_s / batch / peak}
 
 
@@ -248,15 +263,24 @@ def step_memory(bench: Bench, compiled_peak_bytes: int | None) -> dict:
     }
 
 
-def time_torch(bench: Bench, num_steps: int, compile_: bool, jax_images_per_s: float) -> dict:
-    """The same step in PyTorch on the same batch (torch_twins.benchmark), and JAX / PyTorch."""
+def time_torch(
+    bench: Bench,
+    num_steps: int,
+    compile_: bool,
+    jax_images_per_s: float,
+    twin: tuple[str, dict] | None = None,
+) -> dict:
+    """The same step in PyTorch on the same batch (torch_twins.benchmark), and JAX / PyTorch;
+    `twin`: the torch backbone's name and kwargs where they are not the config's (a tiny
+    ViT-B/16 layout is torch_twins' ViT with a [CLS] token)."""
     from benchmarks import torch_twins  # noqa: PLC0415 (optional dependency)
 
     config = bench.config
     optim = {key: config.optim[key] for key in ("lr", "momentum", "weight_decay", "head_lr_factor")}
+    name, kwargs = twin or (config.model.name, dict(config.model.kwargs))
     out = torch_twins.benchmark(
-        config.model.name,
-        dict(config.model.kwargs),
+        name,
+        kwargs,
         bench.host_batch["image"],
         bench.host_batch["label"],
         optim=optim,
