@@ -48,7 +48,13 @@ def main(argv: list[str]) -> None:
             jax.device_count(),
         )
     config = _CONFIG.value
-    logging.info("Config:\n%s", config)
+    logging.info(
+        "Config %s (method %s) -> %s; every value: its config.json (or -v 1 here).",
+        config.get("config_name", ""),
+        config.get("method", config.get("task", "")),
+        _WORKDIR.value,
+    )
+    logging.vlog(1, "Config:\n%s", config)
     if config.get("task") == "combine":
         combine.combine_and_evaluate(config, _WORKDIR.value)
     else:

@@ -6,7 +6,6 @@ evaluation from `evaluation.py`; methods act only through their composed hooks
 (`methods/hooks.py`), so no method is named here.
 """
 
-import json
 import pathlib
 import threading
 import time
@@ -111,7 +110,10 @@ def setup(config: ml_collections.ConfigDict, mesh):
     state = steps.create_train_state(params, batch_stats, tx, root, hooks.init_extras(params))
     state = jax.device_put(state, parallel.replicated(mesh))
     if jax.process_index() == 0:
-        parameter_overview.log_parameter_overview(state.params)
+        count = parameter_overview.count_parameters(state.params)
+        logging.info("Model %s: %s parameters.", config.model.name, f"{count:,}")
+        if logging.vlog_is_on(1):
+            parameter_overview.log_parameter_overview(state.params)
     return ctx, hooks, tx, schedule, state, pretrained
 
 
@@ -310,6 +312,17 @@ def _train_and_evaluate(
     return write_summary(config, workdir, hooks, meta, last_train, measured, start_time)
 
 
+def summary_line(summary: dict, workdir: pathlib.Path) -> str:
+    """The run's result in one readable line: the selected step's ID and OOD accuracy."""
+    selected = summary["selected"]
+    return (
+        f"Done: {summary['method']} on {summary['dataset']}, test domains "
+        f"{','.join(summary['test_domains'])}: selected step {selected['step']} (training-domain "
+        f"validation): ID {100 * selected['id_accuracy']:.1f} %, OOD "
+        f"{100 * selected['ood_accuracy']:.1f} %. Records: {workdir}/summary.json, results.jsonl."
+    )
+
+
 def pipeline_batches(config: ml_collections.ConfigDict, data, start_step: int):
     """The run's training batches from `start_step` on, as numpy (this host's rows)."""
     return pipeline.train_dataset(
@@ -342,5 +355,5 @@ def write_summary(config, workdir: pathlib.Path, hooks, meta, last_train, measur
     summary.update(hooks.summary(rows))
     summary.update(measured)
     results.write_json_atomic(workdir / results.SUMMARY, summary)
-    logging.info("Summary: %s", json.dumps(summary["selected"]))
+    logging.info("%s", summary_line(summary, workdir))
     return summary

@@ -91,3 +91,17 @@ def test_head_learning_rate_factor_and_step_decay():
         [schedule(4), schedule(5), schedule(9)], [0.1, 0.01, 0.01], rtol=1e-6
     )
     assert isinstance(tx, optax.GradientTransformation)
+
+
+def test_summary_line_reads_as_the_runs_result(tmp_path):
+    from richft_jax import train
+
+    summary = {
+        "method": "very_large_dropout",
+        "dataset": "digits_domains",
+        "test_domains": ["syn"],
+        "selected": {"step": 600, "id_accuracy": 0.9123, "ood_accuracy": 0.5187},
+    }
+    line = train.summary_line(summary, tmp_path)
+    assert "selected step 600" in line and "ID 91.2 %" in line and "OOD 51.9 %" in line
+    assert str(tmp_path / "summary.json") in line
