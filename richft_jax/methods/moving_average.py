@@ -42,7 +42,10 @@ def method(config: ml_collections.ConfigDict) -> Method | None:
         return params, update(average, params, steps_done, start)
 
     def summary(rows: list[dict], method_name: str) -> dict:
-        ma = results.select_training_domain_validation(rows, f"{method_name}+moving_average")
+        name = f"{method_name}+moving_average"
+        if not any(r["method"] == name for r in rows):
+            return {}  # A run shorter than the average's start (e.g. a dry run): no rows.
+        ma = results.select_training_domain_validation(rows, name)
         return {"moving_average": {"selected": ma["selected"], "last": ma["last"]}}
 
     return Method(
