@@ -89,7 +89,10 @@ def load(
 
 
 def _resolved(path: str | None) -> str | None:
-    return str(pathlib.Path(path).expanduser().resolve()) if path else None
+    """An absolute local path (Orbax reads those only); registered weight names stay names."""
+    if not path or run_lib.published_weights(path) is not None:
+        return path
+    return str(pathlib.Path(path).expanduser().resolve())
 
 
 def distortion(run: Run, max_examples: int | None = None) -> dict:
