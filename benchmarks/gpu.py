@@ -43,7 +43,9 @@ GOALS_TEXT = (
     "H100-class GPU"
 )
 MIN_GROUP_S = 30  # A group is not started with less of the budget left.
+DEMO_MIN_S = 10  # Nor the demo.
 MODES = ("jit", "compile", "eager", "channels_last")  # Table order within a configuration.
+UNMEASURED = {"images_per_s": None, "peak_memory_gib": None, "memory_source": None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +162,7 @@ def row_base(opts: Options, group: Group, batch: int, framework: str, mode: str)
         "mode": mode,
         "status": "not run",
         "note": "",
+        **UNMEASURED,
     }
 
 
@@ -503,6 +506,7 @@ def demo_row(mode: str) -> dict:
         "mode": "demo",
         "status": "not run",
         "note": "",
+        **UNMEASURED,
     }
 
 
@@ -512,7 +516,7 @@ def run_demo(mode: str, timeout_s: float) -> dict:
     row = demo_row(mode)
     if mode == "none":
         return row | {"status": "skipped", "note": "--demo=none"}
-    if timeout_s < 10:
+    if timeout_s < DEMO_MIN_S:
         return row | {"status": "skipped", "note": "time budget (--budget_s)"}
     with tempfile.TemporaryDirectory(prefix="richft_gpu_demo_") as workdir:
         start = time.monotonic()
@@ -624,6 +628,11 @@ def sort_key(opts: Options) -> Callable[[dict], tuple]:
     )
 
 
+# The demo's row: no step, no ratio, no goal.
+NOT_DERIVED = dict.fromkeys(("step_ms", "mfu_pct", "vs_torch_compile", "vs_torch_eager"))
+NOT_DERIVED |= dict.fromkeys(("goal_vs_compile", "goal_vs_eager", "goal_mfu"), "—")
+
+
 def finalize(rows: list[dict], meta: dict, opts: Options) -> dict:
     """The report: meta, the goals' summary, the rows with everything derived."""
     configs: dict[tuple, dict[str, dict]] = {}
@@ -632,9 +641,9 @@ def finalize(rows: list[dict], meta: dict, opts: Options) -> dict:
             configs.setdefault((r["model"], r["batch"], r["dtype"]), {})[r["mode"]] = r
     peak = meta.get("peak_flops")
     derived = [
-        derive(r, configs.get((r["model"], r["batch"], r["dtype"]), {}), peak, opts)
-        if r["mode"] != "demo"
-        else r | {"goal_vs_compile": "—", "goal_vs_eager": "—", "goal_mfu": "—"}
+        r | NOT_DERIVED
+        if r["mode"] == "demo"
+        else derive(r, configs.get((r["model"], r["batch"], r["dtype"]), {}), peak, opts)
         for r in sorted(rows, key=sort_key(opts))
     ]
     meta = meta | {"peak_bf16_tflops": peak / 1e12 if peak else None}
@@ -829,7 +838,7 @@ def define_flags(flag_values: Any = None) -> None:
     """The benchmark's flags, defined when it starts (tests parse into their own FlagValues)."""
     from absl import flags  # noqa: PLC0415
 
-    fv = {"flag_values": flag_values or flags.FLAGS}
+    fv = {"flag_values": flags.FLAGS if flag_values is None else flag_values}
     sized = lambda n: f" Default {SIZES[n][0]!r}, --tiny {SIZES[n][1]!r}."  # noqa: E731
     flags.DEFINE_boolean("tiny", False, "Toy shapes on any device (CPU): the same path.", **fv)
     flags.DEFINE_list("model", list(MODELS), "Backbones: resnet50, vit_b16.", **fv)
