@@ -125,10 +125,14 @@ def test_gpu_sh_help_and_dry_run_exit_0():
     plan = run("--dry_run", "--out_dir=/tmp/nowhere")
     assert plan.returncode == 0, plan.stderr
     for line in (
-        "1. ResNet-50 bfloat16, batch 96/256: JAX jit, torch.compile, torch eager",
-        "3. ViT-B/16 bfloat16 remat, batch 96/256: JAX jit [own process]",
-        "4. demo: python -m richft_jax.main --config=demo:tiny",
-        "5. ResNet-50 float32, batch 96/256: JAX jit, torch.compile (not run)",
+        " 1. ResNet-50 bfloat16, batch 96: JAX jit, torch.compile, torch eager, torch eager "
+        "(channels-last) [own process]",
+        " 2. ViT-B/16 bfloat16, batch 96: JAX jit, torch.compile, torch eager [own process]",
+        " 4. ViT-B/16 bfloat16, batch 256:",
+        " 6. ViT-B/16 bfloat16 remat, batch 256: JAX jit [own process]",
+        " 7. demo: python -m richft_jax.main --config=demo:tiny",
+        " 8. ResNet-50 float32, batch 96: JAX jit, torch.compile (not run)",
+        "11. ViT-B/16 float32, batch 256:",
         "31 rows -> /tmp/nowhere/gpu_benchmark.json and /tmp/nowhere/gpu_benchmark.md",
         "Missing packages: none",
     ):
