@@ -14,10 +14,11 @@ torch.compile and to torch eager, and pass/fail against the goals. Then the embe
 to end (`python -m richft_jax.main --config=demo:tiny`, wall time). Writes
 OUT_DIR/gpu_benchmark.json and OUT_DIR/gpu_benchmark.md (one table), rewritten after each part.
 
-Under --budget_s the parts run in priority order (bf16 first, then the demo, then fp32); what
-does not fit is listed as skipped. On a GPU each backbone/dtype/remat group runs in its own
-process (a clean allocator peak; an out-of-memory or crash costs only that group). Torch
-missing or without CUDA: the torch rows say so. No GPU: --tiny runs it all on the CPU.
+Under --budget_s the parts run in priority order (bf16 at batch 96, then 256, then remat; the
+demo; fp32); what does not fit is listed as skipped. On a GPU each backbone/dtype/remat/batch
+runs in its own process (a clean allocator peak; an out-of-memory error or a crash costs only
+its rows). Torch missing or without CUDA: the torch rows say so. No GPU: --tiny runs it all on
+the CPU.
 """
 
 import dataclasses
@@ -114,6 +115,7 @@ class Options:
     stem: str
 
     def model(self, key: str) -> Model:
+        """The backbone `key` (resnet50, vit_b16) at this run's size."""
         return (TINY_MODELS if self.tiny else MODELS)[key]
 
 
@@ -189,6 +191,7 @@ def describe(opts: Options, part: Group | str) -> str:
 
 
 def row_key(row: dict) -> tuple:
+    """What identifies a row: model, batch, dtype, remat, framework, mode."""
     return tuple(row[k] for k in ("model", "batch", "dtype", "remat", "framework", "mode"))
 
 
@@ -217,8 +220,10 @@ def torch_info() -> dict:
     """torch's version and CUDA, or why there is no torch."""
     if importlib.util.find_spec("torch") is None:
         return {"available": False, "reason": "torch is not installed (pip install -e .[bench])"}
-    import torch  # noqa: PLC0415 (optional dependency)
-
+    try:
+        import torch  # noqa: PLC0415 (optional dependency)
+    except Exception as e:  # noqa: BLE001 (e.g. built against other CUDA libraries)
+        return {"available": False, "reason": f"torch does not import: {short(e)}"}
     cuda = torch.cuda.is_available()
     return {
         "available": True,
@@ -248,8 +253,8 @@ def measure_peak(opts: Options) -> float:
 
 
 class JaxPeak:
-    """The allocator's peak is never reset in a process: a group runs its steps smallest batch
-    first, and a step whose reading did not rise reports XLA's compiled memory instead."""
+    """The allocator's peak is never reset in a process (one step per process on a GPU; with
+    --noisolate, a step whose reading did not rise reports XLA's compiled memory instead)."""
 
     def __init__(self) -> None:
         self.last = 0.0
@@ -263,6 +268,9 @@ class JaxPeak:
             else:
                 self.last = mb
         return (None if mb is None else mb / 1024), source
+
+
+PROCESS_PEAK = JaxPeak()  # This process's allocator readings.
 
 
 def jax_row(bench: Any, row: dict, opts: Options, peak: float, tracker: JaxPeak) -> dict:
@@ -315,8 +323,9 @@ def torch_rows(bench: Any, rows: list[dict], opts: Options, group: Group, info: 
 
     from benchmarks import benchmark  # noqa: PLC0415
 
-    if info["platform"] == "gpu":  # fp32 as XLA's default precision: TF32 matmuls.
-        torch.set_float32_matmul_precision("high")
+    if info["platform"] == "gpu":
+        torch.set_float32_matmul_precision("high")  # fp32 as XLA's default: TF32 matmuls.
+        torch.backends.cudnn.benchmark = True  # Autotuned convolutions, as XLA's.
     compile_ = group.dtype in opts.compile_dtypes
     twin = opts.model(group.model).twin
     try:
@@ -379,11 +388,10 @@ def run_group(
     if peak is None:
         peak = measure_peak(opts)
         emit({"kind": "peak", "flops": peak})
-    tracker = JaxPeak()
     for batch in sorted(group.batches):
         if time.monotonic() > deadline:
             return
-        for row in config_rows(opts, group, batch, peak, info, tracker):
+        for row in config_rows(opts, group, batch, peak, info, PROCESS_PEAK):
             emit({"kind": "row", **row})
 
 
@@ -548,6 +556,7 @@ def run_demo(mode: str, timeout_s: float) -> dict:
 
 
 def _text(stream: bytes | str | None) -> str:
+    """A timed-out process's captured output as text (it can come back as bytes)."""
     return stream.decode(errors="replace") if isinstance(stream, bytes) else stream or ""
 
 
@@ -764,7 +773,8 @@ def notes(opts: Options) -> list[str]:
         "images/s / batch / the measured bf16 matmul peak. fp32: TF32 matmuls on both sides.",
         "Peak memory: JAX `memory_stats()['peak_bytes_in_use']` of its own process (on a CPU: "
         "state + batch + resident-memory growth in a step), torch `max_memory_allocated`.",
-        "× torch eager: against the faster of NCHW and channels-last.",
+        "× torch eager: against the faster of NCHW and channels-last. torch on a GPU: "
+        "cudnn.benchmark on (autotuned convolutions, as XLA's), TF32 for fp32 matmuls.",
     ]
     if opts.tiny:
         out.append("--tiny: toy shapes; the numbers show that the path runs, not speed.")
