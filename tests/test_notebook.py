@@ -117,7 +117,7 @@ def test_notebook_runs_the_colab_path(tmp_path, data_dir, monkeypatch):
         if "image/png" in o.get("data", {})
     ]
     assert len(images) == len(FIGURES)
-    out = clone / "linear_regime_out" / "tiny"
+    out = clone / "workdirs" / "linear_regime_out" / "tiny"
     written = {p.name for p in out.iterdir()}
     assert written == {f"{n}.{e}" for n in FIGURES for e in ("png", "json")} | {"summary.json"}
     for name in written:
@@ -129,3 +129,6 @@ def test_notebook_runs_the_colab_path(tmp_path, data_dir, monkeypatch):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"erm", "very_large_dropout"}
     assert "| erm |" in text and "agreement on 32 images:" in text
+    # Runs and figures went under the clone's ignored workdirs/: the clone stays clean.
+    status = ["git", "-C", str(clone), "status", "--porcelain"]
+    assert subprocess.run(status, capture_output=True, text=True, check=True).stdout == ""
