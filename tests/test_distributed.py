@@ -35,8 +35,9 @@ def free_port() -> int:
 
 
 def command(data_dir, workdir, *extra):
-    """The real CLI on the tiny demo with OVERRIDES."""
-    return demo_command(workdir, data_dir, *extra, overrides=OVERRIDES)
+    """The real CLI on the tiny demo with OVERRIDES (with Orbax's INFO lines: the test reads
+    them to see each process join the saves)."""
+    return demo_command(workdir, data_dir, "--library_logs", *extra, overrides=OVERRIDES)
 
 
 def in_process_config(data_dir):
