@@ -164,6 +164,43 @@ def test_rotate_is_counter_clockwise_with_zero_fill():
     assert turned[20:, :].max() == 0 and turned.sum() > 0.8 * image.sum()
 
 
+def test_mnist_family_deals_and_flips_as_its_docstring_states():
+    """On fake digits (no MNIST, no TFDS build): numpy's permutation from the fixed SEED dealt
+    i::n, the same on every call; ColoredMNIST's label flips (p = 0.25) then colour flips (the
+    domain's p), drawn in that order from default_rng([SEED, 1, i]); colour 0 red, 1 green."""
+    assert mnist_family.ANGLES == (0, 15, 30, 45, 60, 75)
+    assert (mnist_family.LABEL_NOISE, mnist_family.COLOUR_FLIP) == (0.25, (0.1, 0.2, 0.9))
+    n = 6000
+    index = np.arange(n)
+    fake = np.zeros((n, 28, 28), np.uint8)  # Each digit's index in pixels the 2x subsample keeps.
+    fake[:, 0, 0], fake[:, 0, 2], fake[:, 2, 0] = index % 256, index // 256, 255
+    rotated = mnist_family.rotated_domains(fake[:600], index[:600])  # Labels = indices.
+    order = np.random.default_rng([mnist_family.SEED, 0]).permutation(600)
+    for i, (_, y) in enumerate(rotated.values()):
+        np.testing.assert_array_equal(y, order[i::6])
+    np.testing.assert_array_equal(rotated["0deg"][0][..., 1], fake[order[0::6]])
+    digits = (index * 7) % 10
+    colored = mnist_family.colored_domains(fake, digits)
+    order = np.random.default_rng([mnist_family.SEED, 1]).permutation(n)
+    for i, (flip, (x, y)) in enumerate(zip((0.1, 0.2, 0.9), colored.values(), strict=True)):
+        assert x.shape == (2000, 14, 14, 3) and x[..., 2].max() == 0
+        colour = x[:, 1, 0].argmax(-1)  # The 255 marker sits in the digit's colour channel.
+        rows = np.arange(len(x))
+        np.testing.assert_array_equal(
+            x[rows, 0, 0, colour] + 256 * x[rows, 0, 1, colour].astype(int), order[i::3]
+        )
+        rng = np.random.default_rng([mnist_family.SEED, 1, i])
+        label_flips, colour_flips = rng.random(len(x)) < 0.25, rng.random(len(x)) < flip
+        np.testing.assert_array_equal(y, (digits[order[i::3]] < 5) ^ label_flips)
+        np.testing.assert_array_equal(colour, y ^ colour_flips)
+        assert abs(np.mean(y != (digits[order[i::3]] < 5)) - 0.25) < 0.04  # sd 0.01
+        assert abs(np.mean(colour != y) - flip) < 0.04
+    again = mnist_family.colored_domains(fake, digits)  # No run seed: the same every time.
+    for (x, y), (x2, y2) in zip(colored.values(), again.values(), strict=True):
+        np.testing.assert_array_equal(x, x2)
+        np.testing.assert_array_equal(y, y2)
+
+
 def test_rotated_mnist_embedded_domains(data_dir, digits):
     images, labels = digits
     arrays = sources.load_arrays("rotated_mnist_embedded", str(data_dir))

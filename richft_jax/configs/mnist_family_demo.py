@@ -7,6 +7,13 @@ embedded demo's letters-pretrained small ResNet (made on first use, as the demo 
 images are resized to its 32x32 input. For MNIST from TFDS use data.name=rotated_mnist or
 colored_mnist (needs `tfds build mnist` once, where there is network).
 
+The domains follow DomainBed's rule (train then test digits, permuted, domain i holding i::n;
+its angles, noise rates and colour rule), but the permutation and the flips come from numpy
+seeded by the fixed `mnist_family.SEED`, not from torch seeded by each run's seed: every run of
+ours, whatever its seed or trial seed, sees the same domains, other than a DomainBed run's (only
+the in/out splits follow the trial seed). ColoredMNIST is 14x14 here, 28x28 in DomainBed's code.
+Details: the docstring of `richft_jax/data/mnist_family.py`.
+
   python -m richft_jax.main --config=mnist_family_demo --workdir=/tmp/rmnist
   python -m richft_jax.main --config=mnist_family_demo:colored --workdir=/tmp/cmnist
   python -m richft_jax.main --config=mnist_family_demo:tiny --workdir=/tmp/rm_smoke

