@@ -24,118 +24,34 @@ them:
 - averages table: per (method, dataset), per trial seed the mean over the test domains that
   seed has (DomainBed does not require all of them: such cells are marked "†"), then mean ±
   error bar over the seeds; its Avg is the mean over datasets, no ±.
-Writes tables.md, results.csv and id_vs_ood.png into --out when given.
+- dropout-rate table: where a dataset's penultimate-dropout runs (methods erm and
+  very_large_dropout) hold several rates, OOD and ID against the rate (each rate its own
+  method, "very_large_dropout (p=0.5)"; hyper-parameter settings selected at each rate).
+Writes tables.md, results.csv and the figures into --out when given: id_vs_ood.png;
+cloud_<dataset>.png, the paper's Figure 2 (every choice of one hyper-parameter setting, the
+--hparams values of each run's config.json, per test domain); dropout_rate_<dataset>.png,
+its Figure 3 (with several rates).
 """
 
 import collections
 import csv
-import dataclasses
-import math
 import pathlib
 
 import numpy as np
 from absl import app, flags
 
-from richft_jax import cli, results
+from richft_jax import cli, report_figures, results
+from richft_jax.selection import (
+    ERROR_BARS,
+    HPARAMS,
+    SELECTIONS,
+    RunRecord,
+    aggregate,
+    mean_se,
+    run_records,
+)
 
-SELECTIONS = ("training_domain_validation", "oracle")
-
-
-@dataclasses.dataclass(frozen=True)
-class RunRecord:
-    """One run's (or one of its methods') selected numbers under both selection rules."""
-
-    path: str
-    dataset: str
-    method: str
-    test_domains: str
-    trial_seed: int
-    scores: dict  # selection -> (selection score, ood accuracy, id accuracy)
-    domains: tuple[str, ...] = ()  # The dataset's domains, in the order its rows list them.
-
-
-def run_records(paths: list[str]) -> list[RunRecord]:
-    """One record per (results file, method) found under `paths`."""
-    records = []
-    files = []
-    for p in map(pathlib.Path, paths):
-        files += [p] if p.is_file() else sorted(p.rglob(results.RESULTS))
-    for f in files:
-        by_method = collections.defaultdict(list)
-        for r in results.read_rows(f):
-            by_method[r["method"]].append(r)
-        for method, rows in by_method.items():
-            selection = results.select_training_domain_validation(rows)
-            best, last = selection["selected"], selection["last"]
-            records.append(
-                RunRecord(
-                    path=str(f.parent),
-                    dataset=rows[0].get("dataset", "?"),
-                    method=method,
-                    test_domains=",".join(rows[0]["test_domains"]),
-                    trial_seed=rows[0]["trial_seed"],
-                    domains=tuple(dict.fromkeys(r["domain"] for r in rows)),
-                    scores={
-                        "training_domain_validation": (
-                            best["id_accuracy"],
-                            best["ood_accuracy"],
-                            best["id_accuracy"],
-                        ),
-                        "oracle": (
-                            last["ood_out_accuracy"],
-                            last["ood_accuracy"],
-                            last["id_accuracy"],
-                        ),
-                    },
-                )
-            )
-    return records
-
-
-ERROR_BARS = {
-    "domainbed": "± = DomainBed's standard error (std with divisor n over seeds / √n)",
-    "sample": "± = sample standard error (std with divisor n − 1 over seeds / √n)",
-}
 ONE_SEED = "a cell with one seed shows its mean alone (DomainBed prints ± 0.0 there)"
-
-
-def mean_se(xs: list[float], error_bar: str = "domainbed") -> tuple[float, float]:
-    """Mean and error bar of `xs`: DomainBed's format_mean, np.std(x / sqrt(n)) with divisor n
-    ("domainbed", 0 for one value), or the sample standard error ("sample", NaN for one)."""
-    a = np.asarray(xs, dtype=float)
-    if error_bar == "domainbed":
-        return float(np.mean(a)), float(np.std(a / np.sqrt(len(a))))
-    if error_bar == "sample":
-        se = float(np.std(a, ddof=1) / np.sqrt(len(a))) if len(a) > 1 else math.nan
-        return float(np.mean(a)), se
-    raise ValueError(f"error_bar={error_bar!r}: not one of {sorted(ERROR_BARS)}.")
-
-
-def _validation_key(record: RunRecord, selection: str) -> float:
-    """A run's validation score as DomainBed's Q.sorted orders it: NaN lowest."""
-    score = record.scores[selection][0]
-    return -math.inf if math.isnan(score) else score
-
-
-def select_run(runs: list[RunRecord], selection: str) -> RunRecord:
-    """DomainBed's hparams_accs(...)[0]: the runs (in reading order) stably sorted by validation
-    score and reversed, so among tied runs the last one read wins."""
-    return sorted(runs, key=lambda r: _validation_key(r, selection))[::-1][0]
-
-
-def aggregate(records: list[RunRecord], selection: str) -> dict:
-    """{(dataset, method, test_domains): {"ood": [...], "id": [...], "trial_seeds": [...]}},
-    one entry per trial seed (ascending), from the run `select_run` picks for that seed."""
-    groups = collections.defaultdict(list)
-    for r in records:
-        groups[(r.dataset, r.method, r.test_domains, r.trial_seed)].append(r)
-    out = collections.defaultdict(lambda: {"ood": [], "id": [], "trial_seeds": []})
-    for (dataset, method, test, seed), runs in sorted(groups.items()):
-        best = select_run(runs, selection)
-        out[(dataset, method, test)]["ood"].append(best.scores[selection][1])
-        out[(dataset, method, test)]["id"].append(best.scores[selection][2])
-        out[(dataset, method, test)]["trial_seeds"].append(seed)
-    return out
 
 
 def _cell(xs: list[float] | None, error_bar: str, row_seeds: int) -> str:
@@ -230,7 +146,8 @@ def _averages_table(records, agg, datasets, methods, selection, error_bar) -> st
 
 def markdown(records: list[RunRecord], error_bar: str = "domainbed") -> str:
     """DomainBed-style tables: per selection, one per dataset (methods × test domains + Avg),
-    then the averages table; every method gets a row in every table ("X" where missing)."""
+    then the averages table; every method gets a row in every table ("X" where missing); then
+    the dropout-rate tables of datasets whose records hold several rates."""
     out = []
     for selection in SELECTIONS:
         agg = aggregate(records, selection)
@@ -239,6 +156,10 @@ def markdown(records: list[RunRecord], error_bar: str = "domainbed") -> str:
         for dataset in datasets:
             out.append(_dataset_table(records, agg, dataset, methods, selection, error_bar))
         out.append(_averages_table(records, agg, datasets, methods, selection, error_bar))
+    for dataset in sorted({r.dataset for r in records}):
+        curve = report_figures.rate_curve(records, dataset, error_bar)
+        if curve:
+            out.append(report_figures.rate_table(curve, dataset, ERROR_BARS[error_bar]))
     return "\n\n".join(out) + "\n"
 
 
@@ -277,48 +198,19 @@ def write_csv(records: list[RunRecord], path: pathlib.Path, error_bar: str = "do
                 )
 
 
-def plot_id_vs_ood(records: list[RunRecord], path: pathlib.Path) -> None:
-    """The paper's picture: ID (x) against OOD (y) accuracy per method, averaged over test
-    domains (training-domain validation), one point per method and test domain plus the mean."""
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    agg = aggregate(records, "training_domain_validation")
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for method in sorted({k[1] for k in agg}):
-        pts = [
-            (sum(v["id"]) / len(v["id"]), sum(v["ood"]) / len(v["ood"]))
-            for k, v in agg.items()
-            if k[1] == method
-        ]
-        xs, ys = zip(*pts, strict=True)
-        line = ax.scatter(xs, ys, alpha=0.35, s=15)
-        ax.scatter(
-            [sum(xs) / len(xs)],
-            [sum(ys) / len(ys)],
-            color=line.get_facecolor()[0],
-            s=60,
-            edgecolor="black",
-            label=method,
-        )
-    ax.set_xlabel("ID accuracy (training domains, out splits)")
-    ax.set_ylabel("OOD accuracy (test domain, in split)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def write_report(dirs: list[str], out: str | None = None, error_bar: str = "domainbed") -> str:
-    """The tables of every run under `dirs` (markdown), also written with results.csv and
-    id_vs_ood.png into `out` when given: the command line's work, callable without it.
-    `error_bar`: "domainbed" (DomainBed's, divisor n) or "sample" (divisor n − 1)."""
+def write_report(
+    dirs: list[str],
+    out: str | None = None,
+    error_bar: str = "domainbed",
+    hparams: tuple[str, ...] = HPARAMS,
+) -> str:
+    """The tables of every run under `dirs` (markdown), also written with results.csv and the
+    figures into `out` when given: the command line's work, callable without it.
+    `error_bar`: "domainbed" (DomainBed's, divisor n) or "sample" (divisor n − 1); `hparams`:
+    the config keys whose values make a run's hyper-parameter setting (the clouds' axes)."""
     if error_bar not in ERROR_BARS:
         raise ValueError(f"error_bar={error_bar!r}: not one of {sorted(ERROR_BARS)}.")
-    records = run_records(dirs)
+    records = run_records(dirs, hparams)
     if not records:
         raise FileNotFoundError(f"No {results.RESULTS} under {dirs}.")
     text = markdown(records, error_bar)
@@ -327,15 +219,21 @@ def write_report(dirs: list[str], out: str | None = None, error_bar: str = "doma
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "tables.md").write_text(text, encoding="utf-8")
         write_csv(records, out_dir / "results.csv", error_bar)
-        plot_id_vs_ood(records, out_dir / "id_vs_ood.png")
+        report_figures.write_figures(records, out_dir, error_bar)
     return text
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Defines this command line's flags in `flag_values` when it starts, not at import: the
     entry points share flag names (--out), and tests import several of them into one process."""
-    help_ = "Directory for tables.md, results.csv and id_vs_ood.png."
+    help_ = "Directory for tables.md, results.csv and the figures (see the module docstring)."
     flags.DEFINE_string("out", None, help_, flag_values=flag_values)
+    help_ = (
+        "Config keys (dotted, as in config.json) whose values make a run's hyper-parameter "
+        "setting: runs of one method, test domain and trial seed that differ in them are the "
+        "settings DomainBed selects among and the Figure-2 cloud chooses from."
+    )
+    flags.DEFINE_list("hparams", list(HPARAMS), help_, flag_values=flag_values)
     help_ = (
         "Error bar over trial seeds: domainbed = DomainBed's collect_results (np.std, divisor n, "
         "/ sqrt(n)); sample = the sample standard error (divisor n - 1)."
@@ -348,7 +246,8 @@ def main(argv: list[str]) -> None:
     if len(argv) < 2:
         raise app.UsageError("Give one or more run directories (or their parents).")
     try:
-        print(write_report(argv[1:], flags.FLAGS.out, flags.FLAGS.error_bar))
+        f = flags.FLAGS
+        print(write_report(argv[1:], f.out, f.error_bar, tuple(f.hparams)))
     except FileNotFoundError as e:
         raise SystemExit(str(e)) from None
 

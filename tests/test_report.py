@@ -6,6 +6,7 @@ import math
 import pytest
 
 from richft_jax import report
+from richft_jax import selection as sel
 
 
 def write_run(path, method, trial_seed, test, steps):
@@ -38,25 +39,25 @@ def test_selection_and_mean_standard_error(tmp_path):
     write_run(tmp_path / "h1s0", "erm", 0, "a", {1: (0.7, 0.10, 0.1), 2: (0.9, 0.20, 0.3)})
     # Trial seed 1: one run; best validation at step 1 (ties broken by the earliest step).
     write_run(tmp_path / "h0s1", "erm", 1, "a", {1: (0.8, 0.50, 0.5), 2: (0.8, 0.90, 0.6)})
-    records = report.run_records([str(tmp_path)])
-    tdv = report.aggregate(records, "training_domain_validation")[("toy", "erm", "a")]
+    records = sel.run_records([str(tmp_path)])
+    tdv = sel.aggregate(records, "training_domain_validation")[("toy", "erm", "a")]
     assert tdv["ood"] == pytest.approx([0.20, 0.50])  # h1s0 at step 2; h0s1 at step 1.
     assert tdv["id"] == pytest.approx([0.9, 0.8])
-    oracle = report.aggregate(records, "oracle")[("toy", "erm", "a")]
+    oracle = sel.aggregate(records, "oracle")[("toy", "erm", "a")]
     # Oracle: last step, run with the best test out split (h1s0: 0.3 > h0s0: 0.2).
     assert oracle["ood"] == pytest.approx([0.20, 0.90])
     # DomainBed's error bar (collect_results.format_mean): np.std with divisor n, over sqrt(n):
     # std([0.2, 0.5]) = 0.15, / sqrt(2). This test encoded the n - 1 version (sample std
     # sqrt(0.045), ± 15.0) before the report followed DomainBed; that is now --error_bar=sample.
-    m, se = report.mean_se([0.2, 0.5])
+    m, se = sel.mean_se([0.2, 0.5])
     assert m == pytest.approx(0.35) and se == pytest.approx(0.15 / math.sqrt(2))
-    m, se = report.mean_se([0.2, 0.5], "sample")
+    m, se = sel.mean_se([0.2, 0.5], "sample")
     assert m == pytest.approx(0.35) and se == pytest.approx(math.sqrt(0.045) / math.sqrt(2))
     text = report.write_report([str(tmp_path)], str(tmp_path / "out"))
     assert "| erm | 2 | X | 35.0 ± 10.6 | X |" in text  # Domain b was never the test domain.
-    assert report.ERROR_BARS["domainbed"] in text
+    assert sel.ERROR_BARS["domainbed"] in text
     sample = report.write_report([str(tmp_path)], error_bar="sample")
-    assert "| erm | 2 | X | 35.0 ± 15.0 | X |" in sample and report.ERROR_BARS["sample"] in sample
+    assert "| erm | 2 | X | 35.0 ± 15.0 | X |" in sample and sel.ERROR_BARS["sample"] in sample
     assert (tmp_path / "out" / "id_vs_ood.png").stat().st_size > 1000
     csv_text = (tmp_path / "out" / "results.csv").read_text()
     assert "oracle,toy,erm,a,2,0.55" in csv_text
@@ -65,10 +66,10 @@ def test_selection_and_mean_standard_error(tmp_path):
 def test_columns_follow_the_datasets_domain_order(tmp_path):
     write_run(tmp_path / "r0", "erm", 0, "a", {1: (0.5, 0.3, 0.8)})
     write_run(tmp_path / "r1", "erm", 0, "b", {1: (0.5, 0.6, 0.8)})
-    records = report.run_records([str(tmp_path)])
+    records = sel.run_records([str(tmp_path)])
     assert records[0].domains == ("b", "a")  # r0's rows list b (training) first.
     assert "| method | seeds | b | a | Avg |" in report.markdown(records)
     # Domain b never tested: its column stays, with X, and so does the average. One seed: the
     # mean alone (DomainBed would print "30.0 +/- 0.0").
-    text = report.markdown(report.run_records([str(tmp_path / "r0")]))
+    text = report.markdown(sel.run_records([str(tmp_path / "r0")]))
     assert "| method | seeds | b | a | Avg |" in text and "| erm | 1 | X | 30.0 | X |" in text

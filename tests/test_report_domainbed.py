@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from richft_jax import report
+from richft_jax import selection as sel
 
 DOMAINS = ("a", "b")  # DomainBed's env0, env1.
 MISSING = (2, "b")  # (trial seed, test domain) with no runs.
@@ -145,7 +146,7 @@ def table_rows(text: str, title: str) -> dict[str, list[str]]:
     return rows
 
 
-@pytest.mark.parametrize("selection", report.SELECTIONS)
+@pytest.mark.parametrize("selection", sel.SELECTIONS)
 def test_every_cell_and_error_bar_as_domainbed(tmp_path, selection):
     runs = make_runs()
     write_runs(tmp_path, runs)
@@ -160,7 +161,7 @@ def test_every_cell_and_error_bar_as_domainbed(tmp_path, selection):
     # Seed 2 lacks test domain b: DomainBed averages that seed over domain a alone (no X).
     assert averages[0] == "3" and averages[1].endswith(" †")
     assert [averages[1].removesuffix(" †"), averages[2]] == expected_averages
-    assert report.ERROR_BARS["domainbed"] in text and "† a trial seed lacks" in text
+    assert sel.ERROR_BARS["domainbed"] in text and "† a trial seed lacks" in text
 
     with open(tmp_path / "out" / "results.csv", encoding="utf-8") as f:
         for line in csv.DictReader(f):
@@ -175,22 +176,22 @@ def test_the_tied_settings_by_hand(tmp_path):
     """The ties' winners, and the cells, by hand: the last setting read wins."""
     runs = make_runs()
     write_runs(tmp_path, runs)
-    records = report.run_records([str(tmp_path)])
-    tdv = report.aggregate(records, "training_domain_validation")[("toy", "erm", "a")]
+    records = sel.run_records([str(tmp_path)])
+    tdv = sel.aggregate(records, "training_domain_validation")[("toy", "erm", "a")]
     assert tdv["trial_seeds"] == [0, 1, 2] and tdv["ood"][0] == 0.47  # Not hp 0's 0.41.
-    oracle = report.aggregate(records, "oracle")[("toy", "erm", "b")]
+    oracle = sel.aggregate(records, "oracle")[("toy", "erm", "b")]
     assert oracle["trial_seeds"] == [0, 1] and oracle["ood"][1] == 0.58  # Not hp 0's 0.52.
     # Test domain b under oracle: two seeds, DomainBed's ± = |x0 - x1| / 2 / sqrt(2).
     group = [r for r in records if (r.trial_seed, r.test_domains) == (0, "b")]
-    x0 = report.select_run(group, "oracle").scores["oracle"][1]
+    x0 = sel.select_run(group, "oracle").scores["oracle"][1]
     xs = [x0, 0.58]
-    mean, se = report.mean_se(xs)
+    mean, se = sel.mean_se(xs)
     assert mean == pytest.approx(sum(xs) / 2) and se == pytest.approx(abs(x0 - 0.58) / 2 / 2**0.5)
-    _, sample = report.mean_se(xs, "sample")
+    _, sample = sel.mean_se(xs, "sample")
     assert sample == pytest.approx(se * 2**0.5)  # n - 1 = 1: √(n / (n - 1)) = √2 times more.
     # Reading order decides: with hp 1's directory read first, hp 0 wins the tie.
-    swapped = report.run_records([str(tmp_path / "h1"), str(tmp_path / "h0")])
-    tdv = report.aggregate(swapped, "training_domain_validation")[("toy", "erm", "a")]
+    swapped = sel.run_records([str(tmp_path / "h1"), str(tmp_path / "h0")])
+    tdv = sel.aggregate(swapped, "training_domain_validation")[("toy", "erm", "a")]
     assert tdv["ood"][0] == 0.41
 
 
@@ -204,9 +205,9 @@ def test_one_seed_and_the_sample_error_bar(tmp_path):
     runs = make_runs()
     write_runs(tmp_path / "all", runs)
     text = report.write_report([str(tmp_path / "all")], error_bar="sample")
-    assert report.ERROR_BARS["sample"] in text
-    records = report.run_records([str(tmp_path / "all")])
-    xs = report.aggregate(records, "oracle")[("toy", "erm", "a")]["ood"]
+    assert sel.ERROR_BARS["sample"] in text
+    records = sel.run_records([str(tmp_path / "all")])
+    xs = sel.aggregate(records, "oracle")[("toy", "erm", "a")]["ood"]
     se = np.std(xs, ddof=1) / np.sqrt(3)
     cell = table_rows(text, "**toy, oracle**")["erm"][1]
     assert cell == f"{100 * np.mean(xs):.1f} ± {100 * se:.1f}"

@@ -1,0 +1,235 @@
+"""The report's figures and their numbers, drawn from run records (never from copied numbers).
+
+- `plot_id_vs_ood`: ID against OOD accuracy per method (DomainBed's selections);
+- the paper's Figure 2: per method, the cloud of (ID, OOD) points over every choice of one
+  hyper-parameter setting per test domain, each point the mean over test domains of that
+  setting's mean over trial seeds, at each run's training-domain-validation step (the paper's
+  README: (2 lr × 3 weight decays)^4 = 1,296 points per method on the small datasets);
+- the paper's Figure 3: OOD and ID accuracy against the penultimate dropout rate, selected the
+  DomainBed way at each rate (the hyper-parameter setting with the best validation score per
+  test domain and trial seed).
+"""
+
+import collections
+import pathlib
+
+import numpy as np
+
+from richft_jax.selection import aggregate, mean_se, select_run
+
+MAX_CLOUD_POINTS = 2_000_000  # DomainNet's (2×3)^6 = 46,656; beyond this a cloud is skipped.
+RATE_METHODS = ("erm", "very_large_dropout")  # Penultimate dropout at one rate, 0 included.
+COLORS = [f"C{i}" for i in range(10)]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p"]
+SELECTION = "training_domain_validation"
+
+
+def _style(i: int) -> dict:
+    """Distinct colour and marker for the i-th method of a figure (cycles after 10 × 12)."""
+    return {"color": COLORS[i % len(COLORS)], "marker": MARKERS[i % len(MARKERS)]}
+
+
+def _pyplot():
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    return plt
+
+
+def setting_means(records: list, dataset: str, method: str) -> dict:
+    """{test domains: {setting: (ID mean, OOD mean, trial seeds)}}: per hyper-parameter setting,
+    the means over trial seeds of its runs' selected ID and OOD accuracies (the paper's per
+    (dataset, test env, lr, weight decay) average over 3 trials)."""
+    by_key = collections.defaultdict(list)
+    for r in records:
+        if r.dataset == dataset and r.method == method:
+            by_key[(r.test_domains, r.setting, r.trial_seed)].append(r)
+    per_seed = collections.defaultdict(dict)
+    for (test, setting, seed), runs in by_key.items():
+        best = sorted(runs, key=lambda r: r.scores[SELECTION][0])[-1]  # Duplicates: the best.
+        per_seed[(test, setting)][seed] = best.scores[SELECTION]
+    out = collections.defaultdict(dict)
+    for (test, setting), seeds in sorted(per_seed.items(), key=lambda kv: str(kv[0])):
+        ids = [v[2] for v in seeds.values()]
+        oods = [v[1] for v in seeds.values()]
+        out[test][setting] = (float(np.mean(ids)), float(np.mean(oods)), sorted(seeds))
+    return dict(out)
+
+
+def cloud_points(per_domain: dict) -> np.ndarray:
+    """(points, 2) array of (ID, OOD): every choice of one setting per test domain, averaged
+    over the test domains; None when there would be more than MAX_CLOUD_POINTS."""
+    arrays = [np.array([v[:2] for v in s.values()]) for _, s in sorted(per_domain.items())]
+    if not arrays or np.prod([len(a) for a in arrays], dtype=float) > MAX_CLOUD_POINTS:
+        return None
+    sums = np.zeros((1, 2))
+    for a in arrays:
+        sums = (sums[:, None, :] + a[None, :, :]).reshape(-1, 2)
+    return sums / len(arrays)
+
+
+def cloud(records: list, dataset: str) -> dict:
+    """{method: {"points": (N, 2) or None, "selected": (ID, OOD) DomainBed's selection averaged
+    over test domains, "domains": test domains it has, "seeds": max trial seeds per setting}}."""
+    agg = aggregate([r for r in records if r.dataset == dataset], SELECTION)
+    out = {}
+    for method in sorted({r.method for r in records if r.dataset == dataset}):
+        per_domain = setting_means(records, dataset, method)
+        cells = [v for k, v in agg.items() if k[1] == method]
+        out[method] = {
+            "points": cloud_points(per_domain),
+            "selected": (
+                float(np.mean([np.mean(v["id"]) for v in cells])),
+                float(np.mean([np.mean(v["ood"]) for v in cells])),
+            ),
+            "domains": sorted(per_domain),
+            "seeds": max(len(v[2]) for s in per_domain.values() for v in s.values()),
+        }
+    return out
+
+
+def plot_cloud(records: list, dataset: str, path: pathlib.Path) -> None:
+    """The paper's Figure 2 for one dataset: each method's cloud (small points) and its
+    DomainBed-selected point (large, black edge); single-setting methods are one point."""
+    plt = _pyplot()
+    data = cloud(records, dataset)
+    n_domains = max(len(v["domains"]) for v in data.values())
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    for i, (method, v) in enumerate(data.items()):
+        style = _style(i)
+        pts = v["points"]
+        n = 0 if pts is None else len(pts)
+        if n > 1:
+            alpha = max(0.08, min(0.6, 30 / n))
+            ax.scatter(100 * pts[:, 0], 100 * pts[:, 1], s=8, alpha=alpha, linewidths=0, **style)
+        partial = (
+            f", {len(v['domains'])}/{n_domains} test domains"
+            if len(v["domains"]) < n_domains
+            else ""
+        )
+        label = f"{method} ({n} point{'s' * (n != 1)}{partial})"
+        x, y = v["selected"]
+        ax.scatter([100 * x], [100 * y], s=90, edgecolor="black", label=label, **style)
+    seeds = max(v["seeds"] for v in data.values())
+    ax.set_title(
+        f"{dataset}: every choice of one hyper-parameter setting per test domain\n"
+        f"training-domain validation, mean over {n_domains} test domains of "
+        f"{seeds}-seed means; large: DomainBed's selection",
+        fontsize=9,
+    )
+    ax.set_xlabel("ID accuracy (%, training domains' out splits)")
+    ax.set_ylabel("OOD accuracy (%, test domain's in split)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def rate_curve(records: list, dataset: str, error_bar: str = "domainbed") -> dict:
+    """{rate: {"ood": (mean, ±), "id": (mean, ±), "seeds": n}} over the penultimate-dropout
+    runs (RATE_METHODS) of `dataset`, empty unless they hold two rates or more. At each rate,
+    DomainBed's selection per (test domains, trial seed) over the settings; then per trial seed
+    the mean over test domains; then mean ± error bar over trial seeds."""
+    family = [
+        r
+        for r in records
+        if r.dataset == dataset and r.base_method in RATE_METHODS and r.dropout_rate is not None
+    ]
+    rates = sorted({r.dropout_rate for r in family})
+    if len(rates) < 2:
+        return {}
+    out = {}
+    for rate in rates:
+        groups = collections.defaultdict(list)
+        for r in family:
+            if r.dropout_rate == rate:
+                groups[(r.test_domains, r.trial_seed)].append(r)
+        by_seed = collections.defaultdict(lambda: {"id": [], "ood": []})
+        for (_, seed), runs in groups.items():
+            best = select_run(runs, SELECTION).scores[SELECTION]
+            by_seed[seed]["ood"].append(best[1])
+            by_seed[seed]["id"].append(best[2])
+        out[rate] = {
+            key: mean_se([np.mean(v[key]) for _, v in sorted(by_seed.items())], error_bar)
+            for key in ("ood", "id")
+        }
+        out[rate]["seeds"] = len(by_seed)
+        out[rate]["domains"] = len({t for t, _ in groups})
+    return out
+
+
+def rate_table(curve: dict, dataset: str, error_bar_text: str) -> str:
+    """The rate curve's numbers as a markdown table (%)."""
+    lines = [
+        f"**{dataset}, accuracy against the penultimate dropout rate** (training-domain "
+        "validation at each rate; mean over test domains)\n",
+        "| dropout rate | seeds | test domains | OOD | ID |",
+        "|---|---|---|---|---|",
+    ]
+    for rate, v in curve.items():
+        ood, id_ = (f"{100 * v[k][0]:.1f} ± {100 * v[k][1]:.1f}" for k in ("ood", "id"))
+        lines.append(f"| {rate:g} | {v['seeds']} | {v['domains']} | {ood} | {id_} |")
+    lines.append(f"\n{error_bar_text}, over trial seeds of each seed's mean over test domains.")
+    return "\n".join(lines)
+
+
+def plot_rate_curve(curve: dict, dataset: str, path: pathlib.Path) -> None:
+    """The paper's Figure 3: OOD (left) and ID (right) accuracy against the dropout rate, rates
+    evenly spaced (0.9, 0.95, 0.99 would crowd a linear axis), error bars as the table's."""
+    plt = _pyplot()
+    rates = list(curve)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, key, name, i in ((axes[0], "ood", "OOD", 0), (axes[1], "id", "ID", 1)):
+        means = [100 * curve[r][key][0] for r in rates]
+        bars = [100 * np.nan_to_num(curve[r][key][1]) for r in rates]
+        ax.errorbar(range(len(rates)), means, yerr=bars, capsize=3, **_style(i))
+        ax.set_xticks(range(len(rates)), [f"{r:g}" for r in rates])
+        ax.set_xlabel("penultimate dropout rate")
+        ax.set_ylabel(f"{name} accuracy (%)")
+        ax.grid(alpha=0.3)
+    seeds = max(v["seeds"] for v in curve.values())
+    fig.suptitle(
+        f"{dataset}: accuracy against the dropout rate (training-domain validation, "
+        f"{seeds} seed{'s' * (seeds != 1)})",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_id_vs_ood(records: list, path: pathlib.Path) -> None:
+    """ID (x) against OOD (y) accuracy per method (training-domain validation): one point per
+    test domain plus the mean over them, large."""
+    plt = _pyplot()
+    agg = aggregate(records, SELECTION)
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for i, method in enumerate(sorted({k[1] for k in agg})):
+        pts = [(np.mean(v["id"]), np.mean(v["ood"])) for k, v in agg.items() if k[1] == method]
+        xs, ys = (100 * np.array(a) for a in zip(*pts, strict=True))
+        style = _style(i)
+        ax.scatter(xs, ys, alpha=0.35, s=15, **style)
+        ax.scatter([xs.mean()], [ys.mean()], s=70, edgecolor="black", label=method, **style)
+    datasets = ", ".join(sorted({k[0] for k in agg}))
+    ax.set_title(f"{datasets}: training-domain validation; small: each test domain", fontsize=9)
+    ax.set_xlabel("ID accuracy (%, training domains' out splits)")
+    ax.set_ylabel("OOD accuracy (%, test domain's in split)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_figures(records: list, out_dir: pathlib.Path, error_bar: str = "domainbed") -> None:
+    """Writes id_vs_ood.png, cloud_<dataset>.png and, where the records hold several dropout
+    rates, dropout_rate_<dataset>.png into `out_dir`."""
+    plot_id_vs_ood(records, out_dir / "id_vs_ood.png")
+    for dataset in sorted({r.dataset for r in records}):
+        plot_cloud(records, dataset, out_dir / f"cloud_{dataset}.png")
+        curve = rate_curve(records, dataset, error_bar)
+        if curve:
+            plot_rate_curve(curve, dataset, out_dir / f"dropout_rate_{dataset}.png")

@@ -1,0 +1,150 @@
+"""DomainBed's model selection over run records: what each run's selected step scores under
+training-domain validation and the oracle, which run of a group (hyper-parameter settings)
+wins, and the error bar over trial seeds, computed as DomainBed's model_selection.py and
+collect_results.py compute them (the rules in full: richft_jax/report.py's docstring).
+"""
+
+import collections
+import dataclasses
+import json
+import math
+import pathlib
+
+import numpy as np
+
+from richft_jax import results
+
+SELECTIONS = ("training_domain_validation", "oracle")
+
+
+HPARAMS = ("optim.lr", "optim.weight_decay")  # The paper's grid: what tells settings apart.
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """One run's (or one of its methods') selected numbers under both selection rules."""
+
+    path: str
+    dataset: str
+    method: str  # As the rows name it, with " (p=RATE)" when its runs hold several rates.
+    test_domains: str
+    trial_seed: int
+    scores: dict  # selection -> (selection score, ood accuracy, id accuracy)
+    domains: tuple[str, ...] = ()  # The dataset's domains, in the order its rows list them.
+    setting: tuple = ()  # The run's hyper-parameter values (HPARAMS, from its config.json).
+    dropout_rate: float | None = None  # The config's penultimate dropout rate.
+    base_method: str = ""  # The rows' method name.
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in config.items():
+        out |= _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v}
+    return out
+
+
+def _run_config(run_dir: pathlib.Path) -> dict:
+    """The run's config.json, flattened to dotted keys ({} when it has none)."""
+    path = run_dir / "config.json"
+    return _flat(json.loads(path.read_text(encoding="utf-8"))) if path.exists() else {}
+
+
+def _record(path: pathlib.Path, method: str, rows: list[dict], config: dict, hparams) -> RunRecord:
+    selection = results.select_training_domain_validation(rows)
+    best, last = selection["selected"], selection["last"]
+    rate = config.get("dropout_rate")
+    return RunRecord(
+        path=str(path),
+        dataset=rows[0].get("dataset", "?"),
+        method=method,
+        test_domains=",".join(rows[0]["test_domains"]),
+        trial_seed=rows[0]["trial_seed"],
+        domains=tuple(dict.fromkeys(r["domain"] for r in rows)),
+        scores={
+            "training_domain_validation": (
+                best["id_accuracy"],
+                best["ood_accuracy"],
+                best["id_accuracy"],
+            ),
+            "oracle": (last["ood_out_accuracy"], last["ood_accuracy"], last["id_accuracy"]),
+        },
+        setting=tuple(repr(config.get(k)) for k in hparams),
+        dropout_rate=None if rate is None else float(rate),
+        base_method=method,
+    )
+
+
+def _name_rates(records: list[RunRecord]) -> list[RunRecord]:
+    """A method whose runs hold several dropout rates gets one name per rate ("m (p=0.5)"):
+    rates are compared, never selected among like hyper-parameters."""
+    rates = collections.defaultdict(set)
+    for r in records:
+        rates[r.method].add(r.dropout_rate)
+    return [
+        dataclasses.replace(r, method=f"{r.method} (p={r.dropout_rate:g})")
+        if len(rates[r.method]) > 1 and r.dropout_rate is not None
+        else r
+        for r in records
+    ]
+
+
+def run_records(paths: list[str], hparams: tuple[str, ...] = HPARAMS) -> list[RunRecord]:
+    """One record per (results file, method) found under `paths`, its hyper-parameter setting
+    read from the config.json beside the rows (the values of `hparams`, dotted config keys)."""
+    records = []
+    files = []
+    for p in map(pathlib.Path, paths):
+        files += [p] if p.is_file() else sorted(p.rglob(results.RESULTS))
+    for f in files:
+        by_method = collections.defaultdict(list)
+        for r in results.read_rows(f):
+            by_method[r["method"]].append(r)
+        config = _run_config(f.parent)
+        for method, rows in by_method.items():
+            records.append(_record(f.parent, method, rows, config, hparams))
+    return _name_rates(records)
+
+
+ERROR_BARS = {
+    "domainbed": "± = DomainBed's standard error (std with divisor n over seeds / √n)",
+    "sample": "± = sample standard error (std with divisor n − 1 over seeds / √n)",
+}
+
+
+def mean_se(xs: list[float], error_bar: str = "domainbed") -> tuple[float, float]:
+    """Mean and error bar of `xs`: DomainBed's format_mean, np.std(x / sqrt(n)) with divisor n
+    ("domainbed", 0 for one value), or the sample standard error ("sample", NaN for one)."""
+    a = np.asarray(xs, dtype=float)
+    if error_bar == "domainbed":
+        return float(np.mean(a)), float(np.std(a / np.sqrt(len(a))))
+    if error_bar == "sample":
+        se = float(np.std(a, ddof=1) / np.sqrt(len(a))) if len(a) > 1 else math.nan
+        return float(np.mean(a)), se
+    raise ValueError(f"error_bar={error_bar!r}: not one of {sorted(ERROR_BARS)}.")
+
+
+def _validation_key(record: RunRecord, selection: str) -> float:
+    """A run's validation score as DomainBed's Q.sorted orders it: NaN lowest."""
+    score = record.scores[selection][0]
+    return -math.inf if math.isnan(score) else score
+
+
+def select_run(runs: list[RunRecord], selection: str) -> RunRecord:
+    """DomainBed's hparams_accs(...)[0]: the runs (in reading order) stably sorted by validation
+    score and reversed, so among tied runs the last one read wins."""
+    return sorted(runs, key=lambda r: _validation_key(r, selection))[::-1][0]
+
+
+def aggregate(records: list[RunRecord], selection: str) -> dict:
+    """{(dataset, method, test_domains): {"ood": [...], "id": [...], "trial_seeds": [...]}},
+    one entry per trial seed (ascending), from the run `select_run` picks for that seed."""
+    groups = collections.defaultdict(list)
+    for r in records:
+        groups[(r.dataset, r.method, r.test_domains, r.trial_seed)].append(r)
+    out = collections.defaultdict(lambda: {"ood": [], "id": [], "trial_seeds": []})
+    for (dataset, method, test, seed), runs in sorted(groups.items()):
+        best = select_run(runs, selection)
+        out[(dataset, method, test)]["ood"].append(best.scores[selection][1])
+        out[(dataset, method, test)]["id"].append(best.scores[selection][2])
+        out[(dataset, method, test)]["trial_seeds"].append(seed)
+    return out
