@@ -3,7 +3,7 @@
   python launch/to_domainbed.py DIR... --out=OUT
   python -m domainbed.scripts.collect_results --input_dir=OUT   # in a DomainBed clone
 
-Reads the runs under DIR... as `richft_jax.report` reads them (`report.run_records`: one run
+Reads the runs under DIR... as `richft_jax.report` reads them (`selection.run_records`: one run
 per (results.jsonl, method), in the report's reading order) and writes, per run, OUT/NNNN_.../
 with DomainBed's files:
 - results.jsonl: one line per evaluated step (ascending, so DomainBed's argmax keeps the
@@ -30,10 +30,10 @@ import pathlib
 import re
 import sys
 
-from richft_jax import report, results
+from richft_jax import results, selection
 
 
-def environments(records: list[report.RunRecord]) -> dict[str, list[str]]:
+def environments(records: list[selection.RunRecord]) -> dict[str, list[str]]:
     """{dataset: its domains}, in the order the records' rows first list them (the report's
     column order): DomainBed's env indices."""
     order: dict[str, dict[str, None]] = collections.defaultdict(dict)
@@ -43,7 +43,7 @@ def environments(records: list[report.RunRecord]) -> dict[str, list[str]]:
     return {dataset: list(domains) for dataset, domains in order.items()}
 
 
-def hparams_seeds(records: list[report.RunRecord]) -> list[int]:
+def hparams_seeds(records: list[selection.RunRecord]) -> list[int]:
     """Each record's hparams_seed: its rank in reading order among the records of its
     (dataset, method, test domains, trial seed)."""
     seen: collections.Counter = collections.Counter()
@@ -82,7 +82,7 @@ def convert(dirs: list[str], out: str) -> list[pathlib.Path]:
     out_dir = pathlib.Path(out)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} is not empty: DomainBed would read every run in it.")
-    records = report.run_records(dirs)
+    records = selection.run_records(dirs)
     if not records:
         raise FileNotFoundError(f"No {results.RESULTS} under {dirs}.")
     envs = environments(records)
