@@ -239,6 +239,36 @@ class _ConfigSpecParser(flags.ArgumentParser):
         return "config object"
 
 
+class _NoneOr(flags.ArgumentParser):
+    """An override parser that reads `None` (or `none`) as None, else as `parser` reads it: the
+    optional numbers (e.g. --config.moving_average_start=None turns the average off)."""
+
+    def __init__(self, parser: flags.ArgumentParser):
+        super().__init__()
+        self._parser = parser
+
+    def parse(self, argument):
+        if isinstance(argument, str) and argument.strip().lower() == "none":
+            return None
+        return self._parser.parse(argument)
+
+    def flag_type(self) -> str:
+        return f"{self._parser.flag_type()} or None"
+
+
+def _accept_none_overrides() -> None:
+    """ml_collections parses int and float overrides with absl's parsers, which refuse "None";
+    a config field that is None by default (FieldReference(None, field_type=int)) could then
+    never be set back to None from the command line. Fields that cannot hold None still refuse
+    it (ConfigDict's type check, naming the field)."""
+    from ml_collections.config_flags import config_flags  # noqa: PLC0415
+
+    table = config_flags._FIELD_TYPE_TO_PARSER  # noqa: SLF001  (no public hook for this)
+    for kind in (int, float):
+        if not isinstance(table[kind], _NoneOr):
+            table[kind] = _NoneOr(table[kind])
+
+
 def define_config_flag(
     name: str = "config", help_string: str = "Config: NAME[:arg] or PATH.py[:arg].", **kwargs
 ) -> flags.FlagHolder:
@@ -249,6 +279,7 @@ def define_config_flag(
     """
     from ml_collections import config_flags
 
+    _accept_none_overrides()
     holder = config_flags.DEFINE_config_file(name, None, help_string, lock_config=True, **kwargs)
     # The config flag is an absl Flag: it parses its value with its `parser`.
     kwargs.get("flag_values", flags.FLAGS)[name].parser = _ConfigSpecParser()

@@ -266,6 +266,17 @@ def test_config_flag_takes_names_and_paths_with_overrides(tmp_path, monkeypatch)
         parse_flags("--config=demo:tiny", "--config.nosuch=3")
 
 
+def test_an_optional_number_can_be_set_to_none_and_back():
+    c = parse_flags("--config=demo", "--config.moving_average_start=None")
+    assert c.moving_average_start is None  # The demo's 150: the average turned off.
+    c = parse_flags("--config=demo:tiny", "--config.moving_average_start=40")
+    assert c.moving_average_start == 40
+    c = parse_flags("--config=demo:tiny", "--config.optim.lr=none")
+    assert c.optim.lr is None  # As ConfigDict's Python API allows; the run's checks name it.
+    with pytest.raises(flags.IllegalFlagValueError, match="moving_average_start"):
+        parse_flags("--config=demo", "--config.moving_average_start=soon")
+
+
 @pytest.mark.parametrize("value, name", [("demo:nosiy", "nosiy"), ("nope", "nope")])
 def test_config_flag_refuses_a_bad_config(value, name):
     with pytest.raises(flags.IllegalFlagValueError, match=name):
