@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 from absl import app, flags
 
+from richft_jax import compile_cache
+
 # Libraries whose INFO lines (hundreds per run: every Orbax save and restore step, TFDS's
 # builder chatter) bury the run's own; their warnings and errors still show.
 QUIET_LIBRARIES = ("/orbax/", "/tensorflow_datasets/", "/etils/")
@@ -53,6 +55,7 @@ def run(
     def main_with_quiet_libraries(argv: list[str]) -> object:
         if not flags.FLAGS.library_logs:
             quiet_libraries()
+        compile_cache.enable()
         return main(argv)
 
     app.run(main_with_quiet_libraries)

@@ -1,0 +1,46 @@
+"""The persistent compilation cache: on by default in the cache directory, movable and
+switchable by RICHFT_COMPILATION_CACHE, and hit by a second process compiling the same step."""
+
+import os
+import subprocess
+import sys
+
+from richft_jax import compile_cache
+
+SCRIPT = """
+from richft_jax import compile_cache
+print("CACHE", compile_cache.enable())
+import jax, jax.numpy as jnp
+
+def f(x):
+    for i in range(40):
+        x = jnp.tanh(x @ x.T + i)
+    return x
+
+jax.jit(f)(jnp.ones((32, 32))).block_until_ready()
+"""
+
+
+def run_script(env: dict) -> str:
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, check=True
+    )
+    return out.stdout
+
+
+def test_a_second_process_loads_what_the_first_compiled(tmp_path):
+    env = {**os.environ, compile_cache.ENV: str(tmp_path / "jax")}
+    assert f"CACHE {tmp_path / 'jax'}" in run_script(env)
+    first = sorted(p.name for p in (tmp_path / "jax").iterdir())
+    assert any(name.startswith("jit_f-") for name in first), first
+    run_script(env)
+    assert sorted(p.name for p in (tmp_path / "jax").iterdir()) == first  # Hits: nothing new.
+
+
+def test_default_is_the_cache_directory_and_off_turns_it_off(tmp_path, monkeypatch):
+    env = {k: v for k, v in os.environ.items() if k != compile_cache.ENV}
+    env["RICHFT_CACHE"] = str(tmp_path / "cache")
+    assert f"CACHE {tmp_path / 'cache' / 'jax_compilation_cache'}" in run_script(env)
+    assert any((tmp_path / "cache" / "jax_compilation_cache").iterdir())
+    env[compile_cache.ENV] = "off"
+    assert "CACHE None" in run_script(env)
