@@ -19,28 +19,33 @@ grid=(--grid="data.test_domains=$(IFS=,; echo "${domains[*]}")" --grid="optim.lr
 # No along-run moving average and one checkpoint kept (plus the selected one): the grid
 # compares rates and settings; the main table has the along-run combinations.
 fixed=(--grid=moving_average_start=None --grid=keep_checkpoints=1)
+# The two learning rates' runs of one (config, test domain, seed) combined: their selected
+# checkpoints' uniform soup and ensemble, rows "<method>+across_lr_<combination>".
+across_runs() {
+  local config=$1 method=$2 seed=$3 domain runs lr combined
+  for domain in "${domains[@]}"; do
+    runs=()
+    for lr in "${lrs[@]}"; do
+      runs+=("$out/$config/test_domains=$domain/keep_checkpoints=1/moving_average_start=None/lr=$lr/seed$seed")
+    done
+    combined="$out/across_runs/$config/test_domains=$domain/seed$seed"
+    [[ -f $combined/summary.json ]] && continue
+    python -m richft_jax.main --config=configs/combine.py --workdir="$combined" \
+      --config.checkpoints="$(IFS=,; echo "${runs[*]}")" \
+      --config.combinations=uniform_soup,ensemble_sum_logits \
+      --config.method_prefix="$method+across_lr_"
+  done
+}
 for seed in ${seeds//,/ }; do
+  if [[ ,$parts, == *,main,* ]]; then
+    python launch/sweep.py --out="$out" --config=configs/demo_erm.py --config=configs/demo.py \
+      "${grid[@]}" "${fixed[@]}" --seeds="$seed"
+    across_runs demo_erm erm "$seed"
+    across_runs demo very_large_dropout "$seed"
+  fi
   if [[ ,$parts, == *,rates,* ]]; then
     python launch/sweep.py --out="$out" --config=configs/demo.py --grid=dropout_rate=0.5,0.99 \
       "${grid[@]}" "${fixed[@]}" --seeds="$seed"
   fi
-  [[ ,$parts, == *,main,* ]] || continue
-  python launch/sweep.py --out="$out" --config=configs/demo_erm.py --config=configs/demo.py \
-    "${grid[@]}" "${fixed[@]}" --seeds="$seed"
-  for config in demo_erm demo; do
-    method=$([[ $config == demo_erm ]] && echo erm || echo very_large_dropout)
-    for domain in "${domains[@]}"; do
-      runs=()
-      for lr in "${lrs[@]}"; do
-        runs+=("$out/$config/test_domains=$domain/keep_checkpoints=1/moving_average_start=None/lr=$lr/seed$seed")
-      done
-      combined="$out/across_runs/$config/test_domains=$domain/seed$seed"
-      [[ -f $combined/summary.json ]] && continue
-      python -m richft_jax.main --config=configs/combine.py --workdir="$combined" \
-        --config.checkpoints="$(IFS=,; echo "${runs[*]}")" \
-        --config.combinations=uniform_soup,ensemble_sum_logits \
-        --config.method_prefix="$method+across_lr_"
-    done
-  done
 done
 python -m richft_jax.report "$out" --out "$out/report"
