@@ -129,8 +129,9 @@ def plot_cloud(records: list, dataset: str, path: pathlib.Path) -> None:
 
 
 def rate_curve(records: list, dataset: str, error_bar: str = "domainbed") -> dict:
-    """{rate: {"ood": (mean, ±), "id": (mean, ±), "seeds": n}} over the penultimate-dropout
-    runs (RATE_METHODS) of `dataset`, empty unless they hold two rates or more. At each rate,
+    """{rate: {"ood": (mean, ±), "id": (mean, ±), "seeds": n, "domains": n}} over the
+    penultimate-dropout runs (RATE_METHODS) of `dataset`, on the test domains every rate has;
+    empty unless they hold two rates or more. At each rate,
     DomainBed's selection per (test domains, trial seed) over the settings; then per trial seed
     the mean over test domains; then mean ± error bar over trial seeds."""
     family = [
@@ -141,11 +142,16 @@ def rate_curve(records: list, dataset: str, error_bar: str = "domainbed") -> dic
     rates = sorted({r.dropout_rate for r in family})
     if len(rates) < 2:
         return {}
+    # Every rate over the same test domains: those all rates have (an unfinished sweep's
+    # missing domain would otherwise move one rate's average and not the others').
+    common = set.intersection(
+        *({r.test_domains for r in family if r.dropout_rate == x} for x in rates)
+    )
     out = {}
     for rate in rates:
         groups = collections.defaultdict(list)
         for r in family:
-            if r.dropout_rate == rate:
+            if r.dropout_rate == rate and r.test_domains in common:
                 groups[(r.test_domains, r.trial_seed)].append(r)
         by_seed = collections.defaultdict(lambda: {"id": [], "ood": []})
         for (_, seed), runs in groups.items():

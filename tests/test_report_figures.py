@@ -131,3 +131,15 @@ def test_report_writes_the_figures(runs, tmp_path_factory):
     for name in ("id_vs_ood.png", "cloud_toy.png", "dropout_rate_toy.png", "tables.md"):
         assert (out / name).stat().st_size > 5_000 or name == "tables.md", name
         assert (out / name).read_bytes()[:4] in (b"\x89PNG", b"**to"), name
+
+
+def test_rate_curve_compares_rates_on_the_test_domains_they_all_have(runs):
+    # One more rate, on test domain "a" only (an unfinished sweep): every rate is then averaged
+    # over "a" alone.
+    for lr in (0.1, 0.01):
+        write_run(runs, "very_large_dropout", 0.99, lr, "a", 0, *values(3, 0.99, lr, "a", 0))
+    curve = report_figures.rate_curve(sel.run_records([str(runs)]), "toy")
+    assert list(curve) == [0.0, 0.5, 0.9, 0.99]
+    assert {v["domains"] for v in curve.values()} == {1}
+    per_seed = [values(0, 0.0, 0.1, "a", s)[1] for s in (0, 1)]
+    assert curve[0.0]["ood"][0] == pytest.approx(np.mean(per_seed))
