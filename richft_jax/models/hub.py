@@ -21,6 +21,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+from collections.abc import Callable
 
 from absl import logging
 
@@ -146,10 +147,11 @@ def _sidecar(path: pathlib.Path) -> pathlib.Path:
     return path.with_name(path.name + ".json")
 
 
-def mirrored(url: str) -> str:
-    """`url` with scheme and host replaced by $RICHFT_WEIGHTS_MIRROR's (its path prefixed)."""
-    mirror = os.environ.get(MIRROR_ENV)
-    if not mirror or not url.startswith("https://"):
+def mirrored(url: str, mirror: str | None = None, schemes: tuple[str, ...] = ("https://",)) -> str:
+    """`url` with scheme and host replaced by the mirror's (its path prefixed): `mirror`, else
+    $RICHFT_WEIGHTS_MIRROR; only URLs of `schemes` (the data downloads add http://)."""
+    mirror = mirror if mirror is not None else os.environ.get(MIRROR_ENV)
+    if not mirror or not url.startswith(schemes):
         return url
     m, u = urllib.parse.urlsplit(mirror), urllib.parse.urlsplit(url)
     return urllib.parse.urlunsplit((m.scheme, m.netloc, m.path.rstrip("/") + u.path, u.query, ""))
@@ -187,7 +189,7 @@ def _download_first(entry: Weights, path: pathlib.Path) -> dict:
     for url in (mirrored(u) for u in entry.urls if u.startswith(("https://", "http://"))):
         try:
             return _download(entry, url, path)
-        except _Unreachable as e:
+        except Unreachable as e:
             failures.append(f"{url} ({e})")
     raise DownloadError(_unavailable(entry, path, failures))
 
@@ -284,19 +286,38 @@ def incomplete(path: str | os.PathLike, fmt: str) -> str | None:
 
 
 # ----------------------------------------------------------------------------- downloading
-class _Unreachable(Exception):
+class Unreachable(DownloadError):
     """Nothing was received from a URL (refused, unknown host, HTTP error): try the next."""
 
 
 def _download(entry: Weights, url: str, path: pathlib.Path) -> dict:
-    """Downloads `url` to `path` atomically; the sidecar's dict. Nothing is left behind (no
-    file, no temp file) when the download breaks off or does not check."""
+    """Downloads `url` to `path` atomically; the sidecar's dict."""
+    logging.info("Downloading %s (%s) to %s.", entry.name, url, path)
+
+    def check(tmp: str) -> str | None:
+        why = incomplete(tmp, entry.fmt)
+        return why and f"{entry.fmt}: {why}"
+
+    digest = download_file(url, path, entry.name, entry.sha256, check)
+    return _info(entry, url, digest, path)
+
+
+def download_file(
+    url: str,
+    path: pathlib.Path,
+    what: str,
+    sha256: str | None = None,
+    check: Callable[[str], str | None] | None = None,
+) -> str:
+    """Downloads `url` to `path` atomically (a temp file in its folder, fsynced, checked, then
+    renamed); its sha256. `check(temp_path)` says why a download is not a complete file (or
+    None). Nothing is left behind (no file, no temp file) when it breaks off or does not check.
+    Unreachable if nothing was received; DownloadError / ChecksumError otherwise."""
     request = urllib.request.Request(url, headers={"User-Agent": "richft_jax"})
     try:
         response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
     except (OSError, http.client.HTTPException) as e:
-        raise _Unreachable(e.reason if type(e) is urllib.error.URLError else e) from e
-    logging.info("Downloading %s (%s) to %s.", entry.name, url, path)
+        raise Unreachable(e.reason if type(e) is urllib.error.URLError else e) from e
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     except OSError:
@@ -307,22 +328,21 @@ def _download(entry: Weights, url: str, path: pathlib.Path) -> dict:
             digest = _copy(response, out, url, path)
             out.flush()
             os.fsync(out.fileno())
-        if entry.sha256 and digest != entry.sha256:
+        if sha256 and digest != sha256:
             raise ChecksumError(
                 f"Download of {url}: {path.name} has sha256 {digest}, not the pinned "
-                f"{entry.sha256} of {entry.name!r}; refused, nothing was cached."
+                f"{sha256} of {what!r}; refused, nothing was kept."
             )
-        if broken := incomplete(tmp, entry.fmt):
+        if check is not None and (broken := check(tmp)):
             raise DownloadError(
-                f"Download of {url}: not a complete {entry.fmt} file ({broken}); nothing "
-                "was cached."
+                f"Download of {url}: not a complete file ({broken}); nothing was kept."
             )
         os.replace(tmp, path)
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
-    return _info(entry, url, digest, path)
+    return digest
 
 
 def _copy(response, out, url: str, path: pathlib.Path) -> str:
