@@ -61,7 +61,14 @@ def pacs(tmp_path_factory):
 
 def test_pacs_builder_order_classes_counts_and_truncated_file(pacs, caplog):
     caplog.set_level(logging.WARNING)
-    builder = sources.builder_of("pacs", str(pacs["data"]), str(pacs["manual"]))
+    # A tiny PACS: a deliberate subset (counts other than DomainBed's), allowed as prepare's
+    # --allow_count_mismatch allows it; the source is recorded.
+    builder = sources.builder_of(
+        "pacs", str(pacs["data"]), str(pacs["manual"]), allow_count_mismatch=True
+    )
+    meta = builder.info.metadata
+    assert meta["source"]["manual_dir"] == str((pacs["manual"] / "PACS").resolve())
+    assert meta["image_files"] == {"art_painting": 14, "cartoon": 16, "photo": 14, "sketch": 15}
     assert sources.domains_of("pacs") == ("art_painting", "cartoon", "photo", "sketch")
     assert builder.info.features["label"].names == list(PACS.classes)
     assert sources.num_classes_of("pacs") == 7
@@ -323,6 +330,8 @@ def test_train_dataset_with_domainbed_augment_replays_steps(pacs):
 
 # ------------------------------------------------------------------- tiny runs, real loop
 def pacs_config(pacs, model: str, **kwargs):
+    # Runs find the tiny PACS prepared (as a deliberate subset: see the first test).
+    sources.builder_of("pacs", str(pacs["data"]), str(pacs["manual"]), allow_count_mismatch=True)
     c = config_lib.load_config_file("configs/demo.py:tiny")
     c.data.name = "pacs"
     c.data.data_dir = str(pacs["data"])

@@ -1,11 +1,12 @@
 """DomainBed's photo datasets (PACS, VLCS, OfficeHome, TerraIncognita, DomainNet) as TFDS builders.
 
 They read the folders DomainBed's download script leaves (`python -m
-domainbed.scripts.download --data_dir=D`), `<root>/<DOMAIN>/<class>/<image>`, from TFDS's manual
-dir, and keep DomainBed's conventions so that `test_domains=0` means what it means in DomainBed
-and in the paper (Zhang & Bottou 2024): domains are the sorted domain folders, classes the sorted
-class folders, and a domain's images are in torchvision ImageFolder's order (sorted walk), which
-DomainBed's in/out split indices refer to. Images are kept as their encoded JPEG/PNG bytes at
+domainbed.scripts.download --data_dir=D`, or this project's `python -m richft_jax.data.prepare`),
+`<root>/<DOMAIN>/<class>/<image>`, from TFDS's manual dir, and keep DomainBed's conventions so
+that `test_domains=0` means what it means in DomainBed and in the paper (Zhang & Bottou 2024):
+domains are the sorted domain folders, classes the sorted class folders, and a domain's images
+are in torchvision ImageFolder's order (sorted walk), which DomainBed's in/out split indices
+refer to. Images are kept as their encoded JPEG/PNG bytes at
 their own size; decoding and resizing happen when the data is loaded. A missing domain or class
 folder is an error naming it.
 
@@ -15,6 +16,13 @@ so they load exactly), and each is named in the log. A file PIL cannot read even
 would crash on it) is an error naming it, unless the builder config `skip_unreadable` (from
 `config.data.skip_unreadable`) skips it: that shifts the domain's in/out splits away from
 DomainBed's, so that config builds into its own directory and says so in the log.
+
+Before building, each domain's image files are counted and checked against DomainBed's
+(`Spec.counts`; TerraIncognita: the total): a partial download or copy is an error naming the
+domain and both counts, unless the builder allows it (prepare's --allow_count_mismatch, for a
+deliberate subset). A built dataset records its source in its TFDS metadata (the folder it read,
+the URLs that folder was downloaded from, the file counts); asking for it with another manual
+dir is an error naming both (`check_source`).
 """
 
 from __future__ import annotations
@@ -35,9 +43,11 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 # Encodings TF decodes to 3 channels as they are; anything else is re-encoded as PNG at build.
 _PASS_THROUGH = {"JPEG": ("L", "RGB"), "PNG": ("L", "LA", "P", "RGB", "RGBA")}
 _DOWNLOAD = (
-    "Get it with DomainBed's download script (github.com/facebookresearch/DomainBed): "
-    "`python -m domainbed.scripts.download --data_dir=DIR`, then point "
-    "--config.data.manual_dir at DIR (or copy {folder}/ to <data_dir>/downloads/manual/)."
+    "Get it with `python -m richft_jax.data.prepare --dataset={name} [--data_dir=D]` (downloads "
+    "the archives DomainBed's script downloads and prepares it in D), or with DomainBed's "
+    "download script (github.com/facebookresearch/DomainBed): `python -m "
+    "domainbed.scripts.download --data_dir=DIR`, then point --config.data.manual_dir at DIR "
+    "(or copy {folder}/ to <data_dir>/downloads/manual/)."
 )
 
 
@@ -50,6 +60,10 @@ class Spec:
     domains: tuple[str, ...]  # DomainBed's domain order (sorted folder names).
     num_classes: int
     classes: tuple[str, ...] | None = None  # Known class folders (sorted); None: read them.
+    # DomainBed's image files per domain, in `domains` order (docs/datasets_and_weights.md
+    # says where each figure comes from); None: not published per domain, `total` only.
+    counts: tuple[int, ...] | None = None
+    total: int | None = None  # All domains together.
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -71,6 +85,8 @@ SPECS = {
             ("art_painting", "cartoon", "photo", "sketch"),
             7,
             ("dog", "elephant", "giraffe", "guitar", "horse", "house", "person"),
+            counts=(2048, 2344, 1670, 3929),
+            total=9991,
         ),
         Spec(
             "vlcs",
@@ -78,8 +94,17 @@ SPECS = {
             ("Caltech101", "LabelMe", "SUN09", "VOC2007"),
             5,
             ("bird", "car", "chair", "dog", "person"),
+            counts=(1415, 2656, 3282, 3376),
+            total=10729,
         ),
-        Spec("office_home", "office_home", ("Art", "Clipart", "Product", "Real World"), 65),
+        Spec(
+            "office_home",
+            "office_home",
+            ("Art", "Clipart", "Product", "Real World"),
+            65,
+            counts=(2427, 4365, 4439, 4357),
+            total=15588,
+        ),
         Spec(
             "terra_incognita",
             "terra_incognita",
@@ -97,12 +122,15 @@ SPECS = {
                 "raccoon",
                 "squirrel",
             ),
+            total=24788,  # DomainBed's paper; not published per location.
         ),
         Spec(
             "domainnet",
             "domain_net",
             ("clipart", "infograph", "painting", "quickdraw", "real", "sketch"),
             345,
+            counts=(48129, 51605, 72266, 172500, 172947, 69128),
+            total=586575,
         ),
     )
 }
@@ -111,16 +139,36 @@ SPECS = {
 def find_root(manual_dir: epath.PathLike, spec: Spec) -> epath.Path:
     """The dataset's folder: `<manual_dir>/<DomainBed folder>`, or manual_dir itself if it
     holds the domain folders; a FileNotFoundError with the expected layout otherwise."""
+    root = locate(manual_dir, spec)
+    if root is None:
+        raise FileNotFoundError(
+            not_found(manual_dir, spec) + " " + _DOWNLOAD.format(folder=spec.folder, name=spec.name)
+        )
+    return root
+
+
+def locate(manual_dir: epath.PathLike, spec: Spec) -> epath.Path | None:
+    """`find_root`'s folder, or None (only looks: the preflight's check)."""
     manual_dir = epath.Path(manual_dir)
     for candidate in (manual_dir / spec.folder, manual_dir):
         if candidate.is_dir() and any((candidate / d).is_dir() for d in spec.domains):
             return candidate
-    raise FileNotFoundError(
-        f"DomainBed dataset {spec.name!r} not found: expected {manual_dir / spec.folder}/ with "
+    return None
+
+
+def not_found(manual_dir: epath.PathLike, spec: Spec) -> str:
+    """What `find_root` looked for in `manual_dir` and did not find."""
+    folder = epath.Path(manual_dir) / spec.folder
+    return (
+        f"DomainBed dataset {spec.name!r} not found: expected {folder}/ with "
         f"one folder per domain {list(spec.domains)}, each with one folder per class "
-        f"(e.g. {spec.folder}/{spec.domains[0]}/<class>/<image>.jpg). "
-        + _DOWNLOAD.format(folder=spec.folder)
+        f"(e.g. {spec.folder}/{spec.domains[0]}/<class>/<image>.jpg)."
     )
+
+
+def how_to_get(spec: Spec) -> str:
+    """How to get the dataset's folder: what the not-found errors and the preflight say."""
+    return _DOWNLOAD.format(folder=spec.folder, name=spec.name)
 
 
 def _subdirs(path: epath.Path) -> list[str]:
@@ -170,6 +218,95 @@ def image_files(class_dir: epath.Path) -> list[str]:
             os.path.join(dirpath, n) for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS)
         ]
     return files
+
+
+# ----------------------------------------------------------------------------- image counts
+PREPARE = "python -m richft_jax.data.prepare"
+ALLOW_COUNT_MISMATCH = "--allow_count_mismatch"  # prepare's override for deliberate subsets.
+
+
+class CountMismatchError(ValueError):
+    """A dataset's image files are not as many as DomainBed's (a partial download or copy)."""
+
+
+def count_images(root: epath.Path, spec: Spec, classes: tuple[str, ...]) -> dict[str, int]:
+    """{domain: image files in it}, as ImageFolder counts them (every class, nested too)."""
+    return {d: sum(len(image_files(root / d / c)) for c in classes) for d in spec.domains}
+
+
+def count_mismatches(spec: Spec, found: dict[str, int]) -> list[str]:
+    """ "domain X: N images, DomainBed's M" for each domain (or the total, where only that is
+    published) whose count differs from DomainBed's."""
+    wrong = []
+    for domain, expected in zip(spec.domains, spec.counts or (), strict=False):
+        if found[domain] != expected:
+            wrong.append(f"domain {domain!r}: {found[domain]:,} images, DomainBed's {expected:,}")
+    total = sum(found.values())
+    if spec.counts is None and spec.total is not None and total != spec.total:
+        wrong.append(f"all domains: {total:,} images, DomainBed's {spec.total:,}")
+    return wrong
+
+
+def check_counts(spec: Spec, found: dict[str, int], where: object, allow: bool = False) -> None:
+    """Raises CountMismatchError naming each domain whose count differs from DomainBed's, both
+    counts, and the override; with `allow` (a deliberate subset) only logs them."""
+    wrong = count_mismatches(spec, found)
+    if not wrong:
+        return
+    if allow:
+        logging.warning(
+            "DomainBed dataset %r in %s differs from DomainBed's (%s): built as it is (%s).",
+            spec.name,
+            where,
+            "; ".join(wrong),
+            ALLOW_COUNT_MISMATCH,
+        )
+        return
+    raise CountMismatchError(
+        f"DomainBed dataset {spec.name!r} in {where}: {'; '.join(wrong)}. A partial download "
+        f"or copy? Get it whole with `{PREPARE} --dataset={spec.name}`. A deliberate subset: "
+        f"build it once with `{PREPARE} --dataset={spec.name} --manual_dir=DIR "
+        f"{ALLOW_COUNT_MISMATCH}` (and the runs' --data_dir); runs then use that build."
+    )
+
+
+# ----------------------------------------------------------------------------- the source
+class SourceMismatchError(ValueError):
+    """A prepared dataset asked for with another source (manual dir) than it was built from."""
+
+
+def source_of(manual_dir: epath.PathLike, spec: Spec) -> str:
+    """The source a manual dir stands for: the real path of the dataset's folder in it (where
+    `find_root` finds it, else `<manual_dir>/<folder>`)."""
+    root = locate(manual_dir, spec)
+    return os.path.realpath(os.fspath(root or epath.Path(manual_dir) / spec.folder))
+
+
+def check_source(builder: tfds.core.DatasetBuilder, manual_dir: epath.PathLike) -> None:
+    """Raises SourceMismatchError if the prepared `builder` was built from another folder than
+    `manual_dir`'s, naming both and how to rebuild."""
+    spec = builder.SPEC
+    recorded = (builder.info.metadata or {}).get("source")
+    here = source_of(manual_dir, spec)
+    if not recorded:
+        logging.warning(
+            "%s in %s records no source (prepared before sources were recorded): used as it "
+            "is, not checked against %s.",
+            builder.name,
+            builder.data_dir,
+            here,
+        )
+        return
+    if recorded["manual_dir"] == here:
+        return
+    urls = recorded.get("urls") or []
+    how = f" (downloaded from {', '.join(urls)})" if urls else ""
+    raise SourceMismatchError(
+        f"{spec.name!r} in {builder.data_dir} was prepared from {recorded['manual_dir']}{how}, "
+        f"not from {here}. To build it from {here}, delete {builder.data_dir} or pass another "
+        "--data_dir (--config.data.data_dir); to use the prepared one, leave out the manual dir "
+        "(--config.data.manual_dir / --manual_dir)."
+    )
 
 
 class UnreadableImageError(ValueError):
@@ -289,6 +426,10 @@ class DomainBedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """One TFDS split per domain of a DomainBed folder dataset, read from the manual dir."""
 
     SPEC: Spec
+    # Set on an instance before preparing it (sources.builder_of): build a deliberate subset
+    # (counts other than DomainBed's), and the URLs the manual dir's files were downloaded from.
+    allow_count_mismatch: bool = False
+    source_urls: tuple[str, ...] = ()
     code_path = epath.Path(__file__)  # See digits_domains.DigitsDomains.
     VERSION = tfds.core.Version("2.0.0")
     RELEASE_NOTES = {
@@ -327,6 +468,7 @@ class DomainBedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             ),
             supervised_keys=("image", "label"),
             disable_shuffling=True,  # ImageFolder order: DomainBed's split indices refer to it.
+            metadata=tfds.core.MetadataDict(),  # The source it was built from (see below).
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict:
@@ -337,10 +479,18 @@ class DomainBedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         except AssertionError as e:  # TFDS's "manual dir missing or empty".
             raise FileNotFoundError(
                 f"DomainBed dataset {spec.name!r}: {str(e).split('. ')[0]} (the TFDS manual "
-                "dir). " + _DOWNLOAD.format(folder=spec.folder)
+                "dir). " + _DOWNLOAD.format(folder=spec.folder, name=spec.name)
             ) from None
         root = find_root(manual_dir, spec)
         classes = check_layout(root, spec)
+        found = count_images(root, spec, classes)  # Before the (long) encoding: fails fast.
+        check_counts(spec, found, root, self.allow_count_mismatch)
+        self.info.metadata["source"] = {
+            "manual_dir": source_of(root, spec),
+            "urls": list(self.source_urls),
+        }
+        self.info.metadata["image_files"] = found
+        self.info.metadata["counts_match"] = not count_mismatches(spec, found)
         if not spec.classes:
             self.info.features["label"].names = list(classes)
         return {split_name(d): self._generate_examples(root, d, classes) for d in spec.domains}
@@ -357,7 +507,7 @@ class DomainBedPACS(DomainBedBuilder):
     name = "domainbed_pacs"
     SPEC = SPECS["pacs"]
     num_classes = SPEC.num_classes
-    MANUAL_DOWNLOAD_INSTRUCTIONS = _DOWNLOAD.format(folder="PACS")
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _DOWNLOAD.format(folder="PACS", name="pacs")
 
 
 class DomainBedVLCS(DomainBedBuilder):
@@ -366,7 +516,7 @@ class DomainBedVLCS(DomainBedBuilder):
     name = "domainbed_vlcs"
     SPEC = SPECS["vlcs"]
     num_classes = SPEC.num_classes
-    MANUAL_DOWNLOAD_INSTRUCTIONS = _DOWNLOAD.format(folder="VLCS")
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _DOWNLOAD.format(folder="VLCS", name="vlcs")
 
 
 class DomainBedOfficeHome(DomainBedBuilder):
@@ -375,7 +525,7 @@ class DomainBedOfficeHome(DomainBedBuilder):
     name = "domainbed_office_home"
     SPEC = SPECS["office_home"]
     num_classes = SPEC.num_classes
-    MANUAL_DOWNLOAD_INSTRUCTIONS = _DOWNLOAD.format(folder="office_home")
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _DOWNLOAD.format(folder="office_home", name="office_home")
 
 
 class DomainBedTerraIncognita(DomainBedBuilder):
@@ -384,7 +534,9 @@ class DomainBedTerraIncognita(DomainBedBuilder):
     name = "domainbed_terra_incognita"
     SPEC = SPECS["terra_incognita"]
     num_classes = SPEC.num_classes
-    MANUAL_DOWNLOAD_INSTRUCTIONS = _DOWNLOAD.format(folder="terra_incognita")
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _DOWNLOAD.format(
+        folder="terra_incognita", name="terra_incognita"
+    )
 
 
 class DomainBedDomainNet(DomainBedBuilder):
@@ -394,7 +546,7 @@ class DomainBedDomainNet(DomainBedBuilder):
     name = "domainbed_domainnet"
     SPEC = SPECS["domainnet"]
     num_classes = SPEC.num_classes
-    MANUAL_DOWNLOAD_INSTRUCTIONS = _DOWNLOAD.format(folder="domain_net")
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _DOWNLOAD.format(folder="domain_net", name="domainnet")
 
 
 BUILDERS = {

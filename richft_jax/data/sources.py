@@ -66,27 +66,47 @@ def has_official_splits(name: str) -> bool:
     return name in OFFICIAL
 
 
+def make_builder(
+    name: str, data_dir: str | None = None, skip_unreadable: bool = False
+) -> tfds.core.DatasetBuilder:
+    """The dataset's builder as `builder_of` makes it, not prepared (`is_prepared()` says
+    whether it is: the preflight's check); nothing is written."""
+    _check_name(name)
+    kwargs = {}
+    if name in domainbed.BUILDERS:
+        kwargs["config"] = domainbed.config_name(skip_unreadable)
+    return BUILDERS[name](data_dir=data_dir, **kwargs)
+
+
 def builder_of(
     name: str,
     data_dir: str | None = None,
     manual_dir: str | None = None,
     skip_unreadable: bool = False,
+    allow_count_mismatch: bool = False,
+    urls: Sequence[str] = (),
 ) -> tfds.core.DatasetBuilder:
     """Returns the dataset's builder, preparing it on disk first if that was never done.
 
     `skip_unreadable` (DomainBed photo sets only; the others are not read from image files):
     its own builder config, prepared apart, as it may keep fewer files (see domainbed.py).
+    DomainBed photo sets are checked against DomainBed's image counts when built (unless
+    `allow_count_mismatch`: a deliberate subset) and record their source (`manual_dir`, and the
+    `urls` its files came from); a prepared one asked for with another `manual_dir` is an error.
     """
-    _check_name(name)
-    kwargs = {}
-    if name in domainbed.BUILDERS:
-        kwargs["config"] = domainbed.config_name(skip_unreadable)
-    builder = BUILDERS[name](data_dir=data_dir, **kwargs)
-    if not builder.is_prepared():
-        logging.info("Preparing TFDS dataset %s into %s (once)", name, builder.data_dir)
-        # Generated locally: never ask GCS for a prepared copy (there is none, and no network).
-        config = tfds.download.DownloadConfig(try_download_gcs=False, manual_dir=manual_dir)
-        builder.download_and_prepare(download_config=config)
+    builder = make_builder(name, data_dir, skip_unreadable)
+    photos = name in domainbed.BUILDERS
+    if photos:
+        builder.allow_count_mismatch = allow_count_mismatch
+        builder.source_urls = tuple(urls)
+    if builder.is_prepared():
+        if photos and manual_dir is not None:
+            domainbed.check_source(builder, manual_dir)
+        return builder
+    logging.info("Preparing TFDS dataset %s into %s (once)", name, builder.data_dir)
+    # Generated locally: never ask GCS for a prepared copy (there is none, and no network).
+    config = tfds.download.DownloadConfig(try_download_gcs=False, manual_dir=manual_dir)
+    builder.download_and_prepare(download_config=config)
     return builder
 
 
