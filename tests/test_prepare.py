@@ -365,6 +365,15 @@ def test_google_drive_through_gdown_renamed_only_when_complete(tmp_path, monkeyp
     assert prepare.download(archive, tmp_path) == tmp_path / "PACS.zip"  # Not again.
     assert len(calls) == 2
 
+    def refused(id, output, quiet):  # noqa: A002
+        pathlib.Path(output).write_bytes(b"half")
+        raise RuntimeError("Too many users have viewed or downloaded this file recently.")
+
+    monkeypatch.setitem(sys.modules, "gdown", types.SimpleNamespace(download=refused))
+    with pytest.raises(prepare.DownloadError, match=r"RuntimeError: Too many.*put the file by"):
+        prepare.download(prepare.ARCHIVES["office_home"][0], tmp_path)
+    assert tree(tmp_path) == ["PACS.zip"]
+
 
 def test_command_line(env, tmp_path):
     data = tmp_path / "tfds"

@@ -149,9 +149,17 @@ def _gdown(file_id: str, path: pathlib.Path) -> None:
             f"{MIRROR_ENV}=http://HOST:PORT to a mirror serving it at /gdrive/{file_id}."
         ) from e
     tmp = path.with_name(f".{path.name}.{os.getpid()}.gdown.part")
+    by_hand = f"try again later (Drive limits downloads), or put the file by hand at {path}"
     try:
-        if gdown.download(id=file_id, output=str(tmp), quiet=False) is None:
-            raise DownloadError(f"gdown could not download Google Drive file {file_id}.")
+        try:
+            gdown.download(id=file_id, output=str(tmp), quiet=False)
+        except Exception as e:  # noqa: BLE001  (gdown's own errors, the network's)
+            raise DownloadError(
+                f"gdown could not download Google Drive file {file_id} ({type(e).__name__}: "
+                f"{e}); {by_hand}."
+            ) from e
+        if not tmp.is_file():  # Older gdown returns None instead of raising.
+            raise DownloadError(f"gdown did not download Google Drive file {file_id}; {by_hand}.")
         if broken := _not_an_archive(str(tmp), path.name):
             raise DownloadError(f"Google Drive file {file_id}: {broken}; nothing was kept.")
         os.replace(tmp, path)
