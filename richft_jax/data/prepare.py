@@ -74,6 +74,8 @@ class Archive:
 
 
 def _domainnet() -> tuple[Archive, ...]:
+    """Its six zips (clipart and painting from groundtruth/, as DomainBed's script takes them)
+    and DomainBed's list of duplicates, pinned by its sha256."""
     paths = ("groundtruth/clipart", "infograph", "groundtruth/painting", "quickdraw", "real")
     paths += ("sketch",)
     zips = tuple(
