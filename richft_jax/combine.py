@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from richft_jax import evaluation, parallel, results, run, steps
+from richft_jax import evaluation, parallel, preflight, results, run, steps
 from richft_jax import workdir as workdir_lib
 from richft_jax.methods import weight_space as ws
 
@@ -79,13 +79,46 @@ def restore_runs(config: ml_collections.ConfigDict) -> tuple[list[str], list[tup
     return run_dirs, loaded
 
 
+def preflight_problems(config: ml_collections.ConfigDict, workdir: str) -> list:
+    """The preflight (preflight.py) of a combine run, every problem at once: config.combinations,
+    .checkpoints and .which, each run's config.json and checkpoint, the first run's dataset,
+    the workdir. Nothing is restored."""
+    problems = []
+
+    def config_problem(wrong: str, fix: str | None = None) -> None:
+        problems.append(preflight.Problem("config", wrong, fix or preflight.config_fix(wrong)))
+
+    unknown = sorted(set(config.combinations.split(",")) - set(COMBINATIONS))
+    if unknown:
+        config_problem(f"config.combinations: unknown {unknown}; known {COMBINATIONS}.")
+    run_dirs = [r for r in config.checkpoints.split(",") if r]
+    if not run_dirs:
+        config_problem("config.checkpoints is empty.", "--config.checkpoints=RUN1,RUN2,...")
+    if config.which not in ("best", "latest"):
+        config_problem(f"config.which={config.which!r} is not 'best' or 'latest'.")
+        run_dirs = []  # Which checkpoint to look for is not known.
+    first = None
+    for r in run_dirs:
+        try:
+            base = run.read_config(run.checkpoint_dirs(r, config.which)[0])
+        except (FileNotFoundError, ValueError) as e:
+            fix = "--config.checkpoints=finished run directories (or RUN/checkpoints/STEP)."
+            problems.append(preflight.Problem(f"run {r!r}", str(e), fix))
+            continue
+        first = base if first is None else first
+    if first is not None:
+        if config.get("data_dir"):  # As the data is loaded: run.load_data(base, data_dir).
+            first.data.data_dir = config.data_dir
+        problems += preflight.dataset_problems(first)
+    return problems + preflight.workdir_problems(workdir)
+
+
 def combine_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Evaluates the configured combinations of the runs in config.checkpoints."""
     start = time.time()
+    if problems := preflight_problems(config, workdir):  # Before anything is restored.
+        raise preflight.PreflightError(problems)
     combos = config.combinations.split(",")
-    unknown = set(combos) - set(COMBINATIONS)
-    if unknown:
-        raise ValueError(f"config.combinations: unknown {sorted(unknown)}; known {COMBINATIONS}.")
     run_dirs, loaded = restore_runs(config)
     base, variables = loaded[0][0], [v for _, v, _ in loaded]
     workdir = workdir_lib.prepare_workdir(workdir, config)

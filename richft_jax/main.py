@@ -15,7 +15,7 @@ xla_cpu.tune()  # Before JAX starts its CPU backend.
 import jax  # noqa: E402
 from absl import flags, logging  # noqa: E402
 
-from richft_jax import cli, combine, config_lib, train  # noqa: E402
+from richft_jax import cli, combine, config_lib, preflight, train  # noqa: E402
 
 # A config name from the installed package (demo:tiny) or a file (configs/demo.py:tiny), with
 # --config.key=value overrides of the locked config.
@@ -55,10 +55,13 @@ def main(argv: list[str]) -> None:
         _WORKDIR.value,
     )
     logging.vlog(1, "Config:\n%s", config)
-    if config.get("task") == "combine":
-        combine.combine_and_evaluate(config, _WORKDIR.value)
-    else:
-        train.train_and_evaluate(config, _WORKDIR.value)
+    try:
+        if config.get("task") == "combine":
+            combine.combine_and_evaluate(config, _WORKDIR.value)
+        else:
+            train.train_and_evaluate(config, _WORKDIR.value)
+    except preflight.PreflightError as e:
+        raise SystemExit(str(e)) from None  # Missing inputs: the list and fixes, no traceback.
 
 
 def run() -> None:

@@ -32,18 +32,32 @@ CHOICES = {
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Fails early, naming the config key, on values the loop would only trip on later."""
+    if errors := config_errors(config):
+        raise errors[0]
+
+
+def config_errors(config: ml_collections.ConfigDict) -> list[ValueError]:
+    """Every error of `validate_config`, in its order, not only the first (the preflight
+    reports them all at once)."""
+    errors = []
     choices = {**CHOICES, "model.name": tuple(registry.BACKBONES)}
     for key, valid in choices.items():
         section, name = key.split(".")
         value = config[section][name]
         if value not in valid:
-            raise ValueError(f"config.{key}={value!r} is not one of {valid}.")
-    hooks_lib.validate(config)
-    if config.pretrained.get("path"):
-        validate_pretrained(config)
+            errors.append(ValueError(f"config.{key}={value!r} is not one of {valid}."))
+    checks = [validate_pretrained] if config.pretrained.get("path") else []
+    if config.model.name in registry.BACKBONES:  # The methods' checks look the backbone up.
+        checks.insert(0, hooks_lib.validate)
+    for check in checks:
+        try:
+            check(config)
+        except ValueError as e:
+            errors.append(e)
     for key in ("num_steps", "log_every", "eval_every", "checkpoint_every"):
         if config[key] <= 0:
-            raise ValueError(f"config.{key}={config[key]} must be positive.")
+            errors.append(ValueError(f"config.{key}={config[key]} must be positive."))
+    return errors
 
 
 def load_data(config: ml_collections.ConfigDict, data_dir: str | None = None):
@@ -143,13 +157,7 @@ def load_pretrained(config: ml_collections.ConfigDict, params: dict, batch_stats
         # Published weights or their converted Orbax checkpoint: read directly, ViT position
         # embeddings resized to the input size, strict merge.
         return published.load_backbone(config.model.name, path, params, batch_stats)
-    try:
-        source = str(checkpoints.latest_step_dir(path))
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"config.pretrained.path: no pretrained checkpoint at {path} "
-            "(expected an Orbax run directory with checkpoints/<step>)."
-        ) from None
+    source = str(pretrained_checkpoint(path))
     tree = checkpoints.restore_state_tree(path)
     params = {
         **params,
@@ -169,6 +177,18 @@ def load_pretrained(config: ml_collections.ConfigDict, params: dict, batch_stats
         }
     logging.info("Loaded the pretrained backbone from %s.", source)
     return params, batch_stats
+
+
+def pretrained_checkpoint(path: pathlib.Path) -> pathlib.Path:
+    """The checkpoint a local config.pretrained.path directory names (its latest step); a
+    FileNotFoundError naming the key and the expected layout if there is none."""
+    try:
+        return checkpoints.latest_step_dir(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"config.pretrained.path: no pretrained checkpoint at {path} "
+            "(expected an Orbax run directory with checkpoints/<step>)."
+        ) from None
 
 
 def init_variables(
@@ -211,17 +231,22 @@ def read_config(run_dir: pathlib.Path) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.loads(config_file.read_text()))
 
 
+def checkpoint_dirs(path: str, which: str = "best") -> tuple[pathlib.Path, pathlib.Path]:
+    """(run directory, step directory) of `restore(path, which)`, absolute; a
+    FileNotFoundError when there is no finished checkpoint."""
+    path = pathlib.Path(path).expanduser().resolve()  # Orbax reads absolute paths only.
+    if (path / "state").is_dir():
+        return path.parent.parent, path
+    sub = {"best": checkpoints.BEST, "latest": checkpoints.LATEST}.get(which)
+    if sub is None:
+        raise ValueError(f"which={which!r} is not 'best' or 'latest'.")
+    return path, checkpoints.latest_step_dir(path / sub)
+
+
 def restore(path: str, which: str = "best") -> tuple[ml_collections.ConfigDict, dict, int]:
     """(config, {"params", "batch_stats"}, step) of a run's best or latest checkpoint, or of one
     step directory (RUN/checkpoints/STEP: ensembles and averages along one run)."""
-    path = pathlib.Path(path).expanduser().resolve()  # Orbax reads absolute paths only.
-    if (path / "state").is_dir():
-        run_dir, step_dir = path.parent.parent, path
-    else:
-        sub = {"best": checkpoints.BEST, "latest": checkpoints.LATEST}.get(which)
-        if sub is None:
-            raise ValueError(f"which={which!r} is not 'best' or 'latest'.")
-        run_dir, step_dir = path, checkpoints.latest_step_dir(path / sub)
+    run_dir, step_dir = checkpoint_dirs(path, which)
     config = read_config(run_dir)
     tree = checkpoints.restore_state_tree(step_dir)
     variables = {"params": tree["params"], "batch_stats": tree["batch_stats"]}

@@ -17,7 +17,16 @@ from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 from jax.experimental import multihost_utils
 
-from richft_jax import checkpoints, config_lib, evaluation, parallel, results, run, steps
+from richft_jax import (
+    checkpoints,
+    config_lib,
+    evaluation,
+    parallel,
+    preflight,
+    results,
+    run,
+    steps,
+)
 from richft_jax import schedule as schedule_lib
 from richft_jax import workdir as workdir_lib
 from richft_jax.data import pipeline
@@ -30,9 +39,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     Returns the summary, or {"preempted": True, "step": N} when a SIGTERM stopped the run
     after saving step N.
     """
-    run.validate_config(config)
-    schedule_lib.validate(config)
-    evaluation.eval_augmentation(config, 0)  # Fails early on an unknown data.eval_augment.
+    # Every input (config, weights, dataset, workdir) checked before anything is built,
+    # downloaded or written; all problems in one error, each with its fix.
+    preflight.run(config, workdir)
     # A registered name (e.g. "resnet50") is downloaded once, before anything is written, and
     # its file's sha256 and source recorded in config.pretrained for config.json.
     run.resolve_pretrained(config)

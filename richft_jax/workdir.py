@@ -7,8 +7,10 @@ a checkpoint-and-exit, and batches moved to the devices ahead of the step.
 
 import collections
 import contextlib
+import errno
 import fcntl
 import json
+import os
 import pathlib
 import signal
 import threading
@@ -20,13 +22,36 @@ import ml_collections
 from richft_jax import parallel, results
 
 
+def url_refused(workdir: str) -> str:
+    """Why a URL (gs://...) is refused as a workdir, and what to do instead."""
+    return (
+        f"workdir {workdir!r}: results, the workdir lock and checkpoints go through the file "
+        "system; mount the bucket (e.g. gcsfuse, as launch/tpu_pod.sh does) and pass its path."
+    )
+
+
+def unwritable(workdir: str) -> str | None:
+    """Why `make_workdir(workdir)` would fail, or None; only looks (nothing is created): the
+    workdir, or else its nearest existing ancestor, must be a directory this process can
+    write into, on a file system mounted read-write."""
+    if "://" in workdir:
+        return url_refused(workdir)
+    path = pathlib.Path(workdir).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if os.path.exists(p))
+    if not existing.is_dir():
+        why = f"{existing} is not a directory"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        read_only = os.statvfs(existing).f_flag & os.ST_RDONLY
+        why = f"{existing}: {os.strerror(errno.EROFS if read_only else errno.EACCES)}"
+    else:
+        return None
+    return f"workdir {str(pathlib.Path(workdir).expanduser())!r} is not writable: {why}"
+
+
 def make_workdir(workdir: str) -> pathlib.Path:
     """Creates the workdir; a clear error naming it if that is impossible."""
     if "://" in workdir:
-        raise ValueError(
-            f"workdir {workdir!r}: results, the workdir lock and checkpoints go through the file "
-            "system; mount the bucket (e.g. gcsfuse, as launch/tpu_pod.sh does) and pass its path."
-        )
+        raise ValueError(url_refused(workdir))
     path = pathlib.Path(workdir).expanduser()
     try:
         path.mkdir(parents=True, exist_ok=True)

@@ -69,11 +69,12 @@ def url_path(name: str) -> str:
 
 
 class Served:
-    """What the server serves ({URL path: bytes}), the paths it was asked for, and the paths
-    whose connection it drops halfway through the body."""
+    """What the server serves ({URL path: bytes}), the paths it was asked for (GET; HEAD, the
+    preflight's question, apart), and the paths whose connection it drops halfway through the
+    body."""
 
     def __init__(self):
-        self.files, self.requests, self.drop = {}, [], set()
+        self.files, self.requests, self.heads, self.drop = {}, [], [], set()
 
 
 def handler(served: Served) -> type:
@@ -92,6 +93,16 @@ def handler(served: Served) -> type:
                 self.close_connection = True
                 return
             self.wfile.write(body)
+
+        def do_HEAD(self):  # noqa: N802
+            served.heads.append(self.path)
+            body = served.files.get(self.path)
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
 
         def log_message(self, *args):
             pass
@@ -132,6 +143,7 @@ def env(server, tmp_path, monkeypatch):
     monkeypatch.setenv("RICHFT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv(hub.MIRROR_ENV, server["url"])
     server["served"].requests.clear()
+    server["served"].heads.clear()
     server["served"].drop.clear()
     return server
 
@@ -347,4 +359,5 @@ def test_a_run_by_name_writes_sha256_and_source_to_config_json(env, data_dir, tm
     body = env["served"].files[url_path("vit_b16")]
     assert written["path"] == "vit_b16" and written["sha256"] == sha256(body)
     assert written["source"] == env["url"] + url_path("vit_b16")
-    assert env["served"].requests == [url_path("vit_b16")]  # Fetched once for the whole run.
+    assert env["served"].requests == [url_path("vit_b16")]  # Fetched once for the whole run,
+    assert env["served"].heads == [url_path("vit_b16")]  # after the preflight asked if it's there.

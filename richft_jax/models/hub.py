@@ -17,6 +17,8 @@ import os
 import pathlib
 import struct
 import tempfile
+import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -29,6 +31,7 @@ from richft_jax import config_lib
 
 MIRROR_ENV = "RICHFT_WEIGHTS_MIRROR"
 TIMEOUT_S = 60  # Per socket operation (connect, each read), not for the whole file.
+PROBE_TIMEOUT_S = 2.5  # `probe`: for all of it, a DNS lookup that hangs offline included.
 _CHUNK = 1 << 20
 _LOG_EVERY = 256 << 20
 
@@ -283,6 +286,77 @@ def incomplete(path: str | os.PathLike, fmt: str) -> str | None:
         return None
     except (zipfile.BadZipFile, struct.error, ValueError, KeyError, TypeError, OSError) as e:
         return f"{type(e).__name__}: {e}"
+
+
+# ----------------------------------------------------------------------------- checking
+def probe(name: str, timeout: float = PROBE_TIMEOUT_S) -> tuple[str | None, list[str]]:
+    """(the first of the entry's http(s) URLs, mirrored as `fetch` would download them, that
+    answers, or None; "URL (why not)" for each that did not), within `timeout` seconds in all.
+    A HEAD request (a GET of the first byte where HEAD is refused): nothing is downloaded."""
+    urls = [mirrored(u) for u in get(name).urls if u.startswith(("https://", "http://"))]
+    answers = {}
+
+    def ask(url: str) -> None:
+        answers[url] = _why_not(url, timeout)
+
+    threads = [threading.Thread(target=ask, args=(u,), daemon=True) for u in urls]
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.start()
+    for t in threads:  # Daemons: one still waiting (say on DNS) is left behind, not waited for.
+        t.join(max(0.0, deadline - time.monotonic()))
+    failures = []
+    for url in urls:
+        if url not in answers:
+            failures.append(f"{url} (no answer within {timeout:g} s)")
+        elif answers[url] is None:
+            return url, []
+        else:
+            failures.append(f"{url} ({answers[url]})")
+    return None, failures
+
+
+class _SameMethodRedirect(urllib.request.HTTPRedirectHandler):
+    """Follows redirects keeping the method (urllib turns a redirected HEAD into a GET)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None:
+            new.method = req.get_method()
+        return new
+
+
+def _why_not(url: str, timeout: float) -> str | None:
+    """None if `url` answers 2xx (after redirects), else why not."""
+    opener = urllib.request.build_opener(_SameMethodRedirect)
+    for method, extra in (("HEAD", {}), ("GET", {"Range": "bytes=0-0"})):
+        headers = {"User-Agent": "richft_jax", **extra}
+        request = urllib.request.Request(url, headers=headers, method=method)
+        try:
+            with opener.open(request, timeout=timeout):
+                return None
+        except urllib.error.HTTPError as e:
+            e.close()
+            if method == "HEAD" and e.code in (405, 501):  # HEAD not allowed: ask for a byte.
+                continue
+            return f"HTTP {e.code} {e.reason}"
+        except (OSError, http.client.HTTPException) as e:
+            return str(e.reason if type(e) is urllib.error.URLError else e)
+    return "HEAD and a GET of one byte refused"
+
+
+def by_hand(name: str) -> str:
+    """How to put the weights `name` into the cache without this code downloading them: the
+    exact commands, and the mirror variable."""
+    entry, path = get(name), cache_file(name)
+    https = [u for u in entry.urls if u.startswith(("https://", "http://"))]
+    others = [u for u in entry.urls if u not in https]
+    also = f" (also at {', '.join(others)})" if others else ""
+    return (
+        f"on a machine with network `curl -fL --create-dirs -o {path} {https[0]}`"
+        f"{also}, then copy the file to the same path here; or set {MIRROR_ENV}=http://HOST:PORT "
+        "to a mirror that serves the same paths"
+    )
 
 
 # ----------------------------------------------------------------------------- downloading
