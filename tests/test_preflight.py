@@ -7,16 +7,15 @@ server serves count as downloadable without being downloaded; the embedded demo 
 DomainBed folder in the manual dir counts as preparable; an unwritable workdir is named.
 """
 
-import http.server
 import os
 import socket
 import subprocess
 import sys
-import threading
 import urllib.parse
 
 import numpy as np
 import pytest
+from local_http import LocalServer
 
 from richft_jax import combine, config_lib, preflight, train
 from richft_jax.data import domainbed
@@ -108,54 +107,9 @@ def test_every_config_error_is_listed_at_once_and_nothing_is_written(bare):
 
 
 # ----------------------------------------------------------------------------- weights
-class Server:
-    """Serves `files` ({URL path: bytes}) on 127.0.0.1, logging (method, path, Range) of every
-    request; `head` False answers HEAD with 501, as servers without HEAD do."""
-
-    def __init__(self, files: dict):
-        self.files, self.requests, self.head = files, [], True
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def _answer(self, body: bool) -> None:
-                server.requests.append((self.command, self.path, self.headers.get("Range")))
-                data = server.files.get(self.path)
-                if data is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if body:
-                    self.wfile.write(data)
-
-            def do_GET(self):  # noqa: N802 (http.server's name)
-                self._answer(body=True)
-
-            def do_HEAD(self):  # noqa: N802
-                if not server.head:
-                    server.requests.append((self.command, self.path, None))
-                    self.send_error(501)
-                    return
-                self._answer(body=False)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join()
-
-
 @pytest.fixture
 def server():
-    s = Server({url_path("vit_b16"): b"weights"})
+    s = LocalServer({url_path("vit_b16"): b"weights"})
     yield s
     s.close()
 
@@ -164,13 +118,13 @@ def test_served_weights_are_downloadable_and_not_downloaded(bare, server, monkey
     monkeypatch.setenv(hub.MIRROR_ENV, server.url)
     problems = preflight.check(design_card(bare), str(bare / "run"))
     assert [p.what for p in problems] == ["dataset 'pacs'"]  # The weights' problem is gone.
-    assert server.requests == [("HEAD", url_path("vit_b16"), None)]
+    assert server.log == [("HEAD", url_path("vit_b16"), None)]
     # A server that refuses HEAD is asked for one byte instead.
-    server.requests.clear()
+    server.log.clear()
     server.head = False
     problems = preflight.check(design_card(bare), str(bare / "run"))
     assert [p.what for p in problems] == ["dataset 'pacs'"]
-    assert server.requests == [
+    assert server.log == [
         ("HEAD", url_path("vit_b16"), None),
         ("GET", url_path("vit_b16"), "bytes=0-0"),
     ]

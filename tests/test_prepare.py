@@ -5,20 +5,19 @@ duplicates, the image-count check and its override, and the recorded source."""
 
 import dataclasses
 import hashlib
-import http.server
 import io
 import json
 import pathlib
 import subprocess
 import sys
 import tarfile
-import threading
 import types
 import urllib.parse
 import zipfile
 
 import numpy as np
 import pytest
+from local_http import LocalServer
 from PIL import Image
 
 from richft_jax.data import domainbed, prepare, sources
@@ -117,36 +116,6 @@ def domainnet_zips() -> dict[str, bytes]:
     return out
 
 
-class Served:
-    """{URL path: bytes} served, the paths asked for, and those dropped halfway."""
-
-    def __init__(self):
-        self.files, self.requests, self.drop = {}, [], set()
-
-
-def handler(served: Served) -> type:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (http.server's name)
-            served.requests.append(self.path)
-            body = served.files.get(self.path)
-            if body is None:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if self.path in served.drop:  # Half the body, then the connection closes.
-                self.wfile.write(body[: len(body) // 2])
-                self.close_connection = True
-                return
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    return Handler
-
-
 def path_of(name: str, file: str) -> str:
     """The URL path an archive of `name` is served at through the mirror."""
     archive = next(a for a in prepare.ARCHIVES[name] if a.file == file)
@@ -155,14 +124,9 @@ def path_of(name: str, file: str) -> str:
 
 @pytest.fixture(scope="module")
 def server():
-    served = Served()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler(served))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield {"served": served, "url": f"http://127.0.0.1:{httpd.server_address[1]}"}
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
+    s = LocalServer()
+    yield {"served": s, "url": s.url}
+    s.close()
 
 
 @pytest.fixture
@@ -170,8 +134,7 @@ def env(server, monkeypatch):
     """The mirror at the server (every dataset's archives served), its log and drops cleared."""
     monkeypatch.setenv(prepare.MIRROR_ENV, server["url"])
     served = server["served"]
-    served.requests.clear()
-    served.drop.clear()
+    served.clear()
     served.files[path_of("pacs", "PACS.zip")] = pacs_zip()
     images, notes, _ = terra_archives()
     served.files[path_of("terra_incognita", "eccv_18_all_images_sm.tar.gz")] = images

@@ -9,11 +9,9 @@ fails with one error saying what to do otherwise, and runs record the file's sha
 
 import dataclasses
 import hashlib
-import http.server
 import json
 import re
 import socket
-import threading
 import urllib.parse
 
 import jax
@@ -25,6 +23,7 @@ from flax import traverse_util
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
+from local_http import LocalServer  # noqa: E402
 from test_pretrained_models import (  # noqa: E402
     TINY_RESNET,
     TINY_VIT,
@@ -68,48 +67,6 @@ def url_path(name: str) -> str:
     return urllib.parse.urlsplit(hub.WEIGHTS[name].urls[0]).path
 
 
-class Served:
-    """What the server serves ({URL path: bytes}), the paths it was asked for (GET; HEAD, the
-    preflight's question, apart), and the paths whose connection it drops halfway through the
-    body."""
-
-    def __init__(self):
-        self.files, self.requests, self.heads, self.drop = {}, [], [], set()
-
-
-def handler(served: Served) -> type:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (http.server's name)
-            served.requests.append(self.path)
-            body = served.files.get(self.path)
-            if body is None:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if self.path in served.drop:  # Half the body, then the connection closes.
-                self.wfile.write(body[: len(body) // 2])
-                self.close_connection = True
-                return
-            self.wfile.write(body)
-
-        def do_HEAD(self):  # noqa: N802
-            served.heads.append(self.path)
-            body = served.files.get(self.path)
-            if body is None:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    return Handler
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A ThreadingHTTPServer on 127.0.0.1 serving a tiny augreg-named ViT .npz (big_vision's
@@ -120,21 +77,19 @@ def server(tmp_path_factory):
     np.savez(root / "vit.npz", **big_vision_layout(vit))
     resnet = torch_resnet(0, TINY_RESNET["stage_sizes"], TINY_RESNET["width"], True, 5)
     safetensors_torch.save_file(resnet.state_dict(), str(root / "resnet.safetensors"))
-    served = Served()
-    served.files[url_path("vit_b16")] = (root / "vit.npz").read_bytes()
-    served.files[url_path("resnet50")] = (root / "resnet.safetensors").read_bytes()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler(served))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+    served = LocalServer(
+        {
+            url_path("vit_b16"): (root / "vit.npz").read_bytes(),
+            url_path("resnet50"): (root / "resnet.safetensors").read_bytes(),
+        }
+    )
     yield {
         "served": served,
-        "url": f"http://127.0.0.1:{httpd.server_address[1]}",
+        "url": served.url,
         "vit": vit,
         "resnet": {k: v.numpy() for k, v in resnet.state_dict().items()},
     }
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
+    served.close()
 
 
 @pytest.fixture
@@ -142,9 +97,7 @@ def env(server, tmp_path, monkeypatch):
     """The cache in tmp_path, the mirror at the server, its request log and drops cleared."""
     monkeypatch.setenv("RICHFT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv(hub.MIRROR_ENV, server["url"])
-    server["served"].requests.clear()
-    server["served"].heads.clear()
-    server["served"].drop.clear()
+    server["served"].clear()
     return server
 
 
