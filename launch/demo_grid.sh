@@ -5,14 +5,16 @@
 # test domain, seed), the across-runs weight average and ensemble of the two learning rates'
 # selected checkpoints; then the report (tables, cloud, rate curve).
 # Parts: `main` = rates 0 and 0.9 and their across-runs combinations (the clouds), `rates` =
-# rates 0.5 and 0.99 (the rate curve's other points). Seeds run one after another, each with
-# every part before the next seed starts; finished runs are skipped, so rerunning resumes.
-#   bash launch/demo_grid.sh [OUT_DIR] [SEEDS] [PARTS]
-# defaults: workdirs/demo_grid, 0,1, main,rates
+# rates 0.5 and 0.99 (the rate curve's other points) on RATE_DOMAINS (the report compares the
+# rates on the test domains they all have). Seeds run one after another, each with every part
+# before the next seed starts; finished runs are skipped, so rerunning resumes.
+#   bash launch/demo_grid.sh [OUT_DIR] [SEEDS] [PARTS] [RATE_DOMAINS]
+# defaults: workdirs/demo_grid, 0,1, main,rates, mnist,mnist_m,digits,syn
 set -euo pipefail
 out=${1:-workdirs/demo_grid}
 seeds=${2:-0,1}
 parts=${3:-main,rates}
+rate_domains=${4:-mnist,mnist_m,digits,syn}
 domains=(mnist mnist_m digits syn)
 lrs=(1e-3 3e-3)
 grid=(--grid="data.test_domains=$(IFS=,; echo "${domains[*]}")" --grid="optim.lr=$(IFS=,; echo "${lrs[*]}")")
@@ -45,7 +47,8 @@ for seed in ${seeds//,/ }; do
   fi
   if [[ ,$parts, == *,rates,* ]]; then
     python launch/sweep.py --out="$out" --config=configs/demo.py --grid=dropout_rate=0.5,0.99 \
-      "${grid[@]}" "${fixed[@]}" --seeds="$seed"
+      --grid="data.test_domains=$rate_domains" --grid="optim.lr=$(IFS=,; echo "${lrs[*]}")" \
+      "${fixed[@]}" --seeds="$seed"
   fi
 done
 python -m richft_jax.report "$out" --out "$out/report"
