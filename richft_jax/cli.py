@@ -9,13 +9,20 @@ import logging as py_logging
 import sys
 from collections.abc import Callable
 
-from absl import app, flags
+from absl import app, flags, logging
 
-from richft_jax import compile_cache
+from richft_jax import compile_cache, console
 
 # Libraries whose INFO lines (hundreds per run: every Orbax save and restore step, TFDS's
-# builder chatter) bury the run's own; their warnings and errors still show.
-QUIET_LIBRARIES = ("/orbax/", "/tensorflow_datasets/", "/etils/")
+# builder chatter, clu's work-unit notes, JAX's backend probing) bury the run's own; their
+# warnings and errors still show.
+QUIET_LIBRARIES = (
+    "/orbax/",
+    "/tensorflow_datasets/",
+    "/etils/",
+    "/clu/platform/",
+    "/jax/_src/xla_bridge.py",
+)
 
 
 class LibraryInfoFilter(py_logging.Filter):
@@ -27,10 +34,11 @@ class LibraryInfoFilter(py_logging.Filter):
 
 
 def quiet_libraries() -> None:
-    """Keeps library INFO lines out of the console (absl logs them through its "absl" logger)."""
-    logger = py_logging.getLogger("absl")
-    if not any(isinstance(f, LibraryInfoFilter) for f in logger.filters):
-        logger.addFilter(LibraryInfoFilter())
+    """Keeps library INFO lines out of the console: those logged through absl's "absl" logger
+    and, at absl's handler, those of Python loggers (JAX's)."""
+    for target in (py_logging.getLogger("absl"), logging.get_absl_handler()):
+        if not any(isinstance(f, LibraryInfoFilter) for f in target.filters):
+            target.addFilter(LibraryInfoFilter())
 
 
 def run(
@@ -45,15 +53,23 @@ def run(
         define_flags()
     if "library_logs" not in flags.FLAGS:
         flags.DEFINE_bool("library_logs", False, "Show the INFO lines of Orbax, TFDS, etils.")
+    if "verbose" not in flags.FLAGS:
+        flags.DEFINE_bool(
+            "verbose",
+            False,
+            "Show everything: the libraries' INFO lines (as --library_logs), clu's raw metric "
+            "lines and the parameter table (also -v 1 for the last two).",
+        )
     main_module = sys.modules["__main__"]
     main_module.__doc__ = main_module.__doc__ or doc
     key_flags = [*flags.FLAGS.get_key_flags_for_module(module_name)]
-    key_flags += [flags.FLAGS[name] for name in extra_key_flags]
+    key_flags += [flags.FLAGS[name] for name in (*extra_key_flags, "verbose", "library_logs")]
     for flag in key_flags:
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
     def main_with_quiet_libraries(argv: list[str]) -> object:
-        if not flags.FLAGS.library_logs:
+        console.set_verbose(flags.FLAGS.verbose)
+        if not (flags.FLAGS.library_logs or flags.FLAGS.verbose):
             quiet_libraries()
         compile_cache.enable()
         return main(argv)

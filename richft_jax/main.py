@@ -15,7 +15,7 @@ xla_cpu.tune()  # Before JAX starts its CPU backend.
 import jax  # noqa: E402
 from absl import flags, logging  # noqa: E402
 
-from richft_jax import cli, combine, config_lib, preflight, train  # noqa: E402
+from richft_jax import cli, combine, config_lib, console, preflight, train  # noqa: E402
 
 # A config name from the installed package (demo:tiny) or a file (configs/demo.py:tiny), with
 # --config.key=value overrides of the locked config.
@@ -48,13 +48,12 @@ def main(argv: list[str]) -> None:
             jax.device_count(),
         )
     config = _CONFIG.value
-    logging.info(
-        "Config %s (method %s) -> %s; every value: its config.json (or -v 1 here).",
-        config.get("config_name", ""),
-        config.get("method", config.get("task", "")),
-        _WORKDIR.value,
+    console.info(
+        f"Config {console.config_line(config, _WORKDIR.value)}\n"
+        f"  every value: {_WORKDIR.value}/config.json (or --verbose here)."
     )
-    logging.vlog(1, "Config:\n%s", config)
+    if console.verbose():
+        logging.info("Config:\n%s", config)
     try:
         if config.get("task") == "combine":
             combine.combine_and_evaluate(config, _WORKDIR.value)

@@ -14,12 +14,13 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers, parameter_overview, periodic_actions
+from clu import parameter_overview, periodic_actions
 from jax.experimental import multihost_utils
 
 from richft_jax import (
     checkpoints,
     config_lib,
+    console,
     evaluation,
     parallel,
     preflight,
@@ -31,6 +32,8 @@ from richft_jax import schedule as schedule_lib
 from richft_jax import workdir as workdir_lib
 from richft_jax.data import pipeline
 from richft_jax.methods import hooks as hooks_lib
+
+PARAMETERS = "parameters.txt"  # The parameter table, in every workdir.
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -64,15 +67,15 @@ def ensure_pretrained(config: ml_collections.ConfigDict) -> None:
     try:
         checkpoints.latest_step_dir(path)
     except FileNotFoundError:
-        logging.warning(
-            "Pretrained backbone not found at %s: pretraining it first with %s (once; later "
-            "runs reuse it).",
-            path,
-            pre,
+        console.info(
+            f"Pretraining the backbone first with {pre}, into {path} (once; later runs reuse "
+            "it). Its lines start with 'pretrain | '."
         )
         pre_config = config_lib.load_config_file(pre)
         pre_config.data.data_dir = config.data.data_dir
-        train_and_evaluate(pre_config, str(path))
+        with console.prefixed("pretrain | "):
+            train_and_evaluate(pre_config, str(path))
+        console.info(f"Pretrained backbone ready in {path}; now the run itself.")
 
 
 def check_finite(m, step: int, ckpt_dir: pathlib.Path, mngr) -> dict:
@@ -89,15 +92,12 @@ def check_finite(m, step: int, ckpt_dir: pathlib.Path, mngr) -> dict:
     return values
 
 
-def setup(config: ml_collections.ConfigDict, mesh):
+def setup(config: ml_collections.ConfigDict, mesh, workdir: pathlib.Path):
     """(context, hooks, optimizer, schedule, replicated initial state, θ0 on the host or None)."""
     data = run.load_data(config)
-    logging.info(
-        "Data %s: train domains %s, test domains %s, %d classes.",
-        data.name,
-        data.train_domains,
-        data.test_domains,
-        data.num_classes,
+    console.info(
+        f"Data {data.name}: train domains {', '.join(data.train_domains)}; test domains "
+        f"{', '.join(data.test_domains)}; {data.num_classes} classes."
     )
     global_batch = config.data.batch_size_per_domain * len(data.train_domains)
     if global_batch % mesh.devices.size or config.data.eval_batch_size % mesh.devices.size:
@@ -119,11 +119,19 @@ def setup(config: ml_collections.ConfigDict, mesh):
     state = steps.create_train_state(params, batch_stats, tx, root, hooks.init_extras(params))
     state = jax.device_put(state, parallel.replicated(mesh))
     if jax.process_index() == 0:
-        count = parameter_overview.count_parameters(state.params)
-        logging.info("Model %s: %s parameters.", config.model.name, f"{count:,}")
-        if logging.vlog_is_on(1):
-            parameter_overview.log_parameter_overview(state.params)
+        write_parameter_table(workdir, config.model.name, state.params)
     return ctx, hooks, tx, schedule, state, pretrained
+
+
+def write_parameter_table(workdir: pathlib.Path, model_name: str, params) -> None:
+    """The parameter table into workdir/parameters.txt; on the console its total, and the
+    table itself when verbose."""
+    table = parameter_overview.get_parameter_overview(params)
+    (workdir / PARAMETERS).write_text(table + "\n", encoding="utf-8")
+    count = parameter_overview.count_parameters(params)
+    console.info(f"Model {model_name}: {count:,} parameters (table: {workdir / PARAMETERS}).")
+    if console.verbose():
+        logging.info("Parameters:\n%s", table)
 
 
 def resume(
@@ -188,6 +196,7 @@ def make_evaluate_and_log(ctx: evaluation.Context, eval_step, writer, meta: dict
                 evaluation.eval_augmentation(c, step),
             )
             rows += results.eval_rows(evals, step=step, **{**meta, "method": method})
+        console.info(console.eval_line(step, rows, meta["method"]))
         writer.write_scalars(
             step,
             {
@@ -244,7 +253,7 @@ def _train_and_evaluate(
 
     # -- mesh, data, model, θ0 and the train state (methods' state in state.extras).
     mesh = parallel.make_mesh()
-    ctx, hooks, tx, schedule, state, pretrained = setup(config, mesh)
+    ctx, hooks, tx, schedule, state, pretrained = setup(config, mesh, workdir)
     data, meta = ctx.data, run_meta(config, ctx.data)
 
     # -- checkpoints: resume if there is one.
@@ -255,10 +264,11 @@ def _train_and_evaluate(
 
     # -- steps, compiled once; writers.
     train_step, eval_step = compile_steps(ctx, hooks, tx, schedule)
-    writer = metric_writers.create_default_writer(str(workdir), just_logging=not is_main)
+    writer = console.make_writer(workdir, is_main)
     progress = periodic_actions.ReportProgress(
         num_train_steps=config.num_steps, writer=writer, every_steps=config.log_every
     )
+    progress_line = console.Progress(config.num_steps, start_step)
     evaluate_and_log = make_evaluate_and_log(ctx, eval_step, writer, meta)
     initial = hooks.initial_weights(state.params)
     if initial and start_step == 0:
@@ -283,6 +293,7 @@ def _train_and_evaluate(
             for name, rate in hooks.rates(step - 1).items():
                 last_train["dropout_rate" if name == "feature" else name] = rate
             writer.write_scalars(step, {f"train/{k}": v for k, v in last_train.items()})
+            console.info(progress_line.line(step, last_train))
             pending = []
         label = schedule_lib.label(config, step)  # What rows and checkpoints are numbered.
         if schedule_lib.is_eval_step(config, step):
@@ -321,17 +332,6 @@ def _train_and_evaluate(
     return write_summary(config, workdir, hooks, meta, last_train, measured, start_time)
 
 
-def summary_line(summary: dict, workdir: pathlib.Path) -> str:
-    """The run's result in one readable line: the selected step's ID and OOD accuracy."""
-    selected = summary["selected"]
-    return (
-        f"Done: {summary['method']} on {summary['dataset']}, test domains "
-        f"{','.join(summary['test_domains'])}: selected step {selected['step']} (training-domain "
-        f"validation): ID {100 * selected['id_accuracy']:.1f} %, OOD "
-        f"{100 * selected['ood_accuracy']:.1f} %. Records: {workdir}/summary.json, results.jsonl."
-    )
-
-
 def pipeline_batches(config: ml_collections.ConfigDict, data, start_step: int):
     """The run's training batches from `start_step` on, as numpy (this host's rows)."""
     return pipeline.train_dataset(
@@ -364,5 +364,6 @@ def write_summary(config, workdir: pathlib.Path, hooks, meta, last_train, measur
     summary.update(hooks.summary(rows))
     summary.update(measured)
     results.write_json_atomic(workdir / results.SUMMARY, summary)
-    logging.info("%s", summary_line(summary, workdir))
+    lines = console.summary_lines(summary, workdir)
+    console.info("\n".join(lines[:2] if console.nested() else lines))
     return summary

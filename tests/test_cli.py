@@ -17,7 +17,15 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENTRY_POINTS = {
     "richft_jax.main": (
         ["-m", "richft_jax.main"],
-        ["--config", "--workdir", "--[no]distributed", "--coordinator_address", "--process_id"],
+        [
+            "--config",
+            "--workdir",
+            "--[no]distributed",
+            "--coordinator_address",
+            "--process_id",
+            "--[no]verbose",
+            "--[no]library_logs",
+        ],
     ),
     "richft_jax.report": (["-m", "richft_jax.report"], ["--out"]),
     "richft_jax.convert": (
@@ -184,3 +192,5 @@ def test_library_info_lines_are_dropped_but_not_their_warnings_or_ours():
     assert not f.filter(record(f"{site}/tensorflow_datasets/core/builder.py", logging.INFO))
     assert f.filter(record(f"{site}/orbax/checkpoint/checkpoint_manager.py", logging.WARNING))
     assert f.filter(record("/repo/richft_jax/train.py", logging.INFO))
+    assert not f.filter(record(f"{site}/clu/platform/local.py", logging.INFO))
+    assert not f.filter(record(f"{site}/jax/_src/xla_bridge.py", logging.INFO))

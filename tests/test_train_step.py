@@ -93,15 +93,18 @@ def test_head_learning_rate_factor_and_step_decay():
     assert isinstance(tx, optax.GradientTransformation)
 
 
-def test_summary_line_reads_as_the_runs_result(tmp_path):
-    from richft_jax import train
+def test_summary_reads_as_the_runs_result(tmp_path):
+    from richft_jax import console
 
     summary = {
         "method": "very_large_dropout",
         "dataset": "digits_domains",
         "test_domains": ["syn"],
         "selected": {"step": 600, "id_accuracy": 0.9123, "ood_accuracy": 0.5187},
+        "wall_time_s": 85.0,
     }
-    line = train.summary_line(summary, tmp_path)
-    assert "selected step 600" in line and "ID 91.2 %" in line and "OOD 51.9 %" in line
-    assert str(tmp_path / "summary.json") in line
+    text = "\n".join(console.summary_lines(summary, tmp_path))
+    assert "Done in 1m25s: very_large_dropout on digits_domains" in text
+    assert "selected step 600" in text and "ID 91.2%  OOD 51.9%" in text
+    assert f"python -m richft_jax.report {tmp_path}" in text
+    assert f"tensorboard --logdir {tmp_path}" in text
