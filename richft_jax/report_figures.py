@@ -92,38 +92,40 @@ def cloud(records: list, dataset: str) -> dict:
 
 def plot_cloud(records: list, dataset: str, path: pathlib.Path) -> None:
     """The paper's Figure 2 for one dataset: each method's cloud (small points) and its
-    DomainBed-selected point (large, black edge); single-setting methods are one point."""
+    DomainBed-selected point (large, black edge); single-setting methods are one point. Methods
+    without every test domain are left out (their averages are over other domains), named
+    under the plot."""
     plt = _pyplot()
     data = cloud(records, dataset)
     n_domains = max(len(v["domains"]) for v in data.values())
-    fig, ax = plt.subplots(figsize=(6.5, 5))
+    left_out = [m for m, v in data.items() if len(v["domains"]) < n_domains]
+    fig, ax = plt.subplots(figsize=(7.5, 5.5))
     for i, (method, v) in enumerate(data.items()):
-        style = _style(i)
-        pts = v["points"]
+        if method in left_out:
+            continue
+        style, pts = _style(i), v["points"]
         n = 0 if pts is None else len(pts)
         if n > 1:
             alpha = max(0.08, min(0.6, 30 / n))
-            ax.scatter(100 * pts[:, 0], 100 * pts[:, 1], s=8, alpha=alpha, linewidths=0, **style)
-        partial = (
-            f", {len(v['domains'])}/{n_domains} test domains"
-            if len(v["domains"]) < n_domains
-            else ""
-        )
-        label = f"{method} ({n} point{'s' * (n != 1)}{partial})"
+            ax.scatter(100 * pts[:, 0], 100 * pts[:, 1], s=10, alpha=alpha, linewidths=0, **style)
+        label = f"{method} ({n} point{'s' * (n != 1)})"
         x, y = v["selected"]
         ax.scatter([100 * x], [100 * y], s=90, edgecolor="black", label=label, **style)
-    seeds = max(v["seeds"] for v in data.values())
+    seeds = max(v["seeds"] for m, v in data.items() if m not in left_out)
     ax.set_title(
-        f"{dataset}: every choice of one hyper-parameter setting per test domain\n"
-        f"training-domain validation, mean over {n_domains} test domains of "
-        f"{seeds}-seed means; large: DomainBed's selection",
-        fontsize=9,
+        f"{dataset}: ID vs OOD, every choice of one hyper-parameter setting per test domain\n"
+        f"each point: mean over {n_domains} test domains of {seeds}-seed means at the "
+        "training-domain-validation step; large: DomainBed's selection",
+        fontsize=8,
     )
     ax.set_xlabel("ID accuracy (%, training domains' out splits)")
     ax.set_ylabel("OOD accuracy (%, test domain's in split)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    if left_out:
+        note = f"left out (not every test domain): {', '.join(left_out)}"
+        fig.text(0.01, 0.005, note, fontsize=6, color="gray")
+    fig.tight_layout(rect=(0, 0.02 if left_out else 0, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
