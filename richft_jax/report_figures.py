@@ -166,6 +166,7 @@ def rate_curve(records: list, dataset: str, error_bar: str = "domainbed") -> dic
         }
         out[rate]["seeds"] = len(by_seed)
         out[rate]["domains"] = len({t for t, _ in groups})
+        out[rate]["test_domains"] = sorted({t for t, _ in groups})
     return out
 
 
@@ -180,7 +181,11 @@ def rate_table(curve: dict, dataset: str, error_bar_text: str) -> str:
     for rate, v in curve.items():
         ood, id_ = (f"{100 * v[k][0]:.1f} ± {100 * v[k][1]:.1f}" for k in ("ood", "id"))
         lines.append(f"| {rate:g} | {v['seeds']} | {v['domains']} | {ood} | {id_} |")
-    lines.append(f"\n{error_bar_text}, over trial seeds of each seed's mean over test domains.")
+    domains = ", ".join(next(iter(curve.values()))["test_domains"])
+    lines.append(
+        f"\nTest domains: {domains} (those every rate has). {error_bar_text}, over trial seeds "
+        "of each seed's mean over test domains."
+    )
     return "\n".join(lines)
 
 
@@ -199,10 +204,11 @@ def plot_rate_curve(curve: dict, dataset: str, path: pathlib.Path) -> None:
         ax.set_ylabel(f"{name} accuracy (%)")
         ax.grid(alpha=0.3)
     seeds = max(v["seeds"] for v in curve.values())
+    domains = ", ".join(next(iter(curve.values()))["test_domains"])
     fig.suptitle(
         f"{dataset}: accuracy against the dropout rate (training-domain validation, "
-        f"{seeds} seed{'s' * (seeds != 1)})",
-        fontsize=10,
+        f"{seeds} seed{'s' * (seeds != 1)}; mean over test domains {domains})",
+        fontsize=9,
     )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
