@@ -179,7 +179,10 @@ def rate_table(curve: dict, dataset: str, error_bar_text: str) -> str:
         "|---|---|---|---|---|",
     ]
     for rate, v in curve.items():
-        ood, id_ = (f"{100 * v[k][0]:.1f} ± {100 * v[k][1]:.1f}" for k in ("ood", "id"))
+        ood, id_ = (
+            f"{100 * v[k][0]:.1f}" + (f" ± {100 * v[k][1]:.1f}" if v["seeds"] > 1 else "")
+            for k in ("ood", "id")
+        )  # One seed: the mean alone, as the tables print it.
         lines.append(f"| {rate:g} | {v['seeds']} | {v['domains']} | {ood} | {id_} |")
     domains = ", ".join(next(iter(curve.values()))["test_domains"])
     lines.append(
