@@ -1,0 +1,82 @@
+"""The one path layer: every path a user gives (workdir, run directories, weights, data
+directories) becomes an `etils.epath.Path`, so a local disk and a bucket (gs://, s3://) take
+the same code, the one Orbax and TFDS already use.
+
+A URL is never reinterpreted as a local folder (`gs://b/x` never becomes `./gs:/b/x`), and a
+URL whose scheme is not a storage system (https://, for instance) is refused naming the input.
+Imports nothing heavy (no JAX, no TensorFlow): the preflight uses it before the run starts.
+"""
+
+import errno
+import os
+
+from etils import epath
+
+# The storage schemes epath reads and writes (etils.epath.gpath); others are refused.
+STORAGE_SCHEMES = ("gs", "s3", "az")
+
+
+def scheme(value: str | os.PathLike) -> str | None:
+    """The URL scheme of `value` ("gs" for gs://bucket/x), or None for a local path."""
+    text = os.fspath(value)
+    return text.split("://", 1)[0] if "://" in text else None
+
+
+def is_remote(value: str | os.PathLike) -> bool:
+    """Whether `value` names an object store (gs://...) rather than the local file system."""
+    return scheme(value) is not None
+
+
+def path(value: str | os.PathLike, what: str = "path") -> epath.Path:
+    """`value` as an epath: a storage URL as is, a local path with ~ expanded and made absolute
+    (Orbax takes absolute paths only). `what` names the input (a flag or config key) in errors."""
+    text = os.fspath(value)
+    if not text:
+        raise ValueError(f"{what} is empty: give a local path or a gs:// URL.")
+    found = scheme(text)
+    if found is None:
+        return epath.Path(os.path.abspath(os.path.expanduser(text)))
+    if found not in STORAGE_SCHEMES:
+        supported = ", ".join(f"{s}://" for s in STORAGE_SCHEMES)
+        raise ValueError(
+            f"{what}={text!r}: {found}:// is not a storage system paths can be read from or "
+            f"written to (supported: a local path, {supported}); download the file first and "
+            "pass its path."
+        )
+    return epath.Path(text)
+
+
+def write_text_atomic(target: str | os.PathLike, text: str) -> None:
+    """Writes `text` so that readers see the old or the new content, never half: a temporary
+    file and a rename on a local disk; one object upload on a bucket (uploads are atomic there,
+    and renames are copies)."""
+    target = path(target)
+    if is_remote(target):
+        target.write_text(text, encoding="utf-8")
+        return
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, target)
+
+
+def unwritable(workdir: str) -> str | None:
+    """Why a run could not create and write `workdir`, or None; only looks, creates nothing.
+    Locally the workdir, or else its nearest existing ancestor, must be a directory this
+    process can write into; a bucket URL is checked by the run's first write (a probe here
+    would need the network)."""
+    if is_remote(workdir):
+        try:
+            path(workdir, "--workdir")
+        except ValueError as e:
+            return str(e)
+        return None
+    target = path(workdir)
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir():
+        why = f"{existing} is not a directory"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        read_only = os.statvfs(existing).f_flag & os.ST_RDONLY
+        why = f"{existing}: {os.strerror(errno.EROFS if read_only else errno.EACCES)}"
+    else:
+        return None
+    return f"workdir {str(target)!r} is not writable: {why}"
