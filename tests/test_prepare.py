@@ -393,3 +393,14 @@ def test_count_check_names_domain_and_both_counts():
     domainbed.check_counts(spec, found, "here", allow=True)  # The override: logged only.
     for name, spec in domainbed.SPECS.items():  # Each table adds up to its published total.
         assert spec.counts is None or sum(spec.counts) == spec.total, name
+
+
+def test_a_bucket_data_dir_extracts_on_a_local_disk(tmp_path, monkeypatch):
+    """Archives of a gs:// data dir go to $RICHFT_CACHE/downloads (extraction renames folders,
+    which buckets cannot do); a local data dir keeps TFDS's <data_dir>/downloads; nothing named
+    "gs:" appears in the working directory."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RICHFT_CACHE", str(tmp_path / "cache"))
+    assert prepare.downloads_dir("gs://bucket/tfds") == tmp_path / "cache" / "downloads"
+    assert prepare.downloads_dir(str(tmp_path / "tfds")) == tmp_path / "tfds" / "downloads"
+    assert not (tmp_path / "gs:").exists()

@@ -6,7 +6,9 @@ r"""Downloads a DomainBed photo dataset as DomainBed's download script does, and
 Datasets: pacs, vlcs, office_home, terra_incognita, domainnet. Three steps, each done once (a
 rerun skips what is finished, so an interrupted run is resumed by running it again):
 
-1. Download: the archives DomainBed's script uses (`ARCHIVES`) into D/downloads/domainbed/,
+1. Download: the archives DomainBed's script uses (`ARCHIVES`) into D/downloads/domainbed/
+   ($RICHFT_CACHE/downloads/domainbed/ when D is a bucket, gs://...: archives are extracted on
+   a local disk, and only the TFDS dataset is written to the bucket),
    each written to a temp file and renamed when complete (a broken download never passes for
    the file). Google Drive files (PACS, VLCS, OfficeHome) through gdown, an optional extra
    (`pip install 'richft_jax[download]'`); the others (TerraIncognita, DomainNet) over http(s).
@@ -40,7 +42,7 @@ from collections.abc import Callable, Sequence
 import tensorflow_datasets as tfds
 from absl import app, flags, logging
 
-from richft_jax import cli
+from richft_jax import cli, config_lib, paths
 from richft_jax.data import domainbed, sources
 from richft_jax.models import hub
 
@@ -352,7 +354,7 @@ def prepare(
     spec = domainbed.SPECS[name]
     builder = sources.make_builder(name, data_dir, skip_unreadable)
     if manual_dir is None:
-        downloads = pathlib.Path(builder.data_dir_root) / "downloads"
+        downloads = downloads_dir(builder.data_dir_root)
         if not builder.is_prepared():
             extracted(name, downloads / "manual", downloads / "domainbed", keep_archives)
         manual_dir = str(downloads / "manual")
@@ -363,6 +365,16 @@ def prepare(
     )
     domainbed.check_counts(spec, counts_of(builder), builder.data_dir, allow_count_mismatch)
     return builder
+
+
+def downloads_dir(data_dir_root: str) -> pathlib.Path:
+    """Where archives are downloaded and extracted: beside the TFDS data dir on a local disk
+    (TFDS's own <data_dir>/downloads), on a local disk when the data dir is a bucket
+    ($RICHFT_CACHE/downloads: extraction renames folders, which object stores cannot do), so a
+    gs:// data dir never becomes a local folder named "gs:"."""
+    if paths.is_remote(data_dir_root):
+        return pathlib.Path(config_lib.cache_path("downloads")).expanduser()
+    return pathlib.Path(data_dir_root).expanduser() / "downloads"
 
 
 def _urls_of(folder: pathlib.Path) -> list[str]:
