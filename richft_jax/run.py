@@ -8,6 +8,7 @@ same starting point; nothing else re-assembles config pieces.
 
 import dataclasses
 import json
+import os
 import pathlib
 from typing import Any
 
@@ -15,8 +16,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from absl import logging
+from etils import epath
 
-from richft_jax import checkpoints, evaluation, parallel
+from richft_jax import checkpoints, evaluation, parallel, paths
 from richft_jax.data import pipeline
 from richft_jax.methods import hooks as hooks_lib
 from richft_jax.models import hub, registry
@@ -107,13 +109,23 @@ def published_weights(value: str | None) -> hub.Weights | None:
     return hub.WEIGHTS.get(value) if isinstance(value, str) else None
 
 
+def pretrained_path(value: str) -> epath.Path:
+    """config.pretrained.path (not a registered name) as an epath: a local path made absolute,
+    a gs:// (s3://, az://) URL kept as is; another URL refused, naming the key and the
+    registered names."""
+    try:
+        return paths.path(value, "config.pretrained.path")
+    except ValueError as e:
+        raise ValueError(f"{e} Or give a registered name ({', '.join(hub.WEIGHTS)}).") from None
+
+
 def validate_pretrained(config: ml_collections.ConfigDict) -> None:
     """config.pretrained.path: a registered name of weights for config.model.name's
-    architecture, or a local path (never a URL)."""
+    architecture, a local path or a storage URL (gs://); no other URL."""
     value = config.pretrained.path
     weights = published_weights(value)
     if weights is None:
-        local_path(value, "config.pretrained.path")
+        pretrained_path(value)
         return
     if weights.arch != config.model.name:
         raise ValueError(
@@ -130,20 +142,20 @@ def validate_pretrained(config: ml_collections.ConfigDict) -> None:
         )
 
 
-def resolve_pretrained(config: ml_collections.ConfigDict) -> pathlib.Path | None:
-    """config.pretrained.path as a local path. A registered name is fetched (downloaded once
-    into the cache, models/hub.py) and its file's sha256 and source recorded as
-    config.pretrained.sha256 / .source, which the run writes to its config.json."""
+def resolve_pretrained(config: ml_collections.ConfigDict) -> epath.Path | None:
+    """config.pretrained.path as an epath (local, or gs:// as given). A registered name is
+    fetched (downloaded once into the cache, models/hub.py) and its file's sha256 and source
+    recorded as config.pretrained.sha256 / .source, which the run writes to its config.json."""
     value = config.pretrained.get("path")
     if not value:
         return None
     if published_weights(value) is None:
-        return local_path(value, "config.pretrained.path")
+        return pretrained_path(value)
     info = hub.provenance(value)
     with config.unlocked():
         config.pretrained.sha256 = info["sha256"]
         config.pretrained.source = info["source"]
-    return pathlib.Path(info["path"])
+    return epath.Path(info["path"])
 
 
 def load_pretrained(config: ml_collections.ConfigDict, params: dict, batch_stats: dict):
@@ -179,11 +191,11 @@ def load_pretrained(config: ml_collections.ConfigDict, params: dict, batch_stats
     return params, batch_stats
 
 
-def pretrained_checkpoint(path: pathlib.Path) -> pathlib.Path:
-    """The checkpoint a local config.pretrained.path directory names (its latest step); a
-    FileNotFoundError naming the key and the expected layout if there is none."""
+def pretrained_checkpoint(path: str | os.PathLike) -> epath.Path:
+    """The checkpoint a config.pretrained.path directory (local or gs://) names (its latest
+    step); a FileNotFoundError naming the key and the expected layout if there is none."""
     try:
-        return checkpoints.latest_step_dir(path)
+        return epath.Path(checkpoints.latest_step_dir(pretrained_path(os.fspath(path))))
     except FileNotFoundError:
         raise FileNotFoundError(
             f"config.pretrained.path: no pretrained checkpoint at {path} "
@@ -215,7 +227,7 @@ def init_variables(
 class Run:
     """A finished (or checkpointed) run: its config, data, model and restored variables."""
 
-    path: pathlib.Path
+    path: epath.Path  # The run directory, local (absolute) or gs:// as given.
     config: ml_collections.ConfigDict
     data: pipeline.DomainData
     model: Any
@@ -223,27 +235,31 @@ class Run:
     step: int
 
 
-def read_config(run_dir: pathlib.Path) -> ml_collections.ConfigDict:
-    """A run's resolved config (workdir/config.json), with a clear error if it has none."""
-    config_file = run_dir / "config.json"
+def read_config(run_dir: str | os.PathLike) -> ml_collections.ConfigDict:
+    """A run's resolved config (RUN/config.json, local or gs://), with a clear error if it has
+    none."""
+    config_file = paths.path(run_dir, "run directory") / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{run_dir} has no config.json (not a run directory).")
-    return ml_collections.ConfigDict(json.loads(config_file.read_text()))
+    return ml_collections.ConfigDict(json.loads(config_file.read_text(encoding="utf-8")))
 
 
-def checkpoint_dirs(path: str, which: str = "best") -> tuple[pathlib.Path, pathlib.Path]:
-    """(run directory, step directory) of `restore(path, which)`, absolute; a
-    FileNotFoundError when there is no finished checkpoint."""
-    path = pathlib.Path(path).expanduser().resolve()  # Orbax reads absolute paths only.
+def checkpoint_dirs(path: str | os.PathLike, which: str = "best") -> tuple[epath.Path, epath.Path]:
+    """(run directory, step directory) of `restore(path, which)`: absolute when local, a
+    gs:// URL kept as given (Orbax reads both); a FileNotFoundError when there is no finished
+    checkpoint."""
+    path = paths.path(path, "run directory")
     if (path / "state").is_dir():
         return path.parent.parent, path
     sub = {"best": checkpoints.BEST, "latest": checkpoints.LATEST}.get(which)
     if sub is None:
         raise ValueError(f"which={which!r} is not 'best' or 'latest'.")
-    return path, checkpoints.latest_step_dir(path / sub)
+    return path, epath.Path(checkpoints.latest_step_dir(path / sub))
 
 
-def restore(path: str, which: str = "best") -> tuple[ml_collections.ConfigDict, dict, int]:
+def restore(
+    path: str | os.PathLike, which: str = "best"
+) -> tuple[ml_collections.ConfigDict, dict, int]:
     """(config, {"params", "batch_stats"}, step) of a run's best or latest checkpoint, or of one
     step directory (RUN/checkpoints/STEP: ensembles and averages along one run)."""
     run_dir, step_dir = checkpoint_dirs(path, which)
@@ -253,12 +269,11 @@ def restore(path: str, which: str = "best") -> tuple[ml_collections.ConfigDict, 
     return config, variables, int(step_dir.name)
 
 
-def from_workdir(path: str, which: str = "best", data_dir: str | None = None) -> Run:
-    """A run rebuilt from its workdir: config.json, the same data and model, restored variables."""
+def from_workdir(path: str | os.PathLike, which: str = "best", data_dir: str | None = None) -> Run:
+    """A run rebuilt from its workdir (local or gs://): config.json, the same data and model,
+    restored variables."""
+    run_dir, _ = checkpoint_dirs(path, which)
     config, variables, step = restore(path, which)
     data = load_data(config, data_dir)
     model = build_model(config, data.num_classes)
-    run_dir = pathlib.Path(path).expanduser().resolve()
-    if (run_dir / "state").is_dir():
-        run_dir = run_dir.parent.parent
     return Run(run_dir, config, data, model, variables, step)
