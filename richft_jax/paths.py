@@ -46,6 +46,25 @@ def path(value: str | os.PathLike, what: str = "path") -> epath.Path:
     return epath.Path(text)
 
 
+GLOB_CHARACTERS = frozenset("*?[")
+
+
+def has_glob(value: str | os.PathLike) -> bool:
+    """Whether `value` holds a glob pattern (*, ?, [...])."""
+    return not GLOB_CHARACTERS.isdisjoint(os.fspath(value))
+
+
+def expand(value: str | os.PathLike, what: str = "path") -> list[epath.Path]:
+    """`value` as paths (`path`): itself, or the existing paths its glob pattern (*, ?, [...])
+    matches, sorted; a gs:// pattern has no shell to expand it (** is refused there: epath
+    lists one level per *)."""
+    target = path(value, what)
+    if not has_glob(target):
+        return [target]
+    base = next(p for p in target.parents if not has_glob(p))
+    return sorted(base.glob(os.fspath(target.relative_to(base))))
+
+
 def write_text_atomic(target: str | os.PathLike, text: str) -> None:
     """Writes `text` so that readers see the old or the new content, never half: a temporary
     file and a rename on a local disk; one object upload on a bucket (uploads are atomic there,
