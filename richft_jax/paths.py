@@ -65,6 +65,15 @@ def expand(value: str | os.PathLike, what: str = "path") -> list[epath.Path]:
     return sorted(base.glob(os.fspath(target.relative_to(base))))
 
 
+def make_dirs(value: str | os.PathLike, what: str = "path") -> epath.Path:
+    """The folder `value` (`path`), created with its parents when local; nothing is created on
+    a bucket, which has no folders (an object's name holds the slashes)."""
+    target = path(value, what)
+    if not is_remote(target):
+        target.mkdir(parents=True, exist_ok=True)
+    return target
+
+
 def write_text_atomic(target: str | os.PathLike, text: str) -> None:
     """Writes `text` so that readers see the old or the new content, never half: a temporary
     file and a rename on a local disk; one object upload on a bucket (uploads are atomic there,
