@@ -1,21 +1,34 @@
-"""The run outputs other tools read: results.jsonl rows and summary.json.
+"""The run outputs other tools read: results rows and summary.json.
 
-Rows are appended one whole line per write and fsynced, so a crash leaves at most a
-truncated last line, which readers skip with a warning. ID and OOD of a row are defined once
-here (`is_id`, `is_ood`, `id_ood`), as `DomainData.id_splits` / `ood_splits` define them for
-splits: ID = the training domains' out splits, OOD = the test domains' in splits (DomainBed).
+On a local disk rows go to workdir/results.jsonl, appended one whole line per write and
+fsynced, so a crash leaves at most a truncated last line, which readers skip with a warning.
+An object store (gs://) has no appends: rewriting a growing object at every evaluation would
+cost its whole size each time, so each append call (one evaluation round) is one object under
+workdir/results.jsonl.d/, named to sort in write order; `read_rows` merges results.jsonl and
+those objects, so every reader sees the same rows either way.
+
+ID and OOD of a row are defined once here (`is_id`, `is_ood`, `id_ood`), as
+`DomainData.id_splits` / `ood_splits` define them for splits: ID = the training domains' out
+splits, OOD = the test domains' in splits (DomainBed).
 """
 
 import json
 import os
-import pathlib
+import re
+import uuid
 from collections.abc import Iterable
 
 import numpy as np
 from absl import logging
+from etils import epath
+
+from richft_jax import paths
 
 RESULTS = "results.jsonl"
 SUMMARY = "summary.json"
+# The object-store layout: one object per append call, "<8-digit sequence>-<random>.jsonl".
+ROUNDS = RESULTS + ".d"
+_ROUND_NAME = re.compile(r"^(\d{8})-[0-9a-f]+\.jsonl$")
 
 
 def is_id(row: dict) -> bool:
@@ -56,14 +69,30 @@ def eval_rows(evals: Iterable[tuple], **fields) -> list[dict]:
     ]
 
 
-def append_rows(workdir: str, rows: Iterable[dict]) -> None:
-    """Appends rows to workdir/results.jsonl (one write per batch of rows, then fsync).
+def _lines(rows: Iterable[dict]) -> str:
+    """Rows as JSON lines (sorted keys, one row a line)."""
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+
+
+def append_rows(
+    workdir: str | os.PathLike, rows: Iterable[dict], *, sharded: bool | None = None
+) -> None:
+    """Appends rows to the workdir's results: a line each in results.jsonl on a local disk,
+    one object per call under results.jsonl.d/ on an object store (`sharded` forces either)."""
+    directory = paths.path(workdir, "workdir")
+    sharded = paths.is_remote(directory) if sharded is None else sharded
+    if sharded:
+        _append_round(directory, _lines(rows))
+    else:
+        _append_local(directory / RESULTS, _lines(rows))
+
+
+def _append_local(path: epath.Path, text: str) -> None:
+    """One write of `text` at the end of a local results.jsonl, then fsync.
 
     After a line cut short by a crash, the rows start on a new line: the truncated line stays
     one bad line (skipped by readers) instead of swallowing the first new row.
     """
-    path = pathlib.Path(workdir) / RESULTS
-    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
     try:
         with open(path, "a+b") as f:
             if f.tell() > 0:
@@ -77,15 +106,76 @@ def append_rows(workdir: str, rows: Iterable[dict]) -> None:
         raise OSError(f"Could not append results to {path}: {e}") from e
 
 
+def round_files(workdir: str | os.PathLike) -> list[epath.Path]:
+    """The workdir's round objects (results.jsonl.d/*), in write order; [] when none."""
+    folder = paths.path(workdir, "workdir") / ROUNDS
+    try:
+        found = [p for p in folder.iterdir() if _ROUND_NAME.match(p.name)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(found, key=lambda p: p.name)
+
+
+def _append_round(directory: epath.Path, text: str) -> None:
+    """Writes `text` as the next round object: its sequence number follows the last one's."""
+    existing = round_files(directory)
+    sequence = int(_ROUND_NAME.match(existing[-1].name)[1]) + 1 if existing else 0
+    target = directory / ROUNDS / f"{sequence:08d}-{uuid.uuid4().hex[:8]}.jsonl"
+    try:
+        if not paths.is_remote(target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+        paths.write_text_atomic(target, text)
+    except OSError as e:
+        raise OSError(f"Could not write results to {target}: {e}") from e
+
+
+def has_results(directory: str | os.PathLike) -> bool:
+    """Whether a run directory holds results (results.jsonl or round objects)."""
+    directory = paths.path(directory, "run directory")
+    return (directory / RESULTS).exists() or bool(round_files(directory))
+
+
+# Rows of round objects already read from an object store, by URL: an object is written once
+# and only ever rewritten by `truncate_after` (which drops its entry), so a run re-reading its
+# rows at every evaluation fetches each object once. Local files are always read afresh.
+_ROUND_CACHE: dict[str, list[dict]] = {}
+
+
 def read_rows(path: str | os.PathLike) -> list[dict]:
-    """Reads a results.jsonl, skipping (with a warning) lines that are not whole JSON objects."""
-    path = pathlib.Path(path)
-    if path.is_dir():
-        path = path / RESULTS
-    if not path.exists():
+    """A run's rows: results.jsonl then its round objects, given the run directory or its
+    results.jsonl (another .jsonl file is read alone). Lines that are not whole JSON objects
+    are skipped with a warning."""
+    path = paths.path(path, "results")
+    if path.name == RESULTS:
+        directory = path.parent
+    elif path.is_dir():
+        directory = path
+    else:
+        return _read_file(path)
+    rows = _read_file(directory / RESULTS)
+    for f in round_files(directory):
+        rows += _read_round(f)
+    return rows
+
+
+def _read_round(path: epath.Path) -> list[dict]:
+    """A round object's rows; each remote object fetched once per process."""
+    if not paths.is_remote(path):
+        return _read_file(path)
+    key = str(path)
+    if key not in _ROUND_CACHE:
+        _ROUND_CACHE[key] = _read_file(path)
+    return [dict(r) for r in _ROUND_CACHE[key]]
+
+
+def _read_file(path: epath.Path) -> list[dict]:
+    """The rows of one JSON-lines file ([] if it does not exist), bad lines skipped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
         return []
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -98,22 +188,31 @@ def read_rows(path: str | os.PathLike) -> list[dict]:
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    """Writes JSON through a temporary file and a rename, so readers never see half a file."""
-    path = pathlib.Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Writes JSON so readers never see half a file (`paths.write_text_atomic`)."""
+    paths.write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def truncate_after(workdir: str, step: int) -> int:
-    """Drops rows with step > `step` (written after the checkpoint we resume from)."""
-    path = pathlib.Path(workdir) / RESULTS
-    rows = read_rows(path)
+def truncate_after(workdir: str | os.PathLike, step: int) -> int:
+    """Drops rows with step > `step` (written after the checkpoint we resume from); returns
+    how many. A round object left without rows is deleted, one with some is rewritten."""
+    directory = paths.path(workdir, "workdir")
+    dropped = _truncate_file(directory / RESULTS, step, delete_if_empty=False)
+    for f in round_files(directory):
+        dropped += _truncate_file(f, step, delete_if_empty=True)
+    return dropped
+
+
+def _truncate_file(path: epath.Path, step: int, delete_if_empty: bool) -> int:
+    """Rewrites one file of rows without those past `step`; the number dropped."""
+    rows = _read_file(path)
     kept = [r for r in rows if r["step"] <= step]
-    if len(kept) != len(rows):
-        tmp = path.with_name(RESULTS + ".tmp")
-        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept), "utf-8")
-        os.replace(tmp, path)
+    if len(kept) == len(rows):
+        return 0
+    _ROUND_CACHE.pop(str(path), None)
+    if kept or not delete_if_empty:
+        paths.write_text_atomic(path, _lines(kept))
+    else:
+        path.unlink()
     return len(rows) - len(kept)
 
 

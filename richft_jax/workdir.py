@@ -1,58 +1,40 @@
 """The run's directory: creation, the resolved config, an exclusive lock, preemption, prefetch.
 
-Everything here is about the process around the loop, not the model: a workdir that is refused
-early and clearly when it cannot be written, one run at a time per workdir, SIGTERM turned into
-a checkpoint-and-exit, and batches moved to the devices ahead of the step.
+Everything here is about the process around the loop, not the model: a workdir (a local folder
+or a gs:// URL, through `paths`) that is refused early and clearly when it cannot be written,
+one run at a time per workdir, SIGTERM turned into a checkpoint-and-exit, and batches moved to
+the devices ahead of the step.
 """
 
 import collections
 import contextlib
-import errno
 import fcntl
 import json
 import os
-import pathlib
 import signal
 import threading
 from collections.abc import Iterable, Iterator
 
 import jax
 import ml_collections
+from etils import epath
 
-from richft_jax import parallel, results
-
-
-def url_refused(workdir: str) -> str:
-    """Why a URL (gs://...) is refused as a workdir, and what to do instead."""
-    return (
-        f"workdir {workdir!r}: results, the workdir lock and checkpoints go through the file "
-        "system; mount the bucket (e.g. gcsfuse, as launch/tpu_pod.sh does) and pass its path."
-    )
+from richft_jax import lease as lease_lib
+from richft_jax import parallel, paths, results
 
 
 def unwritable(workdir: str) -> str | None:
-    """Why `make_workdir(workdir)` would fail, or None; only looks (nothing is created): the
-    workdir, or else its nearest existing ancestor, must be a directory this process can
-    write into, on a file system mounted read-write."""
-    if "://" in workdir:
-        return url_refused(workdir)
-    path = pathlib.Path(workdir).expanduser().absolute()
-    existing = next(p for p in (path, *path.parents) if os.path.exists(p))
-    if not existing.is_dir():
-        why = f"{existing} is not a directory"
-    elif not os.access(existing, os.W_OK | os.X_OK):
-        read_only = os.statvfs(existing).f_flag & os.ST_RDONLY
-        why = f"{existing}: {os.strerror(errno.EROFS if read_only else errno.EACCES)}"
-    else:
-        return None
-    return f"workdir {str(pathlib.Path(workdir).expanduser())!r} is not writable: {why}"
+    """Why `make_workdir(workdir)` would fail, or None; only looks (`paths.unwritable`)."""
+    return paths.unwritable(workdir)
 
 
-def make_workdir(workdir: str) -> pathlib.Path:
-    """Creates the workdir; a clear error naming it if that is impossible."""
-    if "://" in workdir:
-        raise ValueError(url_refused(workdir))
-    path = pathlib.Path(workdir).expanduser()
+def make_workdir(workdir: str | os.PathLike) -> epath.Path:
+    """The workdir as an epath, created on a local disk (with its parents); a bucket has no
+    folders to create, and a URL never becomes a local folder. A clear error naming it if it
+    cannot be created."""
+    path = paths.path(workdir, "--workdir")
+    if paths.is_remote(path):
+        return path
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -60,8 +42,9 @@ def make_workdir(workdir: str) -> pathlib.Path:
     return path
 
 
-def write_config(path: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+def write_config(path: str | os.PathLike, config: ml_collections.ConfigDict) -> None:
     """Writes the resolved config as workdir/config.json (process 0)."""
+    path = paths.path(path, "--workdir")
     try:
         if jax.process_index() == 0:
             results.write_json_atomic(
@@ -71,7 +54,7 @@ def write_config(path: pathlib.Path, config: ml_collections.ConfigDict) -> None:
         raise OSError(f"workdir {str(path)!r} is not writable: {e}") from e
 
 
-def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> pathlib.Path:
+def prepare_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> epath.Path:
     """Creates the workdir and writes the resolved config; a clear error if it can't."""
     path = make_workdir(workdir)
     write_config(path, config)
@@ -79,13 +62,28 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> pathlib.
 
 
 @contextlib.contextmanager
-def exclusive_workdir(path: pathlib.Path) -> Iterator[None]:
-    """Holds an flock on workdir/.lock for the whole run, so a second run started on the same
-    workdir is refused instead of interleaving checkpoints and results. The OS releases the
-    lock when the process ends, even on SIGKILL, so a crashed run never blocks its rerun."""
+def exclusive_workdir(path: str | os.PathLike, use_lease: bool | None = None) -> Iterator[None]:
+    """One run at a time per workdir (process 0 takes it), so a second run on the same workdir
+    is refused instead of interleaving checkpoints and results: an flock on workdir/.lock on a
+    local disk, a heartbeat lease object (`lease.Lease`) on a bucket, which has no locks;
+    `use_lease` forces either."""
     if jax.process_index() != 0:
         yield
         return
+    path = paths.path(path, "--workdir")
+    use_lease = paths.is_remote(path) if use_lease is None else use_lease
+    if use_lease:
+        with lease_lib.Lease(path / lease_lib.LEASE):
+            yield
+    else:
+        with _flock(path):
+            yield
+
+
+@contextlib.contextmanager
+def _flock(path: epath.Path) -> Iterator[None]:
+    """Holds an flock on workdir/.lock: the OS releases it when the process ends, even on
+    SIGKILL, so a crashed run never blocks its rerun."""
     try:
         lock = open(path / ".lock", "a+")  # noqa: SIM115 (held until the run ends)
     except OSError as e:

@@ -227,19 +227,19 @@ def test_no_code_path_unpickles_anything():
     assert offenders == {}
 
 
-def test_a_bucket_url_as_workdir_is_refused_with_what_to_do(tmp_path, monkeypatch):
+def test_a_bucket_url_as_workdir_stays_a_url_and_is_never_a_local_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ValueError, match="workdir 'gs://bkt/run'.*mount the bucket"):
-        workdir_lib.make_workdir("gs://bkt/run")
-    assert not (tmp_path / "gs:").exists()  # Not silently created as a local folder.
+    assert str(workdir_lib.make_workdir("gs://bkt/run")) == "gs://bkt/run"  # Nothing to create.
+    with pytest.raises(ValueError, match="--workdir='https://h/run': https:// is not a storage"):
+        workdir_lib.make_workdir("https://h/run")
+    assert list(tmp_path.iterdir()) == []  # Not silently created as a local folder "gs:".
 
 
-def test_a_bucket_url_as_pretrained_path_is_refused_before_anything_is_written(
-    tmp_path, monkeypatch
-):
-    # It used to be taken for a local folder "gs:/bucket/x" and pretrained into.
+def test_a_web_url_as_pretrained_path_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    # A gs:// URL is read as is (never a local folder "gs:/bucket/x", as it once was); a URL
+    # that is not a storage system is refused naming the key.
     monkeypatch.chdir(tmp_path)
-    c = tiny(str(tmp_path / "data"), **{"pretrained.path": "gs://bucket/x"})
-    with pytest.raises(ValueError, match="config.pretrained.path='gs://bucket/x': a URL"):
+    c = tiny(str(tmp_path / "data"), **{"pretrained.path": "https://host/x"})
+    with pytest.raises(ValueError, match="config.pretrained.path='https://host/x'"):
         train.train_and_evaluate(c, str(tmp_path / "run"))
-    assert not (tmp_path / "gs:").exists() and not (tmp_path / "run").exists()
+    assert list(tmp_path.iterdir()) == []  # No run, no data, no local "https:" folder.

@@ -186,8 +186,9 @@ def test_an_unwritable_workdir_is_named(bare):
     (problem,) = preflight.check(c, str(blocker / "run"))
     assert problem.what == "workdir"
     assert f"'{blocker / 'run'}' is not writable: {blocker} is not a directory" in problem.wrong
-    (problem,) = preflight.check(c, "gs://bucket/run")
-    assert "mount the bucket" in problem.wrong
+    assert preflight.check(c, "gs://bucket/run") == []  # Written as is; checked by the run.
+    (problem,) = preflight.check(c, "https://host/run")
+    assert "--workdir='https://host/run': https:// is not a storage system" in problem.wrong
     if os.geteuid() != 0:  # Root writes anywhere (but on a read-only file system).
         locked = bare / "locked"
         locked.mkdir(mode=0o500)
