@@ -3,7 +3,9 @@
   python -m richft_jax.report DIR... [--out=OUT_DIR] [--error_bar=domainbed|sample]
   (or: richft-report DIR... [--out=OUT_DIR] [--error_bar=...])
 
-Reads every results.jsonl under the given directories (numbers are never copied by hand).
+Reads the rows of every run under the given directories (numbers are never copied by hand):
+local or gs:// (DIR and --out), a quoted glob such as 'gs://bucket/sweep/*' expanded (a bucket
+has no shell to do it), each run's results.jsonl and a bucket's round objects (results.py).
 Computed as DomainBed's domainbed/scripts/collect_results.py and model_selection.py compute
 them:
 - training-domain validation: per run, the step with the best mean out-split accuracy of the
@@ -35,12 +37,13 @@ its Figure 3 (with several rates).
 
 import collections
 import csv
-import pathlib
+import io
+import os
 
 import numpy as np
 from absl import app, flags
 
-from richft_jax import cli, report_figures, results
+from richft_jax import cli, paths, report_figures, results
 from richft_jax.selection import (
     ERROR_BARS,
     HPARAMS,
@@ -163,10 +166,17 @@ def markdown(records: list[RunRecord], error_bar: str = "domainbed") -> str:
     return "\n\n".join(out) + "\n"
 
 
-def write_csv(records: list[RunRecord], path: pathlib.Path, error_bar: str = "domainbed") -> None:
-    """Long-format CSV: one row per (selection, dataset, method, test domains); the error bar
-    `error_bar` names (NaN for one seed under "sample")."""
-    with open(path, "w", newline="", encoding="utf-8") as f:
+def write_csv(
+    records: list[RunRecord], path: str | os.PathLike, error_bar: str = "domainbed"
+) -> None:
+    """Long-format CSV (local or gs://): one row per (selection, dataset, method, test
+    domains); the error bar `error_bar` names (NaN for one seed under "sample")."""
+    paths.path(path, "--out").write_text(csv_text(records, error_bar), encoding="utf-8")
+
+
+def csv_text(records: list[RunRecord], error_bar: str = "domainbed") -> str:
+    """`write_csv`'s text."""
+    with io.StringIO(newline="") as f:
         w = csv.writer(f)
         w.writerow(
             [
@@ -196,6 +206,7 @@ def write_csv(records: list[RunRecord], path: pathlib.Path, error_bar: str = "do
                         error_bar,
                     ]
                 )
+        return f.getvalue()
 
 
 def write_report(
@@ -205,7 +216,9 @@ def write_report(
     hparams: tuple[str, ...] = HPARAMS,
 ) -> str:
     """The tables of every run under `dirs` (markdown), also written with results.csv and the
-    figures into `out` when given: the command line's work, callable without it.
+    figures into `out` when given: the command line's work, callable without it. `dirs` and
+    `out`: local or gs:// (`dirs` may hold glob patterns: a bucket has no shell to expand
+    them).
     `error_bar`: "domainbed" (DomainBed's, divisor n) or "sample" (divisor n − 1); `hparams`:
     the config keys whose values make a run's hyper-parameter setting (the clouds' axes)."""
     if error_bar not in ERROR_BARS:
@@ -215,8 +228,7 @@ def write_report(
         raise FileNotFoundError(f"No {results.RESULTS} under {dirs}.")
     text = markdown(records, error_bar)
     if out:
-        out_dir = pathlib.Path(out)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir = paths.make_dirs(out, "--out")
         (out_dir / "tables.md").write_text(text, encoding="utf-8")
         write_csv(records, out_dir / "results.csv", error_bar)
         report_figures.write_figures(records, out_dir, error_bar)

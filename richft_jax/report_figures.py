@@ -11,10 +11,12 @@
 """
 
 import collections
-import pathlib
+import io
+import os
 
 import numpy as np
 
+from richft_jax import paths
 from richft_jax.selection import aggregate, mean_se, select_run
 
 MAX_CLOUD_POINTS = 2_000_000  # DomainNet's (2×3)^6 = 46,656; beyond this a cloud is skipped.
@@ -36,6 +38,17 @@ def _pyplot():
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     return plt
+
+
+def save_figure(fig, path: str | os.PathLike, **savefig_kwargs) -> None:
+    """Writes `fig` to `path` (local or gs://; the format from its suffix) and closes it:
+    drawn into memory, then written as one file or object (matplotlib writes local files
+    only)."""
+    target = paths.path(path, "figure")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=target.suffix.lstrip(".") or "png", **savefig_kwargs)
+    target.write_bytes(buffer.getvalue())
+    _pyplot().close(fig)
 
 
 def setting_means(records: list, dataset: str, method: str) -> dict:
@@ -90,7 +103,7 @@ def cloud(records: list, dataset: str) -> dict:
     return out
 
 
-def plot_cloud(records: list, dataset: str, path: pathlib.Path) -> None:
+def plot_cloud(records: list, dataset: str, path: str | os.PathLike) -> None:
     """The paper's Figure 2 for one dataset: each method's cloud (small points) and its
     DomainBed-selected point (large, black edge); single-setting methods are one point. Methods
     without every test domain are left out (their averages are over other domains), named
@@ -126,8 +139,7 @@ def plot_cloud(records: list, dataset: str, path: pathlib.Path) -> None:
         note = f"left out (not every test domain): {', '.join(left_out)}"
         fig.text(0.01, 0.005, note, fontsize=6, color="gray")
     fig.tight_layout(rect=(0, 0.02 if left_out else 0, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def rate_curve(records: list, dataset: str, error_bar: str = "domainbed") -> dict:
@@ -192,7 +204,7 @@ def rate_table(curve: dict, dataset: str, error_bar_text: str) -> str:
     return "\n".join(lines)
 
 
-def plot_rate_curve(curve: dict, dataset: str, path: pathlib.Path) -> None:
+def plot_rate_curve(curve: dict, dataset: str, path: str | os.PathLike) -> None:
     """The paper's Figure 3: OOD (left) and ID (right) accuracy against the dropout rate, rates
     evenly spaced (0.9, 0.95, 0.99 would crowd a linear axis), error bars as the table's."""
     plt = _pyplot()
@@ -214,11 +226,10 @@ def plot_rate_curve(curve: dict, dataset: str, path: pathlib.Path) -> None:
         fontsize=9,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
-def plot_id_vs_ood(records: list, path: pathlib.Path) -> None:
+def plot_id_vs_ood(records: list, path: str | os.PathLike) -> None:
     """ID (x) against OOD (y) accuracy per method (training-domain validation): one point per
     test domain plus the mean over them, large."""
     plt = _pyplot()
@@ -237,13 +248,13 @@ def plot_id_vs_ood(records: list, path: pathlib.Path) -> None:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
-def write_figures(records: list, out_dir: pathlib.Path, error_bar: str = "domainbed") -> None:
+def write_figures(records: list, out_dir: str | os.PathLike, error_bar: str = "domainbed") -> None:
     """Writes id_vs_ood.png, cloud_<dataset>.png and, where the records hold several dropout
-    rates, dropout_rate_<dataset>.png into `out_dir`."""
+    rates, dropout_rate_<dataset>.png into `out_dir` (local or gs://)."""
+    out_dir = paths.path(out_dir, "--out")
     plot_id_vs_ood(records, out_dir / "id_vs_ood.png")
     for dataset in sorted({r.dataset for r in records}):
         plot_cloud(records, dataset, out_dir / f"cloud_{dataset}.png")

@@ -8,16 +8,21 @@ import collections
 import dataclasses
 import json
 import math
-import pathlib
+import os
 
 import numpy as np
+from etils import epath
 
+from richft_jax import paths as paths_lib
 from richft_jax import results
 
 SELECTIONS = ("training_domain_validation", "oracle")
 
 
 HPARAMS = ("optim.lr", "optim.weight_decay")  # The paper's grid: what tells settings apart.
+# A run's sub-folders that hold no runs, not listed (one listing per folder on a bucket): its
+# checkpoints (checkpoints.LATEST, checkpoints.BEST) and its results' round objects.
+NO_RUNS = ("checkpoints", "best", results.ROUNDS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,13 +48,16 @@ def _flat(config: dict, prefix: str = "") -> dict:
     return out
 
 
-def _run_config(run_dir: pathlib.Path) -> dict:
+def _run_config(run_dir: epath.Path) -> dict:
     """The run's config.json, flattened to dotted keys ({} when it has none)."""
-    path = run_dir / "config.json"
-    return _flat(json.loads(path.read_text(encoding="utf-8"))) if path.exists() else {}
+    try:
+        text = (run_dir / "config.json").read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    return _flat(json.loads(text))
 
 
-def _record(path: pathlib.Path, method: str, rows: list[dict], config: dict, hparams) -> RunRecord:
+def _record(path: epath.Path, method: str, rows: list[dict], config: dict, hparams) -> RunRecord:
     selection = results.select_training_domain_validation(rows)
     best, last = selection["selected"], selection["last"]
     rate = config.get("dropout_rate")
@@ -88,20 +96,52 @@ def _name_rates(records: list[RunRecord]) -> list[RunRecord]:
     ]
 
 
+def _runs_under(folder: epath.Path) -> list[epath.Path]:
+    """The run directories (holding results rows) at or below `folder`, as rglob found them:
+    symbolic links to folders are not followed; `NO_RUNS` folders are not listed."""
+    try:
+        entries = list(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return []
+    names = {e.name for e in entries}
+    found = [folder] if results.RESULTS in names or results.ROUNDS in names else []
+    for entry in entries:
+        if entry.name in NO_RUNS or (not paths_lib.is_remote(entry) and os.path.islink(entry)):
+            continue
+        if entry.is_dir():
+            found += _runs_under(entry)
+    return found
+
+
+def run_sources(given: list[str | os.PathLike]) -> list[tuple[epath.Path, epath.Path]]:
+    """(run directory, what to read its rows from: itself or a given results file) of every run
+    under `given`, local or gs://, in the order they are read: each argument in turn (a glob
+    pattern expanded, its matches sorted), the runs under each sorted by the path of their
+    results.jsonl."""
+    found = []
+    for value in given:
+        for p in paths_lib.expand(value, "run directory"):
+            if p.is_file():
+                found.append((p.parent, p))
+            elif p.is_dir():
+                runs = sorted(_runs_under(p), key=lambda d: d / results.RESULTS)
+                found += [(d, d) for d in runs]
+    return found
+
+
 def run_records(paths: list[str], hparams: tuple[str, ...] = HPARAMS) -> list[RunRecord]:
-    """One record per (results file, method) found under `paths`, its hyper-parameter setting
-    read from the config.json beside the rows (the values of `hparams`, dotted config keys)."""
+    """One record per (run, method) found under `paths` (run directories, their parents or
+    results files; local or gs://; glob patterns expanded: `run_sources`), its
+    hyper-parameter setting read from the run's config.json (the values of `hparams`, dotted
+    config keys)."""
     records = []
-    files = []
-    for p in map(pathlib.Path, paths):
-        files += [p] if p.is_file() else sorted(p.rglob(results.RESULTS))
-    for f in files:
+    for run_dir, source in run_sources(paths):
         by_method = collections.defaultdict(list)
-        for r in results.read_rows(f):
+        for r in results.read_rows(source):
             by_method[r["method"]].append(r)
-        config = _run_config(f.parent)
+        config = _run_config(run_dir)
         for method, rows in by_method.items():
-            records.append(_record(f.parent, method, rows, config, hparams))
+            records.append(_record(run_dir, method, rows, config, hparams))
     return _name_rates(records)
 
 
