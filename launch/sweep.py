@@ -15,11 +15,13 @@ seed sets both `seed` and `trial_seed` (DomainBed: the trial seed draws the spli
 --along-run=COMBINATIONS also combines, after each run, the checkpoints it saved along the
 way (configs/combine.py into RUN/along_run, rows named "<method>+<combination>"): the
 paper's along-run ensembles and soups. Runs must keep those checkpoints
-(--grid=keep_checkpoints=N).
+(--grid=keep_checkpoints=N). --out may be a bucket (gs://BUCKET/sweep): the workdirs are
+then gs:// URLs, read there to skip finished runs.
 """
 
 import itertools
 import json
+import os
 import pathlib
 import shlex
 import subprocess
@@ -27,19 +29,27 @@ import sys
 
 import ml_collections
 from absl import app, flags
+from etils import epath
 
-from richft_jax import config_lib, schedule
+from richft_jax import config_lib, paths, schedule
+
+
+def sweep_root(out: str | os.PathLike) -> epath.Path:
+    """--out as the workdirs' root: a gs:// URL as given, a local path as given (relative ones
+    stay relative in the printed commands, which run elsewhere); other URLs refused."""
+    checked = paths.path(out, "--out")
+    return checked if paths.is_remote(out) else epath.Path(out)
 
 
 def expand(
-    configs: list[str], grid: dict[str, list[str]], seeds: list[int], out: str
-) -> list[tuple[pathlib.Path, list[str]]]:
+    configs: list[str], grid: dict[str, list[str]], seeds: list[int], out: str | os.PathLike
+) -> list[tuple[epath.Path, list[str]]]:
     """[(workdir, command)] for every config × grid point × seed, workdirs named by their values.
 
     Seeds vary slowest, then grid points, then configs: an interrupted sweep has whole
     comparisons (every config at every grid point) for its first seeds.
     """
-    runs = []
+    runs, root = [], sweep_root(out)
     keys = sorted(grid)
     for seed in seeds:
         for values in itertools.product(*(grid[k] for k in keys)):
@@ -50,7 +60,7 @@ def expand(
                 parts = [name] + [
                     f"{k.split('.')[-1]}={v}" for k, v in zip(keys, values, strict=True)
                 ]
-                workdir = pathlib.Path(out, *parts, f"seed{seed}")
+                workdir = root.joinpath(*parts, f"seed{seed}")
                 cmd = [
                     sys.executable,
                     "-m",
@@ -64,13 +74,15 @@ def expand(
     return runs
 
 
-def along_run_command(workdir: pathlib.Path, combinations: str) -> list[str] | None:
-    """The configs/combine.py command over the checkpoints a finished run saved, or None when
-    its along-run combinations are already written."""
+def along_run_command(workdir: epath.Path, combinations: str) -> list[str] | None:
+    """The configs/combine.py command over the checkpoints a finished run (local or gs://)
+    saved, or None when its along-run combinations are already written."""
+    workdir = epath.Path(workdir)
     out = workdir / "along_run"
     if (out / "summary.json").exists():
         return None
-    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    text = (workdir / "config.json").read_text(encoding="utf-8")
+    config = ml_collections.ConfigDict(json.loads(text))
     saved = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
     # The paper configs start the along-run ensembles and soups at config.along_run_start.
     steps = [workdir / "checkpoints" / str(s) for s in schedule.along_run_steps(config, saved)]

@@ -11,14 +11,15 @@ Writes OUT/checkpoints/0 in the layout the train loop reads (`params/backbone`, 
 head as `params/head`, `batch_stats/backbone`), plus the source file's name and format as
 metadata. With --model, every parameter is checked against that architecture first. Configs
 can also point at the original file directly; converting once saves re-reading and checks it.
+--source and --out: local paths or gs:// URLs (e.g. --out=gs://BUCKET/weights/vit_b16).
 """
 
 import os
-import pathlib
 
 from absl import app, flags
+from etils import epath
 
-from richft_jax import checkpoints, cli
+from richft_jax import checkpoints, cli, paths
 from richft_jax.models import pretrained
 
 
@@ -36,17 +37,18 @@ def _drop_empty(tree: dict) -> dict:
 
 def convert(
     source: str | os.PathLike, fmt: str, out: str | os.PathLike, model: str | None = None
-) -> pathlib.Path:
-    """Reads `source` in format `fmt` and writes it as an Orbax checkpoint under `out`."""
+) -> epath.Path:
+    """Reads `source` in format `fmt` and writes it as an Orbax checkpoint under `out` (both
+    local or gs://)."""
     if fmt not in pretrained.FORMATS:
         raise ValueError(f"--format={fmt!r} is not one of {pretrained.FORMATS}.")
-    source = pathlib.Path(source).expanduser()
+    source = paths.path(source, "--source")
     if model is not None:
         if model not in pretrained.NAMES:
             raise ValueError(f"--model={model!r} is not one of {pretrained.NAMES}.")
         pretrained.from_pretrained(model, source)  # Fails naming the first bad parameter.
     tree = _drop_empty(pretrained.read_checkpoint(source, fmt))
-    out = pathlib.Path(out).expanduser()
+    out = paths.path(out, "--out")
     mngr = checkpoints.manager(out / checkpoints.LATEST, keep=1)
     meta = {"source": str(source), "format": fmt, "model": model}
     checkpoints.save(mngr, 0, tree, meta)

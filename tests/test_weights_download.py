@@ -284,8 +284,12 @@ def test_paper_configs_default_to_registered_names_and_validate():
     with pytest.raises(ValueError, match=r"pretrained.path='vit_b16': vit_b16 weights.*resnet50"):
         run.validate_config(c)
     c.pretrained.path = "https://huggingface.co/timm/resnet50.tv2_in1k"
-    with pytest.raises(ValueError, match=r"a URL.*registered name \(resnet50, resnet50_v1"):
+    https = r"'https://huggingface.co/timm/resnet50.tv2_in1k': https:// is not a storage system"
+    with pytest.raises(ValueError, match=https + r".*registered name \(resnet50, resnet50_v1"):
         run.validate_config(c)
+    c.pretrained.path = "gs://bucket/resnet50.safetensors"  # A bucket is read as it is.
+    run.validate_config(c)
+    assert str(run.resolve_pretrained(c)) == "gs://bucket/resnet50.safetensors"
 
 
 def test_load_pretrained_by_name_records_sha256_and_source(env):

@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 from absl import logging
 
-from richft_jax import config_lib
+from richft_jax import config_lib, paths
 
 MIRROR_ENV = "RICHFT_WEIGHTS_MIRROR"
 TIMEOUT_S = 60  # Per socket operation (connect, each read), not for the whole file.
@@ -141,9 +141,18 @@ def get(name: str) -> Weights:
 
 # ----------------------------------------------------------------------------- the cache
 def cache_file(name: str) -> pathlib.Path:
-    """Where `fetch(name)` keeps the file: $RICHFT_CACHE/weights/<name>/<file>."""
-    root = pathlib.Path(config_lib.cache_path("weights")).expanduser()
-    return root / name / get(name).file
+    """Where `fetch(name)` keeps the file: $RICHFT_CACHE/weights/<name>/<file>, on the local
+    disk only (downloads are renamed into place and fsynced); a URL there is refused, never
+    taken for a local folder "gs:"."""
+    root = config_lib.cache_path("weights")
+    if paths.is_remote(root):
+        raise ValueError(
+            f"RICHFT_CACHE={os.environ.get('RICHFT_CACHE')!r}: the weights download cache "
+            f"({name!r} goes to {root}/{name}) is on the local disk only. Set RICHFT_CACHE to a "
+            "local folder, or copy the file into the bucket and give "
+            "--config.pretrained.path=gs://BUCKET/FILE."
+        )
+    return pathlib.Path(root).expanduser() / name / get(name).file
 
 
 def _sidecar(path: pathlib.Path) -> pathlib.Path:

@@ -9,8 +9,8 @@ downloaded once by name (`hub.py`), or `from_pretrained(backbone, path)` from a 
 """
 
 import functools
+import io
 import os
-import pathlib
 from typing import Any
 
 import flax.linen as nn
@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from richft_jax import checkpoints
+from richft_jax import checkpoints, paths
 from richft_jax.models import hub, registry, resnet, vit
 
 FORMATS = ("big_vision_npz", "torchvision_safetensors")
@@ -48,8 +48,9 @@ def where_published(name: str) -> str:
 
 # ----------------------------------------------------------------------------- reading files
 def detect_format(path: str | os.PathLike) -> str:
-    """'big_vision_npz', 'torchvision_safetensors' (by suffix) or 'orbax' (a directory)."""
-    path = pathlib.Path(path)
+    """'big_vision_npz', 'torchvision_safetensors' (by suffix) or 'orbax' (a directory);
+    local or gs://."""
+    path = paths.path(path, "pretrained checkpoint")
     if path.is_dir():
         return "orbax"
     if path.suffix == ".npz":
@@ -63,17 +64,19 @@ def detect_format(path: str | os.PathLike) -> str:
 
 
 def read_flat(path: str | os.PathLike, fmt: str) -> dict[str, np.ndarray]:
-    """The checkpoint's arrays by their names in the file; never unpickles."""
-    path = pathlib.Path(path).expanduser()
+    """The checkpoint's arrays by their names in the file (local or gs://: an object is read
+    whole into memory, as np.load and safetensors read files); never unpickles."""
+    path = paths.path(path, "pretrained checkpoint")
     if not path.is_file():
         raise FileNotFoundError(f"Pretrained checkpoint {path}: no such file.")
+    remote = paths.is_remote(path)
     if fmt == "big_vision_npz":
-        with np.load(path, allow_pickle=False) as f:
+        with np.load(io.BytesIO(path.read_bytes()) if remote else path, allow_pickle=False) as f:
             return {k: f[k] for k in f.files}
     if fmt == "torchvision_safetensors":
-        from safetensors.numpy import load_file
+        from safetensors.numpy import load, load_file
 
-        return load_file(str(path))
+        return load(path.read_bytes()) if remote else load_file(os.fspath(path))
     raise ValueError(f"Checkpoint format {fmt!r} is not one of {FORMATS}.")
 
 
@@ -173,8 +176,9 @@ def source_key(name: str, path: str) -> str:
 
 
 def read_checkpoint(path: str | os.PathLike, fmt: str | None = None) -> dict:
-    """Any supported checkpoint (file or converted Orbax dir) in the classifier layout."""
-    path = pathlib.Path(path).expanduser()
+    """Any supported checkpoint (file or converted Orbax dir, local or gs://) in the classifier
+    layout."""
+    path = paths.path(path, "pretrained checkpoint")
     fmt = fmt or detect_format(path)
     if fmt == "orbax":
         tree = checkpoints.restore_state_tree(path)
@@ -221,8 +225,9 @@ def load_backbone(
     name: str, path: str | os.PathLike, params: dict, batch_stats: dict
 ) -> tuple[dict, dict]:
     """The classifier's variables with the backbone (params and BatchNorm statistics) taken
-    from a published file or a converted Orbax dir; the new head is left as initialised."""
-    path = pathlib.Path(path).expanduser()
+    from a published file or a converted Orbax dir (local or gs://); the new head is left as
+    initialised."""
+    path = paths.path(path, "config.pretrained.path")
     if not path.exists():
         raise FileNotFoundError(
             f"config.pretrained.path: {path} does not exist. {name}: {where_published(name)}."
@@ -275,14 +280,15 @@ def from_pretrained(
     `features=True` the penultimate features.
 
     `name`: a registered name of published weights (`hub.WEIGHTS`: downloaded once into the
-    cache when `path` is None) or a backbone (`path` then names the file or Orbax dir).
+    cache when `path` is None) or a backbone (`path` then names the file or Orbax dir, local or
+    gs://).
     `image_size` (ViT): resize the position embedding to that input size (default: the
     checkpoint's). kwargs override the variant (e.g. depth) for non-standard files."""
     if path is None:
         path = hub.fetch(name)
     if name in hub.WEIGHTS:
         name = hub.WEIGHTS[name].arch
-    path = pathlib.Path(path).expanduser()
+    path = paths.path(path, "path")
     tree = read_checkpoint(path)
     head = tree["params"].get("head") or {}
     if "kernel" not in head:
