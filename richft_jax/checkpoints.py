@@ -7,7 +7,6 @@ restores the data order and every dropout mask.
 """
 
 import os
-import pathlib
 import signal
 import time
 from typing import Any
@@ -16,6 +15,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
+
+from richft_jax import paths
 
 LATEST = "checkpoints"
 BEST = "best"
@@ -29,12 +31,14 @@ def manager(directory: str | os.PathLike, keep: int = 2) -> ocp.CheckpointManage
     """A CheckpointManager keeping the `keep` most recent steps (async saves).
 
     Orbax writes each step into a temporary directory and renames it when complete, so a
-    killed write never looks finished; `cleanup_tmp_directories` removes such leftovers.
+    killed write never looks finished (on a bucket, where renames are copies, a step counts once
+    Orbax's commit marker is written); `cleanup_tmp_directories` removes such leftovers.
+    `directory`: a local path (made absolute, as Orbax requires) or a gs:// URL, as is.
     """
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, cleanup_tmp_directories=True
     )
-    return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options)
+    return ocp.CheckpointManager(paths.path(directory, "checkpoint directory"), options=options)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict | None = None) -> None:
@@ -52,10 +56,10 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict | None =
     if meta is not None:
         args["meta"] = ocp.args.JsonSave(meta)
     mngr.save(step, args=ocp.args.Composite(**args), force=True)
-    _maybe_kill_during_save(pathlib.Path(mngr.directory), step)
+    _maybe_kill_during_save(epath.Path(mngr.directory), step)
 
 
-def _maybe_kill_during_save(directory: pathlib.Path, step: int) -> None:
+def _maybe_kill_during_save(directory: epath.Path, step: int) -> None:
     """Test hook (KILL_IN_SAVE_ENV): SIGKILL once the uncommitted temporary directory exists."""
     if os.environ.get(KILL_IN_SAVE_ENV) != f"{directory.name}:{step}":
         return
@@ -71,7 +75,7 @@ def restore_latest(mngr: ocp.CheckpointManager, target: Any) -> tuple[Any, dict]
     step = mngr.latest_step()
     if step is None:
         return None
-    step_dir = pathlib.Path(mngr.directory) / str(step)
+    step_dir = epath.Path(mngr.directory) / str(step)
     with ocp.PyTreeCheckpointer() as ckptr:
         saved = ckptr.metadata(step_dir / "state").item_metadata.tree
     for name in ("params", "batch_stats"):
@@ -114,10 +118,10 @@ def tree_mismatch(expected: Any, saved: Any, path: str) -> str | None:
     return None
 
 
-def latest_step_dir(directory: str | os.PathLike) -> pathlib.Path:
+def latest_step_dir(directory: str | os.PathLike) -> epath.Path:
     """The latest finished checkpoint under a run's workdir or manager dir (or the step dir
-    itself when given one)."""
-    directory = pathlib.Path(directory)
+    itself when given one); local or gs://."""
+    directory = paths.path(directory, "checkpoint directory")
     if (directory / "state").is_dir():
         return directory
     for candidate in (directory / LATEST, directory):
@@ -133,8 +137,8 @@ def latest_step_dir(directory: str | os.PathLike) -> pathlib.Path:
 def restore_state_tree(directory: str | os.PathLike) -> dict:
     """Restores a saved train state as plain nested dicts of numpy arrays (no target needed),
     on the host: a checkpoint from any topology loads anywhere."""
-    # Absolute: Orbax's metadata reader silently returns None for a relative path.
-    step_dir = latest_step_dir(pathlib.Path(directory).expanduser().absolute())
+    # Absolute (paths.path): Orbax's metadata reader silently returns None for a relative path.
+    step_dir = latest_step_dir(paths.path(directory, "checkpoint directory"))
     with ocp.PyTreeCheckpointer() as ckptr:
         metadata = ckptr.metadata(step_dir / "state").item_metadata
         restore_args = jax.tree.map(

@@ -71,11 +71,12 @@ def _write(lease: epath.Path, holder: Holder) -> None:
 
 def in_use_error(lease: epath.Path, holder: Holder, now: float, stale_after: float) -> str:
     """The refusal: the workdir, who holds it, and the ways out."""
+    delete = f"gcloud storage rm {lease}" if paths.is_remote(lease) else f"rm {lease}"
     return (
         f"workdir {str(lease.parent)!r} is in use by another run ({holder.describe(now)}; "
         f"its lease is {lease}). Wait for it to finish, choose another --workdir, or, if you "
-        f"know that run is dead, delete {lease} (a lease without a heartbeat for "
-        f"{stale_after:.0f} s is taken over by itself)."
+        f"know that run is dead, delete the lease ({delete}); a lease without a heartbeat for "
+        f"{stale_after:.0f} s is taken over by the next run."
     )
 
 
@@ -146,7 +147,7 @@ class Lease:
                     return
                 self.holder = dataclasses.replace(self.holder, heartbeat=time.time())
                 _write(self.path, self.holder)
-            except OSError as e:  # A network hiccup: the next beat retries.
+            except Exception as e:  # noqa: BLE001 (any backend's network error: retried)
                 logging.warning("Could not refresh the workdir lease %s: %s", self.path, e)
 
     def release(self) -> None:
@@ -160,7 +161,7 @@ class Lease:
             found = read(self.path)
             if found is not None and found.id == self.holder.id:
                 self.path.unlink()
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 (the run is over: say so, do not mask its end)
             logging.warning("Could not delete the workdir lease %s: %s", self.path, e)
         self.holder = None
 

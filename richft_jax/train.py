@@ -6,7 +6,6 @@ evaluation from `evaluation.py`; methods act only through their composed hooks
 (`methods/hooks.py`), so no method is named here.
 """
 
-import pathlib
 import threading
 import time
 
@@ -15,6 +14,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 from clu import parameter_overview, periodic_actions
+from etils import epath
 from jax.experimental import multihost_utils
 
 from richft_jax import (
@@ -23,6 +23,7 @@ from richft_jax import (
     console,
     evaluation,
     parallel,
+    paths,
     preflight,
     results,
     run,
@@ -37,7 +38,8 @@ PARAMETERS = "parameters.txt"  # The parameter table, in every workdir.
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains and evaluates one run into `workdir`; resumes if checkpoints are there.
+    """Trains and evaluates one run into `workdir` (a local path or a gs:// URL); resumes if
+    checkpoints are there.
 
     Returns the summary, or {"preempted": True, "step": N} when a SIGTERM stopped the run
     after saving step N.
@@ -61,7 +63,7 @@ def ensure_pretrained(config: ml_collections.ConfigDict) -> None:
     path, pre = config.pretrained.path, config.pretrained.get("pretrain_config")
     if not path or not pre or run.published_weights(path):
         return
-    path = run.local_path(path, "config.pretrained.path")  # Never a local "gs:" folder.
+    path = paths.path(path, "config.pretrained.path")  # gs:// as is, never a local "gs:" folder.
     if path.is_file():
         return
     try:
@@ -78,7 +80,7 @@ def ensure_pretrained(config: ml_collections.ConfigDict) -> None:
         console.info(f"Pretrained backbone ready in {path}; now the run itself.")
 
 
-def check_finite(m, step: int, ckpt_dir: pathlib.Path, mngr) -> dict:
+def check_finite(m, step: int, ckpt_dir: epath.Path, mngr) -> dict:
     """Computes the accumulated train metrics; stops the run on a NaN/Inf loss or gradient."""
     if m is None:
         return {}
@@ -92,7 +94,7 @@ def check_finite(m, step: int, ckpt_dir: pathlib.Path, mngr) -> dict:
     return values
 
 
-def setup(config: ml_collections.ConfigDict, mesh, workdir: pathlib.Path):
+def setup(config: ml_collections.ConfigDict, mesh, workdir: epath.Path):
     """(context, hooks, optimizer, schedule, replicated initial state, θ0 on the host or None)."""
     data = run.load_data(config)
     console.info(
@@ -123,11 +125,11 @@ def setup(config: ml_collections.ConfigDict, mesh, workdir: pathlib.Path):
     return ctx, hooks, tx, schedule, state, pretrained
 
 
-def write_parameter_table(workdir: pathlib.Path, model_name: str, params) -> None:
+def write_parameter_table(workdir: epath.Path, model_name: str, params) -> None:
     """The parameter table into workdir/parameters.txt; on the console its total, and the
     table itself when verbose."""
     table = parameter_overview.get_parameter_overview(params)
-    (workdir / PARAMETERS).write_text(table + "\n", encoding="utf-8")
+    paths.write_text_atomic(workdir / PARAMETERS, table + "\n")
     count = parameter_overview.count_parameters(params)
     console.info(f"Model {model_name}: {count:,} parameters (table: {workdir / PARAMETERS}).")
     if console.verbose():
@@ -135,7 +137,7 @@ def write_parameter_table(workdir: pathlib.Path, model_name: str, params) -> Non
 
 
 def resume(
-    workdir: pathlib.Path, mngr, state: steps.TrainState, config: ml_collections.ConfigDict
+    workdir: epath.Path, mngr, state: steps.TrainState, config: ml_collections.ConfigDict
 ) -> steps.TrainState:
     """The latest checkpoint's state if there is one; drops result rows written after it.
 
@@ -232,7 +234,7 @@ def should_stop(preempted: threading.Event, step: int, log_every: int) -> bool:
     return stop
 
 
-def save_best_if_selected(workdir: pathlib.Path, best_mngr, step: int, state, method: str):
+def save_best_if_selected(workdir: epath.Path, best_mngr, step: int, state, method: str):
     """Process 0 holds results.jsonl: it decides, and every host joins the Orbax save."""
     is_main = jax.process_index() == 0
     selection = (
@@ -246,7 +248,7 @@ def save_best_if_selected(workdir: pathlib.Path, best_mngr, step: int, state, me
 
 # ----------------------------------------------------------------------------- the loop
 def _train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: pathlib.Path, preempted: threading.Event
+    config: ml_collections.ConfigDict, workdir: epath.Path, preempted: threading.Event
 ) -> dict:
     is_main = jax.process_index() == 0
     start_time = time.time()
@@ -347,7 +349,7 @@ def pipeline_batches(config: ml_collections.ConfigDict, data, start_step: int):
     ).as_numpy_iterator()
 
 
-def write_summary(config, workdir: pathlib.Path, hooks, meta, last_train, measured, start_time):
+def write_summary(config, workdir: epath.Path, hooks, meta, last_train, measured, start_time):
     """summary.json: the training-domain-validation selection, the methods' and the
     evaluators' fields."""
     rows = results.read_rows(workdir)

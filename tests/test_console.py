@@ -151,3 +151,37 @@ def test_console_part_of_the_writer_only_when_verbose(tmp_path):
         assert kinds(console.make_writer(tmp_path, False)) == {metric_writers.LoggingWriter}
     finally:
         console.set_verbose(False)
+
+
+def test_events_for_a_bucket_are_staged_locally_and_copied_whole(tmp_path):
+    import tensorflow as tf
+    from etils import epath
+
+    target = tmp_path / "bucket_run"  # A local folder standing in for gs://bucket/run.
+    writer = console.MirroredSummaryWriter(epath.Path(target), upload_every=0.0)
+    staging = writer._staging
+    writer.write_scalars(1, {"train/loss": 0.5})  # Copied at once (upload_every 0).
+    (events,) = target.iterdir()
+    assert events.name.startswith("events.out.tfevents.") and events.stat().st_size > 0
+    writer.write_scalars(2, {"train/loss": 0.25})
+    writer.close()
+    assert not os.path.exists(staging) and [p.name for p in target.iterdir()] == [events.name]
+    values = [
+        (e.step, v.tag, float(tf.make_ndarray(v.tensor)))
+        for e in tf.compat.v1.train.summary_iterator(str(events))
+        for v in e.summary.value
+    ]
+    assert values == [(1, "train/loss", 0.5), (2, "train/loss", 0.25)]
+    # The console prints a gs:// workdir as the URL it is.
+    assert console.summary_lines(
+        {
+            "method": "erm",
+            "dataset": "d",
+            "test_domains": ["t"],
+            "selected": {"step": 1, "id_accuracy": 0.5, "ood_accuracy": 0.5},
+        },
+        epath.Path("gs://bucket/run"),
+    )[-2:] == [
+        "  python -m richft_jax.report gs://bucket/run",
+        "  tensorboard --logdir gs://bucket/run",
+    ]

@@ -35,7 +35,7 @@ def test_a_fresh_lease_refuses_a_second_run_naming_holder_and_fixes(tmp_path):
     message = str(err.value)
     assert f"workdir '{tmp_path}' is in use by another run" in message
     assert f"pid {first.holder.pid}" in message and "last heartbeat 0 s ago" in message
-    assert "choose another --workdir" in message and f"delete {tmp_path / '.lease.json'}" in message
+    assert "choose another --workdir" in message and f"(rm {tmp_path / '.lease.json'})" in message
     first.release()
 
 
