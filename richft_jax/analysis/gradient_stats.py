@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from richft_jax import cli, config_lib, run, steps
+from richft_jax import cli, config_lib, paths, run, steps
 from richft_jax.data import pipeline
 from richft_jax.methods import feature_dropout
 from richft_jax.methods import hooks as hooks_lib
@@ -176,9 +176,8 @@ def main(argv: list[str]) -> None:
             f"  alignment with full gradient {r['mean_alignment_with_full']:.4f}"
             f"  final train loss {r['final_train_loss']:.4f}"
         )
-    if f.out:
-        with open(f.out, "w") as file:
-            json.dump(out, file, indent=1)
+    if f.out:  # Local or gs://.
+        paths.path(f.out, "--out").write_text(json.dumps(out, indent=1), encoding="utf-8")
 
 
 def run_cli() -> None:

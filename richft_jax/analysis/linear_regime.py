@@ -15,19 +15,21 @@ each as PNG + JSON:
   on ID and OOD splits (relative L2, cosine, linear CKA): the LP-FT paper's explanation, for
   runs that did not measure it at their end (`measure.feature_distortion`);
 and summary.json with the headline numbers. Follows Zhang & Bottou (arXiv 2403.00946).
+--runs, --out and --pretrained: local paths or gs:// URLs ('gs://BUCKET/sweep/*/erm' globs
+expanded, their matches sorted).
 """
 
 import dataclasses
 import json
-import pathlib
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import ml_collections
 from absl import app, flags, logging
+from etils import epath
 
-from richft_jax import checkpoints, cli, parallel, results, steps
+from richft_jax import checkpoints, cli, parallel, paths, results, steps
 from richft_jax import run as run_lib
 from richft_jax.analysis import (
     feature_distortion,
@@ -46,7 +48,7 @@ DEFAULT_ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 class Run:
     """A finished run ready for analysis: its model, data, θ0 and selected θ_ft."""
 
-    path: pathlib.Path
+    path: epath.Path  # The run directory, local (absolute) or gs://.
     name: str
     config: ml_collections.ConfigDict
     model: Any
@@ -89,10 +91,11 @@ def load(
 
 
 def _resolved(path: str | None) -> str | None:
-    """An absolute local path (Orbax reads those only); registered weight names stay names."""
+    """An absolute local path (Orbax reads those only) or a gs:// URL as given; registered
+    weight names stay names."""
     if not path or run_lib.published_weights(path) is not None:
         return path
-    return str(pathlib.Path(path).expanduser().resolve())
+    return str(paths.path(path, "--pretrained"))
 
 
 def distortion(run: Run, max_examples: int | None = None) -> dict:
@@ -163,7 +166,7 @@ def trajectory(run: Run, mesh, max_examples: int | None = None) -> list[dict]:
         if step == 0:
             v = run.v0
         else:
-            _, v, _ = run_lib.restore(str(run.path / checkpoints.LATEST / str(step)))
+            _, v, _ = run_lib.restore(run.path / checkpoints.LATEST / str(step))
         rows = linearization.taylor_measurements(
             sums, run.v0, v, run.data, run.config.data.eval_batch_size, mesh, max_examples
         )
@@ -187,7 +190,7 @@ def interpolate(run: Run, alphas: Sequence[float], mesh, max_examples: int | Non
 
 
 def finetune_selection(run: Run) -> dict:
-    """The run's own training-domain-validation selection, from its results.jsonl."""
+    """The run's own training-domain-validation selection, from its results rows."""
     rows = results.read_rows(run.path)
     return results.select_training_domain_validation(rows, run.config.method)["selected"]
 
@@ -248,9 +251,24 @@ def parts_key(run: Run) -> str:
     )
 
 
+def expand_runs(run_paths: Sequence[str]) -> list[epath.Path]:
+    """--runs as paths, in order, each glob pattern (e.g. gs://BUCKET/sweep/*/erm: no shell
+    expands it on a bucket) replaced by its sorted matches; an error naming a pattern that
+    matches nothing, or no runs at all."""
+    expanded = []
+    for value in run_paths:
+        found = paths.expand(value, "--runs")
+        if not found:
+            raise FileNotFoundError(f"--runs: {value!r} matches no run directory.")
+        expanded += found
+    if not expanded:
+        raise ValueError("--runs is empty: give comma-separated run directories.")
+    return expanded
+
+
 def analyze(
     run_paths: Sequence[str],
-    out: str,
+    out: str | epath.PathLike,
     *,
     analyses: Sequence[str] = ANALYSES,
     alphas: Sequence[float] = DEFAULT_ALPHAS,
@@ -265,10 +283,8 @@ def analyze(
     unknown = set(analyses) - set(ANALYSES)
     if unknown:
         raise ValueError(f"--analyses: unknown {sorted(unknown)}; known {ANALYSES}.")
-    if not run_paths:
-        raise ValueError("--runs is empty: give comma-separated run directories.")
-    out = pathlib.Path(out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)  # Also when no analysis draws a figure.
+    run_paths = expand_runs(run_paths)
+    out = paths.make_dirs(out, "--out")  # Also when no analysis draws a figure.
     mesh = parallel.make_mesh()
     runs, names = [], set()
     for p in run_paths:

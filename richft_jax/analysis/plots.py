@@ -5,24 +5,26 @@ PATH.png and PATH.json, so a figure can always be checked against (or redrawn fr
 """
 
 import json
-import pathlib
+import os
 
 import matplotlib
+from etils import epath
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from richft_jax import results  # noqa: E402
+from richft_jax import paths, results  # noqa: E402
+from richft_jax.report_figures import save_figure  # noqa: E402
 
 
-def save(fig, data: dict, path: str | pathlib.Path) -> pathlib.Path:
-    """Writes `fig` to PATH.png and `data` to PATH.json; returns the PNG path."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def save(fig, data: dict, path: str | os.PathLike) -> epath.Path:
+    """Writes `fig` to PATH.png and `data` to PATH.json (local or gs://); returns the PNG
+    path."""
+    path = paths.path(path, "--out")
+    paths.make_dirs(path.parent, "--out")
     png = path.with_suffix(".png")
-    fig.savefig(png, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    path.with_suffix(".json").write_text(json.dumps(data, indent=1))
+    save_figure(fig, png, dpi=110, bbox_inches="tight")
+    path.with_suffix(".json").write_text(json.dumps(data, indent=1), encoding="utf-8")
     return png
 
 
@@ -30,7 +32,7 @@ def _split_label(r: dict) -> str:
     return f"{r['domain']}/{r['split']}" + (" (test)" if r["is_test_domain"] else "")
 
 
-def taylor_agreement(per_run: dict[str, list[dict]], path) -> pathlib.Path:
+def taylor_agreement(per_run: dict[str, list[dict]], path) -> epath.Path:
     """Per split: agreement of each run with its Taylor model, and the relative distances."""
     names = list(per_run)
     labels = [_split_label(r) for r in per_run[names[0]]]
@@ -49,7 +51,7 @@ def taylor_agreement(per_run: dict[str, list[dict]], path) -> pathlib.Path:
     return save(fig, {"per_run": per_run}, path)
 
 
-def taylor_trajectory(per_run: dict[str, list[dict]], path) -> pathlib.Path:
+def taylor_trajectory(per_run: dict[str, list[dict]], path) -> epath.Path:
     """Agreement and relative logit distance (ID and OOD) along the checkpoints of each run."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, points in per_run.items():
@@ -63,7 +65,7 @@ def taylor_trajectory(per_run: dict[str, list[dict]], path) -> pathlib.Path:
     return save(fig, {"per_run": per_run}, path)
 
 
-def interpolation(per_run: dict[str, list[dict]], path) -> pathlib.Path:
+def interpolation(per_run: dict[str, list[dict]], path) -> epath.Path:
     """Accuracy per domain along α for weight (solid) and representation (dashed)
     interpolation; training domains on their out split, the test domain on its in split."""
     fig, axes = plt.subplots(1, len(per_run), figsize=(6 * len(per_run), 4), squeeze=False)
@@ -92,7 +94,7 @@ def interpolation(per_run: dict[str, list[dict]], path) -> pathlib.Path:
     return save(fig, {"per_run": per_run}, path)
 
 
-def linear_finetune(per_run: dict[str, dict], path) -> pathlib.Path:
+def linear_finetune(per_run: dict[str, dict], path) -> epath.Path:
     """ID and OOD accuracy of fine-tuning against linear fine-tuning, per run."""
     names = list(per_run)
     fig, ax = plt.subplots(figsize=(2.5 + 2.5 * len(names), 4))
