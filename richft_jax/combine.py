@@ -3,14 +3,15 @@
   python -m richft_jax.main --config=configs/combine.py --workdir=DIR \
       --config.checkpoints=RUN1,RUN2,RUN3
 
-Each RUN is a fine-tuning workdir: the run builder (`richft_jax.run`) rebuilds its data and
-model from its config.json exactly as training built them (image size, in/out split, label
-noise), and restores its selected (`best/`) or latest (`checkpoints/`) checkpoint. A step
-directory RUN/checkpoints/STEP selects that step: ensembles and soups of the checkpoints
-saved every N steps along one run (keep them with --config.keep_checkpoints). Writes
-results.jsonl rows like a training run, with `method` naming the combination, and a
-summary.json of ID / OOD accuracy per combination. Held-out scores (greedy soup order and
-acceptance) use only the training domains' out splits, never the test domain.
+Each RUN is a fine-tuning workdir, local or gs:// (so is --workdir): the run builder
+(`richft_jax.run`) rebuilds its data and model from its config.json exactly as training built
+them (image size, in/out split, label noise), and restores its selected (`best/`) or latest
+(`checkpoints/`) checkpoint. A step directory RUN/checkpoints/STEP selects that step:
+ensembles and soups of the checkpoints saved every N steps along one run (keep them with
+--config.keep_checkpoints). Writes results.jsonl rows like a training run, with `method`
+naming the combination, and a summary.json of ID / OOD accuracy per combination. Held-out
+scores (greedy soup order and acceptance) use only the training domains' out splits, never
+the test domain.
 """
 
 import json

@@ -9,7 +9,6 @@ same starting point; nothing else re-assembles config pieces.
 import dataclasses
 import json
 import os
-import pathlib
 from typing import Any
 
 import jax
@@ -88,19 +87,6 @@ def keys(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
     """(init key, root key of the train state), both from config.seed."""
     init_key, root = jax.random.split(jax.random.PRNGKey(config.seed))
     return init_key, root
-
-
-def local_path(value: str, key: str) -> pathlib.Path:
-    """`value` as a local path; a URL (gs://, https://) is refused, naming `key`, never taken
-    for a local folder called "gs:"."""
-    if "://" in value:
-        names = f" or a registered name ({', '.join(hub.WEIGHTS)})" if "pretrained" in key else ""
-        raise ValueError(
-            f"{key}={value!r}: a URL, and this input is read from the local file system only; "
-            "copy the file or checkpoint to a local path (or mount the bucket) and pass that"
-            f"{names}."
-        )
-    return pathlib.Path(value).expanduser()
 
 
 def published_weights(value: str | None) -> hub.Weights | None:
