@@ -8,12 +8,15 @@ Runs `python -m richft_jax.main --config=configs/vit_b16_dropout.py:dataset=pacs
 (nothing listens there: no real network is tried), and prints one line: the wall seconds until
 the command exited, the seconds `import richft_jax.main` alone takes in the same environment
 (the process's start-up, which the preflight itself, milliseconds, comes after), whether the
-error names both the dataset and the weights, and the load average (timings on a busy machine
-are not comparable). A measurement, not an assertion: the goal is under 10 s on a 2-core CPU.
+error names both the dataset and the weights, which of TensorFlow, TFDS, JAX, Flax, Orbax and
+clu were imported before it stopped (one more run under `python -X importtime`: none, as the
+preflight runs first), and the load average (timings on a busy machine are not comparable). A
+measurement, not an assertion: the goal is well under 10 s on a 2-core CPU.
 """
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -25,6 +28,7 @@ from richft_jax.models import hub
 
 DESIGN_CARD = "configs/vit_b16_dropout.py:dataset=pacs,test_domain=0"
 DEAD_MIRROR = "http://127.0.0.1:9"  # The discard port: nothing listens, connections refused.
+HEAVY = ("tensorflow", "tensorflow_datasets", "jax", "flax", "orbax.checkpoint", "clu")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _REPEAT = flags.DEFINE_integer("repeat", 1, "Runs of each command (the fastest is kept).")
@@ -35,6 +39,13 @@ def timed(command: list[str], env: dict) -> tuple[float, subprocess.CompletedPro
     start = time.perf_counter()
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     return time.perf_counter() - start, done
+
+
+def imported(command: list[str], env: dict) -> list[str]:
+    """The modules of HEAVY that `command` imports (run once under `python -X importtime`)."""
+    _, done = timed([command[0], "-X", "importtime", *command[1:]], env)
+    names = set(re.findall(r"^import time:.*\|\s+([\w.]+)$", done.stderr, re.M))
+    return [m for m in HEAVY if m in names]
 
 
 def measure(repeat: int = 1) -> dict:
@@ -62,6 +73,7 @@ def measure(repeat: int = 1) -> dict:
         imports = min(
             timed([sys.executable, "-c", "import richft_jax.main"], env)[0] for _ in range(repeat)
         )
+        heavy = imported(command, env)
         built = sorted(os.listdir(tfds_dir)) + sorted(os.listdir(cache))
     out = done.stdout + done.stderr
     return {
@@ -72,6 +84,7 @@ def measure(repeat: int = 1) -> dict:
         "dataset_named": "dataset 'pacs'" in out and "manual_dir" in out,
         "weights_named": "weights 'vit_b16'" in out and hub.MIRROR_ENV in out,
         "traceback": "Traceback" in out,
+        "heavy_imports_before_error": heavy,
         "nothing_built": not built,
         "load_average_1min": round(os.getloadavg()[0], 2),
         "cpus": os.cpu_count(),
@@ -84,7 +97,8 @@ def line(m: dict) -> str:
         f"preflight: {m['seconds_to_error']:.1f} s to the error (exit {m['exit_code']}; imports "
         f"alone {m['seconds_imports_alone']:.1f} s); dataset named: {yes[m['dataset_named']]}, "
         f"weights named: {yes[m['weights_named']]}, traceback: "
-        f"{'YES' if m['traceback'] else 'no'}, nothing built: {yes[m['nothing_built']]} "
+        f"{'YES' if m['traceback'] else 'no'}, nothing built: {yes[m['nothing_built']]}, "
+        f"imported first: {', '.join(m['heavy_imports_before_error']) or 'none of TF/JAX'} "
         f"(load average {m['load_average_1min']} on {m['cpus']} CPUs)"
     )
 

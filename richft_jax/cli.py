@@ -2,7 +2,9 @@
 in --help, then `app.run(main)`.
 
 Flags are defined at start, not at import, because entry points share flag names (--out) and
-tests import several of them into one process.
+tests import several of them into one process. This module imports nothing heavy: the console
+(clu, hence TensorFlow and JAX) and JAX's compilation cache are set up after the entry point's
+`first` step (main's preflight), which then runs within a second of the start.
 """
 
 import logging as py_logging
@@ -10,8 +12,6 @@ import sys
 from collections.abc import Callable
 
 from absl import app, flags, logging
-
-from richft_jax import compile_cache, console
 
 # Libraries whose INFO lines (hundreds per run: every Orbax save and restore step, TFDS's
 # builder chatter, clu's work-unit notes, JAX's backend probing) bury the run's own; their
@@ -47,8 +47,12 @@ def run(
     doc: str | None,
     define_flags: Callable[[], None] | None = None,
     extra_key_flags: tuple[str, ...] = (),
+    first: Callable[[], None] | None = None,
 ) -> None:
-    """Defines the flags, makes `--help` show `doc` and the module's flags, runs `main`."""
+    """Defines the flags, makes `--help` show `doc` and the module's flags, runs `main`.
+
+    `first` runs once the flags are parsed, before the console and JAX are set up (which import
+    TensorFlow and JAX): checks that should fail fast, such as main's preflight."""
     if define_flags is not None:
         define_flags()
     if "library_logs" not in flags.FLAGS:
@@ -68,9 +72,13 @@ def run(
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
     def main_with_quiet_libraries(argv: list[str]) -> object:
-        console.set_verbose(flags.FLAGS.verbose)
         if not (flags.FLAGS.library_logs or flags.FLAGS.verbose):
             quiet_libraries()
+        if first is not None:
+            first()
+        from richft_jax import compile_cache, console  # noqa: PLC0415  (after `first`)
+
+        console.set_verbose(flags.FLAGS.verbose)
         compile_cache.enable()
         return main(argv)
 

@@ -5,17 +5,17 @@ Flags only; the work is `train.train_and_evaluate(config, workdir)` (or
 config value can be overridden with `--config.key=value`. Multi-host: `--distributed` calls
 `jax.distributed.initialize()`, which detects TPU pods and SLURM by itself; elsewhere give
 `--coordinator_address`, `--num_processes` and `--process_id`.
+
+The preflight (every input checked, all problems named at once) runs as soon as the flags are
+parsed, before TensorFlow, JAX and the training code are imported (seconds on a small CPU), so
+this module imports nothing heavy at the top.
 """
 
-from richft_jax import tf_cpu, xla_cpu
+from absl import flags, logging
 
-tf_cpu.tf()  # Before anything else imports TensorFlow: keep it off the accelerators.
-xla_cpu.tune()  # Before JAX starts its CPU backend.
+from richft_jax import cli, config_lib, preflight, tf_cpu, xla_cpu
 
-import jax  # noqa: E402
-from absl import flags, logging  # noqa: E402
-
-from richft_jax import cli, combine, config_lib, console, preflight, train  # noqa: E402
+xla_cpu.tune()  # Before JAX starts its CPU backend (only sets XLA_FLAGS; JAX is not imported).
 
 # A config name from the installed package (demo:tiny) or a file (configs/demo.py:tiny), with
 # --config.key=value overrides of the locked config.
@@ -32,8 +32,27 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def check_inputs() -> None:
+    """The preflight of the parsed config and workdir, before anything heavy is imported: an
+    exit with every problem and its fix (no traceback); then TensorFlow is kept off the
+    accelerators before anything imports it. A combine run checks its own list (its runs'
+    checkpoints) in combine_and_evaluate."""
+    config = _CONFIG.value
+    if config.get("task") != "combine":
+        try:
+            preflight.run(config, _WORKDIR.value)
+        except preflight.PreflightError as e:
+            raise SystemExit(str(e)) from None
+    tf_cpu.tf()
+
+
 def main(argv: list[str]) -> None:
     del argv
+    # After the preflight (check_inputs): these import TensorFlow and JAX.
+    import jax  # noqa: PLC0415
+
+    from richft_jax import combine, console, train  # noqa: PLC0415
+
     if _DISTRIBUTED.value or _COORDINATOR.value:
         jax.distributed.initialize(
             coordinator_address=_COORDINATOR.value,
@@ -66,7 +85,7 @@ def main(argv: list[str]) -> None:
 def run() -> None:
     """`python -m richft_jax.main` and the `richft-train` console script."""
     # --config is defined in config_lib, so it is not one of this module's own flags.
-    cli.run(main, __name__, __doc__, extra_key_flags=("config",))
+    cli.run(main, __name__, __doc__, extra_key_flags=("config",), first=check_inputs)
 
 
 if __name__ == "__main__":

@@ -2,22 +2,30 @@
 initialises a model, and everything missing reported at once, each with the command that fixes it.
 
 `check(config, workdir)` lists the problems; `run(config, workdir)` raises one PreflightError
-listing them all (`train.train_and_evaluate` calls it first, `main` turns it into an exit
-without traceback). Cheap by design: no TFDS build, no decoding, no model, no download.
+listing them all (`main` calls it before it imports TensorFlow and JAX and turns it into an
+exit without traceback; `train.train_and_evaluate` calls it first too, for callers without
+`main`). Cheap by design: no TFDS build, no decoding, no model, no download, and no JAX,
+TensorFlow or TFDS imported (only config_checks, data/catalog, data/domainbed_layout, paths
+and the weights registry, models/hub), so a run with missing inputs stops within a second or
+two of starting.
 
-- Config: every error `run.validate_config` finds (all, not only the first), the step labels,
-  the evaluation augmentation, the dataset name, test domains and image size.
+- Config: every error `run.validate_config` finds (all, not only the first; config_checks'
+  jax-free copy), the step labels, the evaluation augmentation, the dataset name, test
+  domains and image size.
 - Weights: a registered name (`hub.WEIGHTS`) is in the cache or answers a HEAD request within
   `hub.PROBE_TIMEOUT_S` (at $RICHFT_WEIGHTS_MIRROR when set); a local path is a file or a
-  finished run's directory, unless the config pretrains it first (the demo's first run:
-  `train.ensure_pretrained`), and then that run's own inputs are checked too.
-- Dataset: prepared in the TFDS data dir (`is_prepared()`: its version directory exists;
-  nothing is built), else preparable: a DomainBed photo set needs its folder, with every domain
-  and class folder, in the manual dir; the embedded sets need nothing. Sets that TFDS
-  downloads itself (`mnist` for rotated_mnist / colored_mnist, the catalog's `domainnet` for
-  domainnet_official) are not checked.
-- Workdir: it, or else its nearest existing ancestor, a directory this process can write to;
-  a URL is refused, as `workdir.make_workdir` refuses it.
+  finished run's directory (a gs:// one is left to the run: no network here), unless the
+  config pretrains it first (the demo's first run: `train.ensure_pretrained`), and then that
+  run's own inputs are checked too.
+- Dataset: prepared in the TFDS data dir (`catalog.is_prepared`: its version directory holds
+  dataset_info.json, as TFDS's `is_prepared()` says; nothing is built), else preparable: a
+  DomainBed photo set needs its folder, with every domain and class folder, in the manual
+  dir; the embedded sets need nothing. Sets that TFDS downloads itself (`mnist` for
+  rotated_mnist / colored_mnist, the catalog's `domainnet` for domainnet_official) are not
+  checked.
+- Workdir: it, or else its nearest existing ancestor, a directory this process can write to
+  (`paths.unwritable`); a bucket URL (gs://, s3://, az://) is checked by the run's first
+  write, any other URL refused.
 
 A combine run has its own list (`combine.preflight_problems`: its runs' directories) from the
 same checks of datasets and workdirs.
@@ -26,7 +34,6 @@ Every process checks its own inputs: each host reads its own data and weights.
 """
 
 import dataclasses
-import pathlib
 import re
 import time
 
@@ -34,11 +41,14 @@ import ml_collections
 from absl import logging
 from etils import epath
 
-from richft_jax import config_lib, evaluation, schedule
-from richft_jax import run as run_lib
-from richft_jax import workdir as workdir_lib
-from richft_jax.data import domainbed, pipeline, sources
+from richft_jax import config_checks, config_lib, paths, schedule
+from richft_jax.data import catalog
+from richft_jax.data import domainbed_layout as domainbed
 from richft_jax.models import hub
+
+# (workdir, config) pairs that passed `run` in this process: main checks before its imports,
+# train.train_and_evaluate again for callers without main; the second time is free.
+_PASSED: set[tuple[str, str]] = set()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,11 +84,16 @@ def message(problems: list[Problem]) -> str:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Raises a PreflightError listing every problem of `check`; logs the time it took."""
+    """Raises a PreflightError listing every problem of `check`; logs the time it took. Once
+    per process for the same config and workdir."""
+    key = (workdir, config.to_json_best_effort(sort_keys=True))
+    if key in _PASSED:
+        return
     start = time.monotonic()
     problems = check(config, workdir)
     if problems:
         raise PreflightError(problems)
+    _PASSED.add(key)
     logging.info(
         "Preflight: config, weights, dataset and workdir checked in %.2f s.",
         time.monotonic() - start,
@@ -97,13 +112,13 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> list[Problem]:
 # ----------------------------------------------------------------------------- the config
 def config_problems(config: ml_collections.ConfigDict) -> list[Problem]:
     """run.validate_config's errors, all of them, and the other checks the loop makes."""
-    errors = list(run_lib.config_errors(config))
+    errors = list(config_checks.config_errors(config))
     data = config.data
     for check_one in (
         lambda: schedule.validate(config),
-        lambda: evaluation.eval_augmentation(config, 0),
-        lambda: pipeline.parse_test_domains(data.test_domains, sources.domains_of(data.name)),
-        lambda: sources.check_image_size(data.get("image_size")),
+        lambda: config_checks.check_eval_augment(config),
+        lambda: catalog.parse_test_domains(data.test_domains, catalog.domains_of(data.name)),
+        lambda: catalog.check_image_size(data.get("image_size")),
     ):
         try:
             check_one()
@@ -125,15 +140,18 @@ def weights_problems(config: ml_collections.ConfigDict) -> list[Problem]:
     """config.pretrained.path: registered weights cached or downloadable, a local file or run
     directory present, or one the config pretrains first (whose inputs are checked too)."""
     value = config.pretrained.get("path")
-    if not value or (run_lib.published_weights(value) is None and "://" in value):
-        return []  # No weights; a URL is a config problem (validate_pretrained).
-    if run_lib.published_weights(value) is not None:
+    published = config_checks.published_weights(value)
+    if not value or (published is None and "://" in value):
+        # No weights; a bucket URL is read by the run (no network here), another URL is a
+        # config problem (validate_pretrained).
+        return []
+    if published is not None:
         return _published_problems(value)
-    path = pathlib.Path(value).expanduser()
+    path = config_checks.pretrained_path(value)
     if path.is_file():
         return []
     try:
-        run_lib.pretrained_checkpoint(path)
+        config_checks.pretrained_checkpoint(path)
         return []
     except FileNotFoundError as e:
         pre = config.pretrained.get("pretrain_config")
@@ -175,15 +193,14 @@ def dataset_problems(config: ml_collections.ConfigDict) -> list[Problem]:
     """The dataset prepared in the TFDS data dir, or preparable (a DomainBed photo set: its
     folder in the manual dir, as the builder will read it)."""
     data = config.data
-    if data.name not in domainbed.BUILDERS:
+    if data.name not in domainbed.SPECS:
         return []  # Embedded (built here from packaged data), catalog, or unknown (config).
-    skip = data.get("skip_unreadable", False)
-    builder = sources.make_builder(data.name, data.get("data_dir"), skip)
-    if epath.Path(builder.data_dir).exists() and builder.is_prepared():  # (No TFDS warning.)
+    skip, data_dir = data.get("skip_unreadable", False), data.get("data_dir")
+    if catalog.is_prepared(data.name, data_dir, skip):
         return []
     spec = domainbed.SPECS[data.name]
     # Where TFDS's download manager looks (DatasetBuilder._make_download_manager).
-    default = epath.Path(builder.data_dir_root) / "downloads" / "manual"
+    default = catalog.manual_dir(data_dir)
     manual = epath.Path(data.manual_dir) if data.get("manual_dir") else default
     what = f"dataset {data.name!r}"
     fix = (
@@ -192,7 +209,8 @@ def dataset_problems(config: ml_collections.ConfigDict) -> list[Problem]:
     )
     root = domainbed.locate(manual, spec)
     if root is None:
-        wrong = f"not prepared in {builder.data_dir}, and " + domainbed.not_found(manual, spec)
+        prepared = catalog.prepared_dir(data.name, data_dir, skip)
+        wrong = f"not prepared in {prepared}, and " + domainbed.not_found(manual, spec)
         return [Problem(what, wrong, fix)]
     try:
         domainbed.check_layout(root, spec)
@@ -204,11 +222,12 @@ def dataset_problems(config: ml_collections.ConfigDict) -> list[Problem]:
 # ----------------------------------------------------------------------------- the workdir
 def workdir_problems(workdir: str) -> list[Problem]:
     """The workdir writable (or creatable), without creating it."""
-    why = workdir_lib.unwritable(workdir)
+    why = paths.unwritable(workdir)
     if why is None:
         return []
-    if "://" in workdir:
-        fix = "mount the bucket (e.g. gcsfuse) and pass the mount's local path as --workdir."
+    if paths.is_remote(workdir):
+        schemes = ", ".join(f"{s}://" for s in paths.STORAGE_SCHEMES)
+        fix = f"--workdir=DIR, a local folder or a bucket URL ({schemes})."
     else:
         fix = "--workdir=DIR, a folder this process can write to (or make the one named writable)."
     return [Problem("workdir", why, fix)]

@@ -5,9 +5,16 @@ The design-card command on a bare machine (no weights, no dataset, no network) s
 error naming both, without a traceback and without building anything; weights a (local)
 server serves count as downloadable without being downloaded; the embedded demo passes; a
 DomainBed folder in the manual dir counts as preparable; an unwritable workdir is named.
+
+The preflight imports neither TensorFlow nor JAX (it runs before them, so the command stops in
+about a second): its jax-free checks (config_checks, data/catalog, data/domainbed_layout) are
+checked here against the modules they stand in for (run.config_errors, the methods' checks,
+the TFDS builders' names, versions, splits and is_prepared(), checkpoints.latest_step_dir).
 """
 
+import inspect
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -15,11 +22,15 @@ import urllib.parse
 
 import numpy as np
 import pytest
+from etils import epath
 from local_http import LocalServer
+from PIL import Image
 
-from richft_jax import combine, config_lib, preflight, train
-from richft_jax.data import domainbed
-from richft_jax.models import hub
+from richft_jax import checkpoints, combine, config_checks, config_lib, evaluation, preflight, train
+from richft_jax import run as run_lib
+from richft_jax.data import catalog, domainbed, letters, mnist_family, sources
+from richft_jax.methods import feature_dropout, label_noise
+from richft_jax.models import hub, registry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DESIGN_CARD = "configs/vit_b16_dropout.py:dataset=pacs,test_domain=0"
@@ -65,6 +76,8 @@ def design_card(tmp_path, **overrides):
 def test_the_design_card_command_on_a_bare_machine_names_dataset_and_weights(bare):
     command = [
         sys.executable,
+        "-X",
+        "importtime",  # Which modules were imported before it stopped (stderr).
         "-m",
         "richft_jax.main",
         f"--config={DESIGN_CARD}",
@@ -78,6 +91,10 @@ def test_the_design_card_command_on_a_bare_machine_names_dataset_and_weights(bar
     assert done.returncode != 0
     assert "Traceback" not in out
     assert "Preflight: 2 problem(s)" in out
+    # It stopped before TensorFlow, TFDS and JAX were imported.
+    imported = set(re.findall(r"^import time:.*\|\s+([\w.]+)$", done.stderr, re.M))
+    assert "richft_jax.preflight" in imported
+    assert not imported & {"tensorflow", "tensorflow_datasets", "jax", "flax", "clu"}
     # The dataset, and how to get it.
     assert "dataset 'pacs'" in out and "PACS/" in out
     assert "python -m domainbed.scripts.download --data_dir=DIR" in out
@@ -209,3 +226,168 @@ def test_a_combine_run_lists_every_problem_before_restoring_anything(bare):
     assert [p.what for p in err.value.problems] == ["config", *runs, "workdir"]
     message = str(err.value)
     assert "unknown ['magic']" in message and "No finished Orbax checkpoint" in message
+
+
+# ----------------------------------------------------------------------------- no JAX, no TF
+def test_the_preflight_imports_neither_tensorflow_nor_jax(bare):
+    code = (
+        "import sys\n"
+        "from richft_jax import config_lib, preflight\n"
+        f"c = config_lib.load_config_file({DESIGN_CARD!r})\n"
+        "c.data.data_dir = sys.argv[1]\n"
+        "print([p.what.split(' (')[0] for p in preflight.check(c, sys.argv[2])])\n"
+        "heavy = ('tensorflow', 'tensorflow_datasets', 'jax', 'flax', 'orbax', 'clu', 'PIL')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(bare / "tfds"), str(bare / "run")],
+        cwd=REPO,
+        env=os.environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["[\"weights 'vit_b16'\", \"dataset 'pacs'\"]", "[]"]
+
+
+# ----------------------------------------------------------------------------- jax-free copies
+def bad_configs(tmp_path) -> dict[str, dict]:
+    """Overrides of the design card, each wrong in one or more ways."""
+    return {
+        "fine": {},
+        "choices": {"optim.name": "adam", "data.augment": "x", "optim.schedule": "linear"},
+        "backbone": {"model.name": "vit_x", "pretrained.path": None},
+        "rates": {"dropout_rate": 1.0, "num_steps": 0, "eval_every": -1},
+        "schedule": {"dropout_schedule": "sometimes"},
+        "block dropout": {"model.name": "resnet50", "pretrained.path": "resnet50"},
+        "drop path": {"drop_path_rate": 1.5},
+        "label noise": {"label_noise.kind": "random"},
+        "noise rate": {"label_noise.rate": 2.0},
+        "self-labeling": {"self_labeling.gamma": 0.0, "self_labeling.radius": -1.0},
+        "threshold": {"self_labeling.correction_threshold": 1.0},
+        "temperature": {"self_labeling.reweight_temperature": 0.0},
+        "weights of another arch": {"pretrained.path": "resnet50"},
+        "a bucket URL": {"pretrained.path": "gs://bucket/weights.npz"},
+        "a web URL": {"pretrained.path": "https://example.com/weights.npz"},
+        "a local path": {"pretrained.path": str(tmp_path / "weights.npz")},
+    }
+
+
+def test_config_checks_find_what_run_finds(bare):
+    for name, overrides in bad_configs(bare).items():
+        c = design_card(bare, **overrides)
+        if name == "block dropout":
+            c.block_dropout_rate = 0.5
+        ours = [str(e) for e in config_checks.config_errors(c)]
+        assert ours == [str(e) for e in run_lib.config_errors(c)], name
+        assert bool(ours) == (name not in ("fine", "a local path", "a bucket URL")), name
+    for spec in config_lib.config_names():  # Every shipped training config passes both.
+        c = config_lib.load_config_file(spec)
+        if c.get("task") == "combine":
+            continue
+        assert config_checks.config_errors(c) == run_lib.config_errors(c) == [], spec
+    c = design_card(bare, **{"data.eval_augment": "always"})
+    with pytest.raises(ValueError) as ours:
+        config_checks.check_eval_augment(c)
+    with pytest.raises(ValueError) as theirs:
+        evaluation.eval_augmentation(c, 0)
+    assert str(ours.value) == str(theirs.value)
+
+
+def test_config_checks_tables_are_the_modules_tables():
+    assert config_checks.CHOICES == run_lib.CHOICES
+    rates = ("block_dropout_rate", "drop_path_rate")
+    assert config_checks.BACKBONE_RATES == {
+        name: tuple(r for r in rates if r in inspect.signature(b.__call__).parameters)
+        for name, b in registry.BACKBONES.items()
+    }
+    assert config_checks.DROPOUT_SCHEDULES == feature_dropout.SCHEDULES
+    assert config_checks.LABEL_NOISE_KINDS == label_noise.KINDS
+    assert config_checks.EVAL_AUGMENT == evaluation.EVAL_AUGMENT
+    assert config_checks.CHECKPOINTS == checkpoints.LATEST
+
+
+def test_pretrained_checkpoint_finds_what_orbax_finds(tmp_path):
+    layouts = {
+        "empty": [],
+        "steps": ["checkpoints/5", "checkpoints/12", "checkpoints/3.orbax-checkpoint-tmp-99"],
+        "only a temporary step": ["checkpoints/7.orbax-checkpoint-tmp-1"],
+        "steps at the top": ["3", "notes"],
+        "a step directory": ["state"],
+    }
+    for name, dirs in layouts.items():
+        run_dir = tmp_path / name.replace(" ", "_")
+        run_dir.mkdir()
+        for d in dirs:
+            (run_dir / d).mkdir(parents=True)
+        try:
+            expected = epath.Path(checkpoints.latest_step_dir(run_dir))
+        except FileNotFoundError:
+            with pytest.raises(FileNotFoundError, match="no pretrained checkpoint at"):
+                config_checks.pretrained_checkpoint(run_dir)
+            assert name in ("empty", "only a temporary step")
+            continue
+        assert config_checks.pretrained_checkpoint(run_dir) == expected, name
+    with pytest.raises(FileNotFoundError) as ours:
+        config_checks.pretrained_checkpoint(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError) as theirs:
+        run_lib.pretrained_checkpoint(tmp_path / "nowhere")
+    assert str(ours.value) == str(theirs.value)
+
+
+def test_catalog_is_the_builders_names_versions_and_splits(tmp_path, monkeypatch):
+    expected = {
+        "digits_domains": ("mnist", "mnist_m", "digits", "syn"),
+        "letters": tuple(letters.SPLIT_SIZES),
+        **{name: b.DOMAINS for name, b in mnist_family.BUILDERS.items()},
+        **{name: b.SPEC.splits for name, b in domainbed.BUILDERS.items()},
+        "domainnet_official": domainbed.SPECS["domainnet"].splits,
+    }
+    assert catalog.SPLITS == expected
+    assert set(catalog.TFDS_BUILDERS) == set(sources.BUILDERS)
+    for name, builder in sources.BUILDERS.items():
+        assert catalog.TFDS_BUILDERS[name] == (builder.name, str(builder.VERSION)), name
+        for skip in (False, True) if name in domainbed.BUILDERS else (False,):
+            made = sources.make_builder(name, str(tmp_path), skip)
+            assert catalog.prepared_dir(name, str(tmp_path), skip) == epath.Path(made.data_dir)
+    # Without a data dir: $TFDS_DATA_DIR, else ~/tensorflow_datasets, as TFDS's default.
+    from tensorflow_datasets.core import constants  # noqa: PLC0415
+
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "env"))
+    assert catalog.tfds_data_dir() == epath.Path(constants.get_default_data_dir())
+    monkeypatch.delenv("TFDS_DATA_DIR")
+    assert catalog.tfds_data_dir() == epath.Path(constants.get_default_data_dir())
+
+
+def tiny_pacs(manual) -> None:
+    """PACS with one tiny image per class: a deliberate subset, to build in seconds."""
+    spec = domainbed.SPECS["pacs"]
+    for domain in spec.domains:
+        for name in spec.classes:
+            folder = manual / spec.folder / domain / name
+            folder.mkdir(parents=True)
+            Image.new("RGB", (8, 8), (40, 80, 120)).save(folder / "a.png")
+
+
+def test_is_prepared_agrees_with_the_builders(bare, monkeypatch):
+    data_dir = str(bare / "tfds")
+    monkeypatch.setattr(letters, "SPLIT_SIZES", {"train": 52, "test": 52})  # Builds in a second.
+    builder = sources.make_builder("letters", data_dir)
+    assert catalog.is_prepared("letters", data_dir) is builder.is_prepared() is False
+    sources.builder_of("letters", data_dir)
+    assert catalog.is_prepared("letters", data_dir) is builder.is_prepared() is True
+    # A DomainBed set, prepared in its builder config's directory only.
+    tiny_pacs(bare / "manual")
+    sources.builder_of("pacs", data_dir, str(bare / "manual"), allow_count_mismatch=True)
+    for skip in (False, True):
+        made = sources.make_builder("pacs", data_dir, skip)
+        assert catalog.is_prepared("pacs", data_dir, skip) is made.is_prepared() is (not skip)
+    # A version directory without dataset_info.json (a build that died): not prepared.
+    catalog.prepared_dir("vlcs", data_dir).mkdir(parents=True)
+    vlcs = sources.make_builder("vlcs", data_dir)
+    assert catalog.is_prepared("vlcs", data_dir) is vlcs.is_prepared() is False
+    # The prepared PACS passes the preflight without a manual dir; VLCS does not.
+    assert preflight.check(design_card(bare, **{"pretrained.path": None}), str(bare / "r")) == []
+    c = design_card(bare, **{"data.name": "vlcs", "pretrained.path": None})
+    assert [p.what for p in preflight.check(c, str(bare / "r"))] == ["dataset 'vlcs'"]

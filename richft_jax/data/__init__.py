@@ -1,5 +1,6 @@
-"""Input data: TFDS builders, DomainBed splits and the tf.data input pipeline."""
+"""Input data: TFDS builders, DomainBed splits and the tf.data input pipeline.
 
-from richft_jax import tf_cpu
-
-tf_cpu.tf()  # Hide accelerators from TensorFlow before tfds or anything else imports it.
+Importing the package imports no TensorFlow: catalog.py and domainbed_layout.py (names,
+domains, layout checks) are read by the preflight before TensorFlow is. The modules that use
+TensorFlow or TFDS call `tf_cpu.tf()` when imported, so TensorFlow never sees the accelerators.
+"""

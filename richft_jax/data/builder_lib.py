@@ -5,6 +5,10 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
+from richft_jax import tf_cpu
+
+tf_cpu.tf()  # TFDS imports TensorFlow when it builds: hide the accelerators from it first.
+
 
 def image_label_info(
     builder: tfds.core.GeneratorBasedBuilder,

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from richft_jax.data import augment, sources, splits
+from richft_jax.data.catalog import parse_test_domains
 from richft_jax.tf_cpu import tf as _tf
 
 tf = _tf()
@@ -64,34 +65,6 @@ class DomainData:
             if s.domain == domain and s.split == split:
                 return s
         raise KeyError(f"No split {domain}/{split} in {self.name}.")
-
-
-def parse_test_domains(spec: str | int | Sequence, domains: Sequence[str]) -> tuple[str, ...]:
-    """Turns "syn", "3", "0,2" or [0, "syn"] into domain names, failing on unknown ones."""
-    if isinstance(spec, str):
-        items = [s.strip() for s in spec.split(",") if s.strip()]
-    elif isinstance(spec, int):
-        items = [spec]
-    else:
-        items = list(spec)
-    names = []
-    for item in items:
-        if isinstance(item, int) or (isinstance(item, str) and item.isdigit()):
-            index = int(item)
-            if not 0 <= index < len(domains):
-                raise ValueError(
-                    f"config.data.test_domains: index {index} out of range for domains {domains}."
-                )
-            names.append(domains[index])
-        elif item in domains:
-            names.append(item)
-        else:
-            raise ValueError(
-                f"config.data.test_domains: unknown domain {item!r}; valid domains are {domains}."
-            )
-    if len(set(names)) == len(domains):
-        raise ValueError("config.data.test_domains: every domain is a test domain; none to train.")
-    return tuple(dict.fromkeys(names))
 
 
 def load_domains(

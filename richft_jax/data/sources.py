@@ -1,5 +1,8 @@
 """Loads the prepared TFDS datasets of this project into memory as numpy arrays, per split.
 
+The datasets' names, domains and the checks that need no data are in catalog.py (no
+TensorFlow: the preflight reads them), re-exported here.
+
 Images are decoded and resized once, at load, to the configured square size (the paper's eval
 "resize to 224"; training augmentation then works on these arrays). Everything is held in
 memory as uint8: N x size^2 x 3 bytes, at 224 px about 150 KB an image, so PACS takes 1.5 GB,
@@ -16,6 +19,13 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from richft_jax.data import digits_domains, domainbed, letters, mnist_family
+from richft_jax.data.catalog import (  # noqa: F401  (re-exported: sources.domains_of, ...)
+    OFFICIAL,
+    check_image_size,
+    check_name,
+    domains_of,
+    has_official_splits,
+)
 from richft_jax.tf_cpu import tf as _tf
 
 tf = _tf()
@@ -26,44 +36,15 @@ BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
     **domainbed.BUILDERS,
     **mnist_family.BUILDERS,
 }
-_SPLITS = {
-    "digits_domains": digits_domains.DOMAINS,
-    "letters": tuple(letters.SPLIT_SIZES),
-    **{name: spec.splits for name, spec in domainbed.SPECS.items()},
-    **{name: b.DOMAINS for name, b in mnist_family.BUILDERS.items()},
-}
-# Datasets from TFDS's catalog with predefined per-domain splits used as DomainBed's in/out:
-# TFDS's `domainnet` (official train/test lists of the DomainNet paper; not DomainBed's
-# random 80/20 split), one TFDS config per domain, in DomainBed's domain order.
-OFFICIAL: dict[str, str] = {"domainnet_official": "domainnet"}
-_SPLITS["domainnet_official"] = domainbed.SPECS["domainnet"].splits
 VARIABLE_SIZE_DEFAULT = 224  # The paper's resolution, for datasets of variable-size photos.
-
-
-def _check_name(name: str) -> None:
-    """Raises a ValueError naming an unknown dataset and listing the known ones."""
-    if name not in _SPLITS:
-        raise ValueError(f"Unknown dataset {name!r}; valid datasets are {sorted(_SPLITS)}.")
-
-
-def domains_of(name: str) -> tuple[str, ...]:
-    """Returns the split names of a dataset in order (its domains, or train/test for letters)."""
-    _check_name(name)
-    return tuple(_SPLITS[name])
 
 
 def num_classes_of(name: str) -> int:
     """Number of classes of a dataset, read from its builder's features (no data needed)."""
-    _check_name(name)
+    check_name(name)
     if name in OFFICIAL:
         return domainbed.SPECS["domainnet"].num_classes
     return BUILDERS[name].num_classes
-
-
-def has_official_splits(name: str) -> bool:
-    """Whether the dataset comes with its own in/out split per domain (no DomainBed split)."""
-    _check_name(name)
-    return name in OFFICIAL
 
 
 def make_builder(
@@ -71,7 +52,7 @@ def make_builder(
 ) -> tfds.core.DatasetBuilder:
     """The dataset's builder as `builder_of` makes it, not prepared (`is_prepared()` says
     whether it is: the preflight's check); nothing is written."""
-    _check_name(name)
+    check_name(name)
     kwargs = {}
     if name in domainbed.BUILDERS:
         kwargs["config"] = domainbed.config_name(skip_unreadable)
@@ -159,12 +140,6 @@ def read_split(
     return images, labels
 
 
-def check_image_size(image_size: int | None) -> None:
-    """Raises a ValueError naming config.data.image_size when it is not a positive size."""
-    if image_size is not None and image_size <= 0:
-        raise ValueError(f"config.data.image_size={image_size} must be positive.")
-
-
 def load_arrays(
     name: str,
     data_dir: str | None = None,
@@ -205,7 +180,7 @@ def load_official_splits(
 ) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """{domain: {"in": official train, "out": official test}} of a catalog dataset, labels
     renumbered to DomainBed's class order (sorted class names, as ImageFolder)."""
-    _check_name(name)
+    check_name(name)
     if name not in OFFICIAL:
         raise ValueError(f"Dataset {name!r} has no official splits; valid: {sorted(OFFICIAL)}.")
     check_image_size(image_size)
