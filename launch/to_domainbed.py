@@ -26,11 +26,12 @@ agree with test_domains; otherwise the run is refused (DomainBed could not read 
 import argparse
 import collections
 import json
-import pathlib
 import re
 import sys
 
-from richft_jax import results, selection
+from etils import epath
+
+from richft_jax import paths, results, selection
 
 
 def environments(records: list[selection.RunRecord]) -> dict[str, list[str]]:
@@ -76,10 +77,10 @@ def step_records(rows: list[dict], envs: list[str], args: dict, hparams: dict) -
     return out
 
 
-def convert(dirs: list[str], out: str) -> list[pathlib.Path]:
-    """Writes the runs under `dirs` into `out` (which must be empty or absent) as DomainBed's
-    records; returns the run directories written, in reading order."""
-    out_dir = pathlib.Path(out)
+def convert(dirs: list[str], out: str) -> list[epath.Path]:
+    """Writes the runs under `dirs` (local or gs://) into `out` (local or gs://; empty or
+    absent) as DomainBed's records; returns the run directories written, in reading order."""
+    out_dir = paths.path(out, "--out")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} is not empty: DomainBed would read every run in it.")
     records = selection.run_records(dirs)
@@ -92,7 +93,7 @@ def convert(dirs: list[str], out: str) -> list[pathlib.Path]:
         # rates once per rate ("m (p=0.5)"); DomainBed gets the report's name.
         row_method = record.base_method or record.method
         rows = [r for r in results.read_rows(record.path) if r["method"] == row_method]
-        config = pathlib.Path(record.path) / "config.json"
+        config = epath.Path(record.path) / "config.json"
         hparams = json.loads(config.read_text("utf-8")) if config.exists() else {}
         domains = envs[record.dataset]
         args = {
@@ -108,12 +109,11 @@ def convert(dirs: list[str], out: str) -> list[pathlib.Path]:
         name = re.sub(r"[^A-Za-z0-9_.+=-]", "_", f"{i:04d}_{record.method}_{record.test_domains}")
         text = "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines)
         runs.append((f"{name}_trial{record.trial_seed}_hp{hparams_seed}", text))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    paths.make_dirs(out_dir, "--out")
     (out_dir / "environments.json").write_text(json.dumps(envs, indent=1) + "\n", "utf-8")
     written = []
     for name, text in runs:
-        run_dir = out_dir / name
-        run_dir.mkdir()
+        run_dir = paths.make_dirs(out_dir / name, "--out")
         (run_dir / "results.jsonl").write_text(text, "utf-8")
         (run_dir / "done").write_text("done", "utf-8")
         written.append(run_dir)
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         written = convert(args.dirs, args.out)
     except (FileExistsError, FileNotFoundError, ValueError) as e:
         raise SystemExit(str(e)) from None
-    envs = json.loads((pathlib.Path(args.out) / "environments.json").read_text("utf-8"))
+    envs = json.loads((paths.path(args.out) / "environments.json").read_text("utf-8"))
     print(f"Wrote {len(written)} DomainBed runs into {args.out}; environments: {envs}.")
 
 

@@ -260,7 +260,7 @@ def main(argv: list[str]) -> None:
     try:
         f = flags.FLAGS
         print(write_report(argv[1:], f.out, f.error_bar, tuple(f.hparams)))
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:  # No runs; a path that is not one (https://).
         raise SystemExit(str(e)) from None
 
 

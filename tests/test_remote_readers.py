@@ -19,11 +19,18 @@ from richft_jax import selection as sel
 from richft_jax.models import hub
 from richft_jax.models import pretrained as published
 
-_spec = importlib.util.spec_from_file_location(
-    "sweep", pathlib.Path(__file__).resolve().parents[1] / "launch" / "sweep.py"
-)
-sweep = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(sweep)
+
+def _launch_module(name: str):
+    """launch/NAME.py, imported (launch/ is scripts, not a package)."""
+    path = pathlib.Path(__file__).resolve().parents[1] / "launch" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+sweep = _launch_module("sweep")
+to_domainbed = _launch_module("to_domainbed")
 
 
 @pytest.fixture
@@ -142,6 +149,22 @@ def test_report_expands_a_quoted_glob_on_a_bucket(gs):
     ]
     with pytest.raises(FileNotFoundError, match=r"No results.jsonl under \['gs://bucket/none/\*'"):
         report.write_report(["gs://bucket/none/*"])
+
+
+def test_to_domainbed_reads_and_writes_a_bucket(gs, tmp_path):
+    write_sweep(epath.Path("gs://bucket/sweep"), rounds=True)
+    write_sweep(epath.Path(tmp_path / "local"), rounds=False)
+    remote = to_domainbed.convert(["gs://bucket/sweep"], "gs://bucket/domainbed")
+    local = to_domainbed.convert([str(tmp_path / "local")], str(tmp_path / "domainbed"))
+    assert [str(p.parent) for p in remote] == ["gs://bucket/domainbed"] * len(SWEEP)
+    assert [p.name for p in remote] == [p.name for p in local]
+    for remote_dir, local_dir, name in zip(remote, local, sorted(SWEEP), strict=True):
+        lines = [json.loads(x) for x in (remote_dir / "results.jsonl").read_text().splitlines()]
+        assert {x["args"].pop("output_dir") for x in lines} == {f"gs://bucket/sweep/{name}"}
+        expected = [json.loads(x) for x in (local_dir / "results.jsonl").read_text().splitlines()]
+        assert [x["args"].pop("output_dir") for x in expected][0].endswith(f"local/{name}")
+        assert lines == expected and lines[0]["hparams"]["optim"]["lr"] == SWEEP[name][2]
+        assert (remote_dir / "done").read_text() == "done"
 
 
 def test_the_run_builder_keeps_a_bucket_run_a_url(gs, monkeypatch):
