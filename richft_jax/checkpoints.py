@@ -18,8 +18,9 @@ from absl import logging
 from etils import epath
 
 from richft_jax import paths
+from richft_jax.paths import latest_step_dir
 
-LATEST = "checkpoints"
+LATEST = paths.CHECKPOINTS  # Periodic saves; paths.latest_step_dir finds their latest.
 BEST = "best"
 # Fault injection for the preemption tests: "checkpoints:6" SIGKILLs the process while the
 # save of step 6 into checkpoints/ is being written (after Orbax made its temporary directory,
@@ -64,7 +65,7 @@ def _maybe_kill_during_save(directory: epath.Path, step: int) -> None:
     if os.environ.get(KILL_IN_SAVE_ENV) != f"{directory.name}:{step}":
         return
     for _ in range(1000):
-        if any(p.name.startswith(f"{step}.orbax-checkpoint-tmp") for p in directory.iterdir()):
+        if any(p.name.startswith(f"{step}{paths.ORBAX_TMP}") for p in directory.iterdir()):
             break
         time.sleep(0.001)
     os.kill(os.getpid(), signal.SIGKILL)
@@ -116,22 +117,6 @@ def tree_mismatch(expected: Any, saved: Any, path: str) -> str | None:
         if problem:
             return problem
     return None
-
-
-def latest_step_dir(directory: str | os.PathLike) -> epath.Path:
-    """The latest finished checkpoint under a run's workdir or manager dir (or the step dir
-    itself when given one); local or gs://."""
-    directory = paths.path(directory, "checkpoint directory")
-    if (directory / "state").is_dir():
-        return directory
-    for candidate in (directory / LATEST, directory):
-        if candidate.is_dir():
-            steps = ocp.utils.checkpoint_steps(candidate)
-            if steps:
-                return candidate / str(max(steps))
-    raise FileNotFoundError(
-        f"No finished Orbax checkpoint under {directory} (expected {directory / LATEST}/<step>)."
-    )
 
 
 def restore_state_tree(directory: str | os.PathLike) -> dict:

@@ -4,7 +4,9 @@ the same code, the one Orbax and TFDS already use.
 
 A URL is never reinterpreted as a local folder (`gs://b/x` never becomes `./gs:/b/x`), and a
 URL whose scheme is not a storage system (https://, for instance) is refused naming the input.
-Imports nothing heavy (no JAX, no TensorFlow): the preflight uses it before the run starts.
+Where a run's latest finished checkpoint is (`latest_step_dir`) is read here too, by Orbax's
+rules without Orbax. Imports nothing heavy (no JAX, no TensorFlow): the preflight uses it
+before the run starts.
 """
 
 import errno
@@ -108,3 +110,39 @@ def unwritable(workdir: str) -> str | None:
     else:
         return None
     return f"workdir {str(target)!r} is not writable: {why}"
+
+
+# ----------------------------------------------------------------------------- checkpoints
+CHECKPOINTS = "checkpoints"  # A run's checkpoint manager directory (checkpoints.LATEST).
+ORBAX_TMP = ".orbax-checkpoint-tmp"  # In the name of a step directory Orbax is still writing.
+_COMMIT_FILE = "commit_success.txt"  # Orbax on gs://: the step directory is complete.
+
+
+def finished_steps(directory: epath.Path) -> list[int]:
+    """The steps of the finished Orbax checkpoints in a manager directory, as Orbax's
+    `utils.checkpoint_steps` finds them (step directories `N` or `NAME_N`, none still being
+    written; on gs://, those with their commit file), without importing Orbax."""
+    steps = []
+    for step_dir in directory.iterdir():
+        name = step_dir.name
+        number = name if name.isdigit() else name.split("_")[-1]
+        if not (number.isdigit() and step_dir.is_dir()) or ORBAX_TMP in name:
+            continue
+        if scheme(directory) != "gs" or (step_dir / _COMMIT_FILE).exists():
+            steps.append(int(number))
+    return steps
+
+
+def latest_step_dir(directory: str | os.PathLike) -> epath.Path:
+    """The latest finished checkpoint under a run's workdir or manager dir (or the step dir
+    itself when given one); local or gs://."""
+    directory = path(directory, "checkpoint directory")
+    if (directory / "state").is_dir():
+        return directory
+    for candidate in (directory / CHECKPOINTS, directory):
+        if candidate.is_dir() and (steps := finished_steps(candidate)):
+            return candidate / str(max(steps))
+    raise FileNotFoundError(
+        f"No finished Orbax checkpoint under {directory} "
+        f"(expected {directory / CHECKPOINTS}/<step>)."
+    )
