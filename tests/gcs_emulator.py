@@ -83,7 +83,8 @@ def _free_port() -> int:
 
 class Emulator:
     """fake-gcs-server on a free port of 127.0.0.1 with `bucket` created; `url`, `env` (the
-    variables above added to this process's environment), `names` / `read` / `clear`."""
+    variables above added to this process's environment), `names` / `read` / `delete` /
+    `clear` (through the emulator's JSON API, independently of the clients under test)."""
 
     def __init__(self, bucket: str = BUCKET, timeout: float = 20.0):
         self.bucket = bucket
@@ -162,11 +163,15 @@ class Emulator:
         with urllib.request.urlopen(url, timeout=30) as response:
             return response.read()
 
+    def delete(self, name: str, bucket: str | None = None) -> None:
+        """Deletes object `name`."""
+        quoted = urllib.parse.quote(name, safe="")
+        self._json("DELETE", f"/storage/v1/b/{bucket or self.bucket}/o/{quoted}")
+
     def clear(self, prefix: str = "", bucket: str | None = None) -> None:
         """Deletes the objects under `prefix` (between tests sharing one emulator)."""
-        bucket = bucket or self.bucket
         for name in self.names(prefix, bucket):
-            self._json("DELETE", f"/storage/v1/b/{bucket}/o/{urllib.parse.quote(name, safe='')}")
+            self.delete(name, bucket)
 
     def close(self) -> None:
         if self.process.poll() is None:
