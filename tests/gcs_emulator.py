@@ -31,19 +31,20 @@ when it first touches gs://, so the code under test runs in a subprocess started
 - google-auth: `NO_GCE_CHECK=true`, so that a credentials look-up anywhere never probes the
   Compute Engine metadata server (169.254.169.254).
 - A trap for TensorFlow's own GCS client: `HTTPS_PROXY` / `HTTP_PROXY` (and lower case) name
-  a closed port on 127.0.0.1 and `NO_PROXY` / `no_proxy` exempt 127.0.0.1 and localhost, so
-  any request to another host fails at once; a gs:// access
-  that bypasses epath (tf.io.gfile, tf.summary, tf.data on a gs:// path) fails at once with
-  a connection error instead of reaching the Internet; `GCS_RETRY_CONFIG_MAX_RETRIES=0` keeps
-  that failure quick (TensorFlow otherwise retries with back-off). TensorFlow also takes
+  a closed port on 127.0.0.1, and `NO_PROXY` / `no_proxy` exempt 127.0.0.1 and localhost, so a
+  request to any other host fails at once with a refused connection instead of leaving the
+  machine: a gs:// access that bypasses epath (tf.io.gfile, tf.summary, tf.data on a gs://
+  path) makes the test fail. `GCS_RETRY_CONFIG_MAX_RETRIES=0` keeps that failure quick
+  (TensorFlow otherwise retries with back-off); TensorFlow also takes
   `GOOGLE_AUTH_TOKEN_FOR_TESTING`, so it never looks for credentials either.
 
 What the emulator cannot cover: TensorFlow's GCS file system, used by tf.io.gfile, tf.data and
-TFDS reading a gs:// data_dir (and by epath on gs:// in production, where EPATH_USE_TF is
-unset). It is covered instead by construction: the project calls only the epath API on paths,
-which both of epath's backends implement, and TensorBoard events for a gs:// workdir are
-written locally and copied through epath (console.MirroredSummaryWriter); the trap above makes
-any other route fail in these tests. A gs:// TFDS data_dir is not tested.
+TFDS reading a gs:// data_dir, and by epath on gs:// in production (EPATH_USE_TF unset there:
+epath's default is kept; only these tests set it). It is covered instead by construction: the
+project calls only the epath API on paths, which both of epath's backends implement, and
+TensorBoard events for a gs:// workdir are written locally and copied through epath
+(console.MirroredSummaryWriter); the trap above makes any other route fail in these tests. A
+gs:// TFDS data_dir is not tested.
 """
 
 import contextlib
