@@ -48,11 +48,14 @@ gs:// TFDS data_dir is not tested.
 """
 
 import contextlib
+import ctypes
 import json
 import os
 import pathlib
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -74,6 +77,13 @@ def binary() -> pathlib.Path:
     if not found:
         raise RuntimeError(f"No fake-gcs-server binary in {wrapper.__file__}'s package")
     return found[0]
+
+
+def _die_with_parent() -> None:
+    """In the emulator's process before it starts: on Linux, SIGTERM when the test process
+    dies (a killed pytest leaves no emulator behind)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG.
 
 
 def _free_port() -> int:
@@ -105,6 +115,7 @@ class Emulator:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
         )
         try:
             self._wait(timeout)
