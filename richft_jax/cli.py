@@ -20,6 +20,8 @@ QUIET_LIBRARIES = (
     "/orbax/",
     "/tensorflow_datasets/",
     "/etils/",
+    "/gcsfs/",
+    "/fsspec/",
     "/clu/platform/",
     "/jax/_src/xla_bridge.py",
 )
