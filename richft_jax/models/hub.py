@@ -25,6 +25,7 @@ import urllib.request
 import zipfile
 from collections.abc import Callable
 
+import tqdm
 from absl import logging
 
 from richft_jax import config_lib, paths
@@ -435,13 +436,20 @@ def _copy(response, out, url: str, path: pathlib.Path) -> str:
     total = int(length) if length and length.isdigit() else None
     h, size = hashlib.sha256(), 0
     retry = f"nothing was cached; run again to retry, or put the file by hand at {path}"
+    # A progress bar on a terminal (disable=None: off when stderr is not one, as in logs).
+    bar = tqdm.tqdm(
+        total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=path.name, disable=None
+    )
     try:
-        while chunk := response.read(_CHUNK):
-            out.write(chunk)
-            h.update(chunk)
-            size += len(chunk)
-            if size % _LOG_EVERY < len(chunk):
-                logging.info("%s: %d of %s MiB.", path.name, size >> 20, total and total >> 20)
+        with bar:
+            while chunk := response.read(_CHUNK):
+                out.write(chunk)
+                h.update(chunk)
+                size += len(chunk)
+                bar.update(len(chunk))
+                if bar.disable and size % _LOG_EVERY < len(chunk):
+                    mib = total and total >> 20
+                    logging.info("%s: %d of %s MiB.", path.name, size >> 20, mib)
     except (OSError, http.client.HTTPException) as e:
         raise DownloadError(
             f"Download of {url} broke off after {size:,} bytes ({type(e).__name__}: {e}); {retry}."
