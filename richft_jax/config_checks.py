@@ -1,14 +1,17 @@
-"""The config checks that need no JAX: every error `run.validate_config` finds, the evaluation
-augmentation's check, and whether a local config.pretrained.path holds a finished checkpoint.
+"""Every config check a run makes before it starts, and the tables they check against: the
+choices of run.py's keys, the backbones and their block-dropout rates (models/registry.py
+checks its classes against this table when imported), the methods' settings (dropout
+schedules, label noise, self-labeling), the evaluation augmentation, config.pretrained.path.
 
-The preflight runs these before JAX, TensorFlow and the models are imported (a missing dataset
-or weights file is then named in a second, not after ten). They repeat what run.py, the methods
-(methods/hooks.py, label_noise.py, self_labeling.py, feature_dropout.py), evaluation.py and
-checkpoints.latest_step_dir check, with the same messages, from tables of names instead of the
-modules themselves; tests/test_preflight.py checks that both agree (tables and errors).
+The one place of these rules and their messages: run.py, the methods, evaluation.py and the
+preflight take them from here. Imports nothing heavy (no JAX, Flax, Orbax, TensorFlow or TFDS),
+so the preflight names a bad config a second after the command starts, before any of those is
+imported.
 """
 
 import os
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import ml_collections
 from absl import logging
@@ -17,30 +20,52 @@ from etils import epath
 from richft_jax import paths
 from richft_jax.models import hub
 
-CHOICES = {  # run.CHOICES
+CHOICES = {
     "data.augment": ("none", "crop", "flip_crop", "domainbed"),
     "data.normalize": ("minus_one_one", "imagenet"),
     "optim.name": ("sgd", "adamw"),
     "optim.schedule": ("step", "cosine", "constant"),
 }
-_BLOCK_RATES = ("block_dropout_rate", "drop_path_rate")
-# models.registry.BACKBONES, each with the rates of its own dropout that its __call__ takes.
+BLOCK_RATES = ("block_dropout_rate", "drop_path_rate")  # A backbone's own dropout rates.
+# The backbones of models.registry.BACKBONES, each with the BLOCK_RATES its __call__ takes.
 BACKBONE_RATES: dict[str, tuple[str, ...]] = {
     "small_resnet": (),
-    "small_vit": _BLOCK_RATES,
-    "vit_s16": _BLOCK_RATES,
-    "vit_b16": _BLOCK_RATES,
-    "vit_l16": _BLOCK_RATES,
+    "small_vit": BLOCK_RATES,
+    "vit_s16": BLOCK_RATES,
+    "vit_b16": BLOCK_RATES,
+    "vit_l16": BLOCK_RATES,
     "resnet18": (),
     "resnet50": (),
     "resnet101": (),
 }
-DROPOUT_SCHEDULES = ("constant", "early", "early_linear", "late")  # feature_dropout.SCHEDULES
-LABEL_NOISE_KINDS = ("none", "symmetric", "pairwise")  # label_noise.KINDS
-EVAL_AUGMENT = ("none", "training_domains")  # evaluation.EVAL_AUGMENT
-CHECKPOINTS = "checkpoints"  # checkpoints.LATEST: a run's checkpoint manager directory.
-_TMP_SUFFIX = ".orbax-checkpoint-tmp"  # Orbax: a step directory still being written.
-_COMMIT_FILE = "commit_success.txt"  # Orbax on a bucket: the step directory is complete.
+DROPOUT_SCHEDULES = ("constant", "early", "early_linear", "late")  # methods/feature_dropout.py
+LABEL_NOISE_KINDS = ("none", "symmetric", "pairwise")  # methods/label_noise.py
+EVAL_AUGMENT = ("none", "training_domains")  # evaluation.eval_augmentation
+
+
+def not_one_of(key: str, value: object, valid: tuple) -> ValueError:
+    """The error of config.KEY=VALUE outside its valid values, naming them."""
+    return ValueError(f"config.{key}={value!r} is not one of {valid}.")
+
+
+def check_choice(key: str, value: object, valid: tuple) -> None:
+    """Raises `not_one_of` unless `value` is one of `valid`."""
+    if value not in valid:
+        raise not_one_of(key, value, valid)
+
+
+def check_table(what: str, classes: Mapping[str, Any], table: Mapping, entry: Callable) -> None:
+    """Holds a registry of classes to the table that describes them (`entry(cls)` is what the
+    table should say): a ValueError naming each class missing from the table, each entry
+    without a class, and each wrong entry. `what` names both, e.g. "registry.BACKBONES and
+    config_checks.BACKBONE_RATES (...)"."""
+    wrong = [f"{n!r} is not in the table" for n in classes if n not in table]
+    wrong += [f"{n!r} has no class" for n in table if n not in classes]
+    for name in (n for n in classes if n in table):
+        if (found := entry(classes[name])) != table[name]:
+            wrong.append(f"{name!r} is {found}, the table says {table[name]}")
+    if wrong:
+        raise ValueError(f"{what} disagree: {'; '.join(wrong)}. Update the table.")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -50,15 +75,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 
 def config_errors(config: ml_collections.ConfigDict) -> list[ValueError]:
-    """Every error of `validate_config`, in run.config_errors' order (the preflight reports
-    them all at once)."""
+    """Every error of `validate_config`, in its order, not only the first (the preflight
+    reports them all at once)."""
     errors = []
     choices = {**CHOICES, "model.name": tuple(BACKBONE_RATES)}
     for key, valid in choices.items():
         section, name = key.split(".")
-        value = config[section][name]
-        if value not in valid:
-            errors.append(ValueError(f"config.{key}={value!r} is not one of {valid}."))
+        if config[section][name] not in valid:
+            errors.append(not_one_of(key, config[section][name], valid))
     checks = [validate_pretrained] if config.pretrained.get("path") else []
     if config.model.name in BACKBONE_RATES:  # The methods' checks look the backbone up.
         checks.insert(0, validate_methods)
@@ -75,15 +99,12 @@ def config_errors(config: ml_collections.ConfigDict) -> list[ValueError]:
 
 # ----------------------------------------------------------------------------- methods
 def validate_methods(config: ml_collections.ConfigDict) -> None:
-    """methods.hooks.validate: the dropout schedule and rates, label noise, self-labeling."""
-    if config.dropout_schedule not in DROPOUT_SCHEDULES:
-        raise ValueError(
-            f"config.dropout_schedule={config.dropout_schedule!r} is not one of "
-            f"{DROPOUT_SCHEDULES}."
-        )
+    """The methods' settings (methods/*.py): the dropout schedule and rates (a block rate only
+    for a backbone that has it), label noise, self-labeling."""
+    check_choice("dropout_schedule", config.dropout_schedule, DROPOUT_SCHEDULES)
     if not 0.0 <= config.dropout_rate < 1.0:
         raise ValueError(f"config.dropout_rate={config.dropout_rate} must be in [0, 1).")
-    for key in _BLOCK_RATES:
+    for key in BLOCK_RATES:
         if not 0.0 <= config[key] < 1.0:
             raise ValueError(f"config.{key}={config[key]} must be in [0, 1).")
         if config[key] > 0 and key not in BACKBONE_RATES[config.model.name]:
@@ -91,23 +112,19 @@ def validate_methods(config: ml_collections.ConfigDict) -> None:
                 f"config.{key}={config[key]}: backbone {config.model.name!r} has no {key} "
                 "(only backbones with dropout inside their blocks, e.g. small_vit, do)."
             )
-    validate_label_noise(config)
+    check_label_noise(config.label_noise.kind, config.label_noise.rate)
     validate_self_labeling(config.self_labeling)
 
 
-def validate_label_noise(config: ml_collections.ConfigDict) -> None:
-    """methods.label_noise.validate: the `config.label_noise` key with a bad value named."""
-    noise = config.label_noise
-    if noise.kind not in LABEL_NOISE_KINDS:
-        raise ValueError(
-            f"config.label_noise.kind={noise.kind!r} is not one of {LABEL_NOISE_KINDS}."
-        )
-    if not 0.0 <= noise.rate <= 1.0:
-        raise ValueError(f"config.label_noise.rate={noise.rate} must be in [0, 1].")
+def check_label_noise(kind: str, rate: float) -> None:
+    """config.label_noise's kind and rate (the fraction of labels changed), the bad one named."""
+    check_choice("label_noise.kind", kind, LABEL_NOISE_KINDS)
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"config.label_noise.rate={rate} must be in [0, 1].")
 
 
 def validate_self_labeling(cfg: ml_collections.ConfigDict) -> None:
-    """methods.self_labeling.validate: the `config.self_labeling` key with a bad value named."""
+    """config.self_labeling (methods/self_labeling.py), the key with a bad value named."""
     for key in ("radius", "head_radius"):
         if cfg[key] is not None and cfg[key] <= 0:
             raise ValueError(f"config.self_labeling.{key}={cfg[key]} must be positive (or None).")
@@ -125,11 +142,11 @@ def validate_self_labeling(cfg: ml_collections.ConfigDict) -> None:
         )
 
 
-def check_eval_augment(config: ml_collections.ConfigDict) -> None:
-    """evaluation.eval_augmentation's check of config.data.eval_augment."""
+def eval_augment(config: ml_collections.ConfigDict) -> str:
+    """config.data.eval_augment ("none" when unset), checked against EVAL_AUGMENT."""
     kind = config.data.get("eval_augment", "none")
-    if kind not in EVAL_AUGMENT:
-        raise ValueError(f"config.data.eval_augment={kind!r} is not one of {EVAL_AUGMENT}.")
+    check_choice("data.eval_augment", kind, EVAL_AUGMENT)
+    return kind
 
 
 # ----------------------------------------------------------------------------- weights
@@ -172,32 +189,13 @@ def validate_pretrained(config: ml_collections.ConfigDict) -> None:
         )
 
 
-def _finished_steps(directory: epath.Path) -> list[int]:
-    """The steps of the finished Orbax checkpoints in `directory` (ocp.utils.checkpoint_steps:
-    step directories, not temporary ones; on a bucket, those with their commit file)."""
-    remote = "://" in os.fspath(directory)
-    steps = []
-    for step_dir in directory.iterdir():
-        name = step_dir.name
-        number = name if name.isdigit() else name.split("_")[-1]
-        if not (number.isdigit() and step_dir.is_dir()) or _TMP_SUFFIX in name:
-            continue
-        if not remote or (step_dir / _COMMIT_FILE).exists():
-            steps.append(int(number))
-    return steps
-
-
 def pretrained_checkpoint(path: str | os.PathLike) -> epath.Path:
-    """The checkpoint a config.pretrained.path directory names (its latest step, as
-    checkpoints.latest_step_dir finds it); a FileNotFoundError as run.pretrained_checkpoint's
-    if there is none."""
-    directory = pretrained_path(os.fspath(path))
-    if (directory / "state").is_dir():
-        return directory
-    for candidate in (directory / CHECKPOINTS, directory):
-        if candidate.is_dir() and (steps := _finished_steps(candidate)):
-            return candidate / str(max(steps))
-    raise FileNotFoundError(
-        f"config.pretrained.path: no pretrained checkpoint at {path} "
-        "(expected an Orbax run directory with checkpoints/<step>)."
-    )
+    """The checkpoint a config.pretrained.path directory (local or gs://) names (its latest
+    step); a FileNotFoundError naming the key and the expected layout if there is none."""
+    try:
+        return paths.latest_step_dir(pretrained_path(os.fspath(path)))
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"config.pretrained.path: no pretrained checkpoint at {path} "
+            "(expected an Orbax run directory with checkpoints/<step>)."
+        ) from None

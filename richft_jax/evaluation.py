@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from richft_jax import parallel, steps
+from richft_jax import config_checks, parallel, steps
 from richft_jax.analysis import feature_distortion, noise_stability
 from richft_jax.data import pipeline
 from richft_jax.data.splits import seed_hash
@@ -32,9 +32,6 @@ class Context:
     mesh: Any
 
 
-EVAL_AUGMENT = ("none", "training_domains")
-
-
 def eval_augmentation(config: ml_collections.ConfigDict, step_label: int) -> tuple[str, int]:
     """(augmentation kind, seed) of the evaluation labelled `step_label`.
 
@@ -43,9 +40,7 @@ def eval_augmentation(config: ml_collections.ConfigDict, step_label: int) -> tup
     drawn from a key fixed by (run seed, step label), so the same label sees the same images.
     "none": every split unaugmented.
     """
-    kind = config.data.get("eval_augment", "none")
-    if kind not in EVAL_AUGMENT:
-        raise ValueError(f"config.data.eval_augment={kind!r} is not one of {EVAL_AUGMENT}.")
+    kind = config_checks.eval_augment(config)
     if kind == "none" or config.data.augment == "none":
         return "none", 0
     return config.data.augment, seed_hash(config.seed, "eval_augment", step_label)

@@ -118,19 +118,19 @@ ORBAX_TMP = ".orbax-checkpoint-tmp"  # In the name of a step directory Orbax is 
 _COMMIT_FILE = "commit_success.txt"  # Orbax on gs://: the step directory is complete.
 
 
-def finished_steps(directory: epath.Path) -> list[int]:
-    """The steps of the finished Orbax checkpoints in a manager directory, as Orbax's
-    `utils.checkpoint_steps` finds them (step directories `N` or `NAME_N`, none still being
-    written; on gs://, those with their commit file), without importing Orbax."""
-    steps = []
+def finished_step_dirs(directory: epath.Path) -> dict[int, epath.Path]:
+    """{step: its directory} of the finished Orbax checkpoints in a manager directory, as
+    Orbax's `utils.checkpoint_steps` finds them (step directories `N` or `NAME_N`, none still
+    being written; on gs://, those with their commit file), without importing Orbax."""
+    found = {}
     for step_dir in directory.iterdir():
         name = step_dir.name
         number = name if name.isdigit() else name.split("_")[-1]
         if not (number.isdigit() and step_dir.is_dir()) or ORBAX_TMP in name:
             continue
         if scheme(directory) != "gs" or (step_dir / _COMMIT_FILE).exists():
-            steps.append(int(number))
-    return steps
+            found[int(number)] = step_dir
+    return found
 
 
 def latest_step_dir(directory: str | os.PathLike) -> epath.Path:
@@ -140,8 +140,8 @@ def latest_step_dir(directory: str | os.PathLike) -> epath.Path:
     if (directory / "state").is_dir():
         return directory
     for candidate in (directory / CHECKPOINTS, directory):
-        if candidate.is_dir() and (steps := finished_steps(candidate)):
-            return candidate / str(max(steps))
+        if candidate.is_dir() and (steps := finished_step_dirs(candidate)):
+            return steps[max(steps)]
     raise FileNotFoundError(
         f"No finished Orbax checkpoint under {directory} "
         f"(expected {directory / CHECKPOINTS}/<step>)."

@@ -9,9 +9,8 @@ TensorFlow or TFDS imported (only config_checks, data/catalog, data/domainbed_la
 and the weights registry, models/hub), so a run with missing inputs stops within a second or
 two of starting.
 
-- Config: every error `run.validate_config` finds (all, not only the first; config_checks'
-  jax-free copy), the step labels, the evaluation augmentation, the dataset name, test
-  domains and image size.
+- Config: every error `config_checks.validate_config` finds (all, not only the first), the
+  step labels, the evaluation augmentation, the dataset name, test domains and image size.
 - Weights: a registered name (`hub.WEIGHTS`) is in the cache or answers a HEAD request within
   `hub.PROBE_TIMEOUT_S` (at $RICHFT_WEIGHTS_MIRROR when set); a local path is a file or a
   finished run's directory (a gs:// one is left to the run: no network here), unless the
@@ -111,12 +110,13 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> list[Problem]:
 
 # ----------------------------------------------------------------------------- the config
 def config_problems(config: ml_collections.ConfigDict) -> list[Problem]:
-    """run.validate_config's errors, all of them, and the other checks the loop makes."""
+    """config_checks.validate_config's errors, all of them, and the other checks the loop
+    makes."""
     errors = list(config_checks.config_errors(config))
     data = config.data
     for check_one in (
         lambda: schedule.validate(config),
-        lambda: config_checks.check_eval_augment(config),
+        lambda: config_checks.eval_augment(config),
         lambda: catalog.parse_test_domains(data.test_domains, catalog.domains_of(data.name)),
         lambda: catalog.check_image_size(data.get("image_size")),
     ):

@@ -3,7 +3,8 @@ workdir.
 
 train, combine, every analysis, the benchmark and the notebook get "the run" from here, so
 they all see the same images (size, holdout fraction, label noise), the same model and the
-same starting point; nothing else re-assembles config pieces.
+same starting point; nothing else re-assembles config pieces. The config's checks
+(validate_config, and the pretrained path's) are config_checks.py's, run before JAX is imported.
 """
 
 import dataclasses
@@ -18,47 +19,11 @@ from absl import logging
 from etils import epath
 
 from richft_jax import checkpoints, evaluation, parallel, paths
+from richft_jax.config_checks import pretrained_checkpoint, pretrained_path, published_weights
 from richft_jax.data import pipeline
 from richft_jax.methods import hooks as hooks_lib
 from richft_jax.models import hub, registry
 from richft_jax.models import pretrained as published
-
-CHOICES = {
-    "data.augment": ("none", "crop", "flip_crop", "domainbed"),
-    "data.normalize": ("minus_one_one", "imagenet"),
-    "optim.name": ("sgd", "adamw"),
-    "optim.schedule": ("step", "cosine", "constant"),
-}
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Fails early, naming the config key, on values the loop would only trip on later."""
-    if errors := config_errors(config):
-        raise errors[0]
-
-
-def config_errors(config: ml_collections.ConfigDict) -> list[ValueError]:
-    """Every error of `validate_config`, in its order, not only the first (the preflight
-    reports them all at once)."""
-    errors = []
-    choices = {**CHOICES, "model.name": tuple(registry.BACKBONES)}
-    for key, valid in choices.items():
-        section, name = key.split(".")
-        value = config[section][name]
-        if value not in valid:
-            errors.append(ValueError(f"config.{key}={value!r} is not one of {valid}."))
-    checks = [validate_pretrained] if config.pretrained.get("path") else []
-    if config.model.name in registry.BACKBONES:  # The methods' checks look the backbone up.
-        checks.insert(0, hooks_lib.validate)
-    for check in checks:
-        try:
-            check(config)
-        except ValueError as e:
-            errors.append(e)
-    for key in ("num_steps", "log_every", "eval_every", "checkpoint_every"):
-        if config[key] <= 0:
-            errors.append(ValueError(f"config.{key}={config[key]} must be positive."))
-    return errors
 
 
 def load_data(config: ml_collections.ConfigDict, data_dir: str | None = None):
@@ -87,45 +52,6 @@ def keys(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
     """(init key, root key of the train state), both from config.seed."""
     init_key, root = jax.random.split(jax.random.PRNGKey(config.seed))
     return init_key, root
-
-
-def published_weights(value: str | None) -> hub.Weights | None:
-    """The registry entry when config.pretrained.path is a registered name (e.g. "resnet50",
-    "vit_b16": published weights, downloaded once), else None (a local path)."""
-    return hub.WEIGHTS.get(value) if isinstance(value, str) else None
-
-
-def pretrained_path(value: str) -> epath.Path:
-    """config.pretrained.path (not a registered name) as an epath: a local path made absolute,
-    a gs:// (s3://, az://) URL kept as is; another URL refused, naming the key and the
-    registered names."""
-    try:
-        return paths.path(value, "config.pretrained.path")
-    except ValueError as e:
-        raise ValueError(f"{e} Or give a registered name ({', '.join(hub.WEIGHTS)}).") from None
-
-
-def validate_pretrained(config: ml_collections.ConfigDict) -> None:
-    """config.pretrained.path: a registered name of weights for config.model.name's
-    architecture, a local path or a storage URL (gs://); no other URL."""
-    value = config.pretrained.path
-    weights = published_weights(value)
-    if weights is None:
-        pretrained_path(value)
-        return
-    if weights.arch != config.model.name:
-        raise ValueError(
-            f"config.pretrained.path={value!r}: {weights.arch} weights ({weights.what}), but "
-            f"config.model.name={config.model.name!r}."
-        )
-    if config.data.get("normalize") != weights.normalize:
-        logging.warning(
-            "config.pretrained.path=%r was trained on inputs normalized %r; "
-            "config.data.normalize=%r.",
-            value,
-            weights.normalize,
-            config.data.get("normalize"),
-        )
 
 
 def resolve_pretrained(config: ml_collections.ConfigDict) -> epath.Path | None:
@@ -175,18 +101,6 @@ def load_pretrained(config: ml_collections.ConfigDict, params: dict, batch_stats
         }
     logging.info("Loaded the pretrained backbone from %s.", source)
     return params, batch_stats
-
-
-def pretrained_checkpoint(path: str | os.PathLike) -> epath.Path:
-    """The checkpoint a config.pretrained.path directory (local or gs://) names (its latest
-    step); a FileNotFoundError naming the key and the expected layout if there is none."""
-    try:
-        return epath.Path(checkpoints.latest_step_dir(pretrained_path(os.fspath(path))))
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"config.pretrained.path: no pretrained checkpoint at {path} "
-            "(expected an Orbax run directory with checkpoints/<step>)."
-        ) from None
 
 
 def init_variables(

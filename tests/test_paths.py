@@ -3,6 +3,7 @@ refused naming the input, local paths are absolute with ~ expanded, text writes 
 
 import os
 
+import orbax.checkpoint as ocp
 import pytest
 from etils import epath
 
@@ -52,3 +53,31 @@ def test_unwritable_looks_without_creating(tmp_path):
     )
     assert paths.unwritable("gs://bucket/run") is None  # Checked by the run's first write.
     assert "https://" in paths.unwritable("https://host/run")
+
+
+def test_latest_step_dir_finds_the_steps_orbax_finds(tmp_path):
+    layouts = {  # Directories under a run directory -> the step directory found, or None.
+        "empty": ([], None),
+        "steps": (
+            ["checkpoints/5", "checkpoints/12", "checkpoints/30.orbax-checkpoint-tmp-99"],
+            "checkpoints/12",
+        ),
+        "only a temporary step": (["checkpoints/7.orbax-checkpoint-tmp-1"], None),
+        "steps at the top": (["3", "notes", "ckpt_8"], "ckpt_8"),
+        "a step directory": (["state"], "."),
+    }
+    for name, (dirs, expected) in layouts.items():
+        run_dir = tmp_path / name.replace(" ", "_")
+        run_dir.mkdir()
+        for d in dirs:
+            (run_dir / d).mkdir(parents=True)
+        for manager in (run_dir / paths.CHECKPOINTS, run_dir):  # The steps Orbax lists there.
+            if manager.is_dir():
+                steps = sorted(ocp.utils.checkpoint_steps(manager))
+                assert sorted(paths.finished_step_dirs(epath.Path(manager))) == steps, name
+        if expected is None:
+            with pytest.raises(FileNotFoundError, match="No finished Orbax checkpoint under"):
+                paths.latest_step_dir(run_dir)
+        else:
+            found = paths.latest_step_dir(run_dir)
+            assert found == epath.Path(os.path.normpath(run_dir / expected)), name

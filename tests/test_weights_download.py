@@ -32,7 +32,7 @@ from test_pretrained_models import (  # noqa: E402
     vit_npz_params,
 )
 
-from richft_jax import config_lib, run, train  # noqa: E402
+from richft_jax import config_checks, config_lib, run, train  # noqa: E402
 from richft_jax.models import from_pretrained, hub, pretrained, registry  # noqa: E402
 
 _RENAMES = {
@@ -278,17 +278,17 @@ def test_paper_configs_default_to_registered_names_and_validate():
     for spec, name in (("resnet50_dropout", "resnet50"), ("vit_b16_erm", "vit_b16")):
         c = config_lib.load_config_file(spec)
         assert c.pretrained.path == name
-        run.validate_config(c)  # A registered name, not refused as a path or URL.
+        config_checks.validate_config(c)  # A registered name, not refused as a path or URL.
     c = config_lib.load_config_file("resnet50_dropout")
     c.pretrained.path = "vit_b16"
     with pytest.raises(ValueError, match=r"pretrained.path='vit_b16': vit_b16 weights.*resnet50"):
-        run.validate_config(c)
+        config_checks.validate_config(c)
     c.pretrained.path = "https://huggingface.co/timm/resnet50.tv2_in1k"
     https = r"'https://huggingface.co/timm/resnet50.tv2_in1k': https:// is not a storage system"
     with pytest.raises(ValueError, match=https + r".*registered name \(resnet50, resnet50_v1"):
-        run.validate_config(c)
+        config_checks.validate_config(c)
     c.pretrained.path = "gs://bucket/resnet50.safetensors"  # A bucket is read as it is.
-    run.validate_config(c)
+    config_checks.validate_config(c)
     assert str(run.resolve_pretrained(c)) == "gs://bucket/resnet50.safetensors"
 
 

@@ -8,13 +8,13 @@ step as an argument, so a schedule changes it every step without recompiling.
 
 from collections.abc import Callable
 
+from richft_jax import config_checks
+
 # The layer, for callers outside the models package that apply it to features themselves
 # (richft_jax/analysis/linear_finetune.py); models import it from models.layers.
 from richft_jax.models.layers import feature_dropout
 
-__all__ = ["SCHEDULES", "feature_dropout", "rate_schedule", "step_rates"]
-
-SCHEDULES = ("constant", "early", "early_linear", "late")
+__all__ = ["feature_dropout", "rate_schedule", "step_rates"]
 
 
 def rate_schedule(kind: str, rate: float, cutoff: int) -> Callable[[int], float]:
@@ -32,7 +32,7 @@ def rate_schedule(kind: str, rate: float, cutoff: int) -> Callable[[int], float]
         return lambda step: rate * max(0.0, 1.0 - step / cutoff) if cutoff > 0 else 0.0
     if kind == "late":
         return lambda step: 0.0 if step < cutoff else rate
-    raise ValueError(f"config.dropout_schedule={kind!r} is not one of {SCHEDULES}.")
+    raise config_checks.not_one_of("dropout_schedule", kind, config_checks.DROPOUT_SCHEDULES)
 
 
 def step_rates(

@@ -2,13 +2,13 @@
 
 `build(config, model, image_shape)` asks every method module listed in `_methods` for its
 `Method` (None when off) and returns `Hooks`. The loop only calls Hooks' functions, so adding a
-method is its module, its config keys and its line in `_methods` (and in `validate` if it
-checks keys); the loop is never edited. The order of `_methods` is the order hooks compose in
-(e.g. the projection of self-labeling runs before the moving average sees the parameters).
+method is its module, its config keys and its line in `_methods` (and its keys' checks in
+config_checks.validate_methods, which run before JAX is imported); the loop is never edited.
+The order of `_methods` is the order hooks compose in (e.g. the projection of self-labeling
+runs before the moving average sees the parameters).
 """
 
 import dataclasses
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +18,6 @@ import ml_collections
 from richft_jax.data import pipeline
 from richft_jax.methods import feature_dropout, label_noise, lpft, moving_average, self_labeling
 from richft_jax.methods.method import Method
-from richft_jax.models import registry
 
 
 def _methods(config: ml_collections.ConfigDict, model, image_shape) -> list[Method]:
@@ -102,28 +101,6 @@ def dropout_rates(config: ml_collections.ConfigDict) -> Callable[[int], dict[str
             "drop_path_rate": config.drop_path_rate,
         },
     )
-
-
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Fails early, naming the config key, on method settings the loop would only trip on."""
-    if config.dropout_schedule not in feature_dropout.SCHEDULES:
-        raise ValueError(
-            f"config.dropout_schedule={config.dropout_schedule!r} is not one of "
-            f"{feature_dropout.SCHEDULES}."
-        )
-    if not 0.0 <= config.dropout_rate < 1.0:
-        raise ValueError(f"config.dropout_rate={config.dropout_rate} must be in [0, 1).")
-    backbone_call = inspect.signature(registry.BACKBONES[config.model.name].__call__).parameters
-    for key in ("block_dropout_rate", "drop_path_rate"):
-        if not 0.0 <= config[key] < 1.0:
-            raise ValueError(f"config.{key}={config[key]} must be in [0, 1).")
-        if config[key] > 0 and key not in backbone_call:
-            raise ValueError(
-                f"config.{key}={config[key]}: backbone {config.model.name!r} has no {key} "
-                "(only backbones with dropout inside their blocks, e.g. small_vit, do)."
-            )
-    label_noise.validate(config)
-    self_labeling.validate(config.self_labeling)
 
 
 def build(

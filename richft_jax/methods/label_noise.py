@@ -12,20 +12,16 @@ import dataclasses
 import ml_collections
 import numpy as np
 
+from richft_jax import config_checks
 from richft_jax.data import pipeline
 from richft_jax.methods.method import Method
-
-KINDS = ("none", "symmetric", "pairwise")
 
 
 def corrupt_labels(
     labels: np.ndarray, num_classes: int, kind: str, rate: float, rng: np.random.Generator
 ) -> np.ndarray:
     """A copy of `labels` with exactly round(rate * n) of them changed to a different class."""
-    if kind not in KINDS:
-        raise ValueError(f"config.label_noise.kind={kind!r} is not one of {KINDS}.")
-    if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"config.label_noise.rate={rate} must be in [0, 1].")
+    config_checks.check_label_noise(kind, rate)
     labels = np.asarray(labels)
     noisy = labels.copy()
     if kind == "none" or rate == 0.0:
@@ -45,8 +41,8 @@ def apply_label_noise(
     data: pipeline.DomainData, kind: str, rate: float, seed: int
 ) -> pipeline.DomainData:
     """`data` with the training domains' "in" splits' labels corrupted; other splits as they are."""
+    config_checks.check_label_noise(kind, rate)
     if kind == "none" or rate == 0.0:
-        corrupt_labels(np.zeros(1, np.int32), data.num_classes, kind, rate, None)  # validates
         return data
     splits = []
     for s in data.splits:
@@ -57,15 +53,6 @@ def apply_label_noise(
             )
         splits.append(s)
     return dataclasses.replace(data, splits=tuple(splits))
-
-
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Clear errors naming the `config.label_noise` key with a bad value."""
-    noise = config.label_noise
-    if noise.kind not in KINDS:
-        raise ValueError(f"config.label_noise.kind={noise.kind!r} is not one of {KINDS}.")
-    if not 0.0 <= noise.rate <= 1.0:
-        raise ValueError(f"config.label_noise.rate={noise.rate} must be in [0, 1].")
 
 
 def method(config: ml_collections.ConfigDict) -> Method:

@@ -172,25 +172,6 @@ def make_label_transform(
     return transform
 
 
-def validate(cfg: ml_collections.ConfigDict) -> None:
-    """Clear errors naming the `config.self_labeling` key with a bad value."""
-    for key in ("radius", "head_radius"):
-        if cfg[key] is not None and cfg[key] <= 0:
-            raise ValueError(f"config.self_labeling.{key}={cfg[key]} must be positive (or None).")
-    if cfg.gamma <= 0:
-        raise ValueError(f"config.self_labeling.gamma={cfg.gamma} must be positive.")
-    if not 0.0 < cfg.correction_threshold < 1.0:
-        raise ValueError(
-            f"config.self_labeling.correction_threshold={cfg.correction_threshold} must be in "
-            "(0, 1)."
-        )
-    if cfg.reweight_temperature <= 0:
-        raise ValueError(
-            f"config.self_labeling.reweight_temperature={cfg.reweight_temperature} must be "
-            "positive."
-        )
-
-
 def constrained(cfg: ml_collections.ConfigDict) -> bool:
     """Whether the distance constraints (hence the anchor in the train state) are on."""
     return cfg.radius is not None or cfg.head_radius is not None

@@ -1,10 +1,18 @@
-"""Builds a classifier from `config.model`: backbones are chosen by name."""
+"""Builds a classifier from `config.model`: backbones are chosen by name.
+
+The backbones' names and the block-dropout rates each takes are config_checks.BACKBONE_RATES
+(the config checks read it before JAX is imported); `check_backbone_rates` holds BACKBONES to
+it at import, so a backbone missing there, or described wrongly, fails at once.
+"""
+
+import inspect
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from richft_jax import config_checks
 from richft_jax.models import demo, resnet, vit
 from richft_jax.models.classifier import Classifier
 
@@ -31,6 +39,25 @@ BACKBONES = {
     # resnet101.
     **model_builders(),
 }
+
+
+def block_rates(backbone: type[nn.Module]) -> tuple[str, ...]:
+    """The config_checks.BLOCK_RATES that the backbone's __call__ takes."""
+    call = inspect.signature(backbone.__call__).parameters
+    return tuple(r for r in config_checks.BLOCK_RATES if r in call)
+
+
+def check_backbone_rates(backbones: dict[str, type[nn.Module]]) -> None:
+    """Raises a ValueError naming each backbone that config_checks.BACKBONE_RATES lacks, lists
+    without a class, or gives other block-dropout rates than its __call__ takes."""
+    what = (
+        "models.registry.BACKBONES and config_checks.BACKBONE_RATES (the backbones and the "
+        "block-dropout rates each takes)"
+    )
+    config_checks.check_table(what, backbones, config_checks.BACKBONE_RATES, block_rates)
+
+
+check_backbone_rates(BACKBONES)
 
 
 def compute_dtype(name: str, backend: str | None = None) -> jnp.dtype:
