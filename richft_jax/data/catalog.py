@@ -1,12 +1,13 @@
 """The datasets a config can name, without TensorFlow: each one's domains (its splits), the
 checks of config.data that need no data, and where a prepared copy lives in a TFDS data dir.
 
-sources.py and pipeline.py (which load the data through TFDS and tf.data) take these from here
-and re-export them. This module imports nothing heavy (no TensorFlow, TFDS or JAX), so the
-preflight checks a config's dataset, test domains and image size, and whether a dataset is
-prepared, before any of those is imported. tests/test_preflight.py checks that the tables
-match the TFDS builders' own names, versions and splits, and `is_prepared` their
-`is_prepared()`.
+The domains and versions are defined here once (DomainBed's in domainbed_layout.py): the TFDS
+builders (digits_domains.py, letters.py, mnist_family.py, domainbed.py) take them from here,
+and sources.py checks when imported that its builders are the ones TFDS_BUILDERS names.
+sources.py and pipeline.py (which load the data through TFDS and tf.data) take the checks from
+here and re-export them. This module imports nothing heavy (no TensorFlow, TFDS or JAX), so
+the preflight checks a config's dataset, test domains and image size, and whether a dataset is
+prepared, before any of those is imported.
 """
 
 import os
@@ -16,18 +17,24 @@ from etils import epath
 
 from richft_jax.data import domainbed_layout as layout
 
-_ROTATED = ("0deg", "15deg", "30deg", "45deg", "60deg", "75deg")  # mnist_family.ROTATED_DOMAINS
-_COLORED = ("plus90", "plus80", "minus90")  # mnist_family.COLORED_DOMAINS
+DIGITS_DOMAINS = ("mnist", "mnist_m", "digits", "syn")  # digits_domains.py
+LETTERS_SPLITS = ("train", "test")  # letters.py
+ROTATED_ANGLES = (0, 15, 30, 45, 60, 75)  # mnist_family.py: RotatedMNIST's domains, in degrees.
+ROTATED_DOMAINS = tuple(f"{a}deg" for a in ROTATED_ANGLES)  # Not bare digits: those mean indices.
+COLORED_DOMAINS = ("plus90", "plus80", "minus90")  # DomainBed's "+90%", "+80%", "-90%".
+# The TFDS version of the builders of digits_domains.py, letters.py and mnist_family.py
+# (DomainBed's: layout.TFDS_VERSION).
+GENERATED_VERSION = "1.0.0"
 
 # Every dataset's split names in order: its domains (train/test for the letters).
 SPLITS: dict[str, tuple[str, ...]] = {
-    "digits_domains": ("mnist", "mnist_m", "digits", "syn"),  # digits_domains.DOMAINS
-    "letters": ("train", "test"),  # letters.SPLIT_SIZES
+    "digits_domains": DIGITS_DOMAINS,
+    "letters": LETTERS_SPLITS,
     **{name: spec.splits for name, spec in layout.SPECS.items()},
-    "rotated_mnist": _ROTATED,
-    "rotated_mnist_embedded": _ROTATED,
-    "colored_mnist": _COLORED,
-    "colored_mnist_embedded": _COLORED,
+    "rotated_mnist": ROTATED_DOMAINS,
+    "rotated_mnist_embedded": ROTATED_DOMAINS,
+    "colored_mnist": COLORED_DOMAINS,
+    "colored_mnist_embedded": COLORED_DOMAINS,
 }
 # Datasets from TFDS's catalog with predefined per-domain splits used as DomainBed's in/out:
 # TFDS's `domainnet` (official train/test lists of the DomainNet paper; not DomainBed's
@@ -38,7 +45,7 @@ SPLITS["domainnet_official"] = layout.SPECS["domainnet"].splits
 # (TFDS builder name, version) of the datasets built here (sources.BUILDERS): a prepared copy
 # is <data_dir>/<builder>[/<config>]/<version>/ (DomainBed's sets have a config).
 TFDS_BUILDERS: dict[str, tuple[str, str]] = {
-    **{name: (name, "1.0.0") for name in SPLITS if name not in layout.SPECS | OFFICIAL},
+    **{name: (name, GENERATED_VERSION) for name in SPLITS if name not in layout.SPECS | OFFICIAL},
     **{name: (layout.builder_name(s), layout.TFDS_VERSION) for name, s in layout.SPECS.items()},
 }
 DATASET_INFO = "dataset_info.json"  # What TFDS's is_prepared() looks for in that directory.

@@ -22,9 +22,9 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
-from richft_jax.data import builder_lib, render
+from richft_jax.data import builder_lib, catalog, render
 
-DOMAINS = ("mnist", "mnist_m", "digits", "syn")
+DOMAINS = catalog.DIGITS_DOMAINS
 NUM_CLASSES = 10
 IMAGE_SIZE = 32
 SEED = 20240611  # Generation seed: every domain draws from default_rng([SEED, domain_index]).
@@ -144,7 +144,7 @@ class DigitsDomains(tfds.core.GeneratorBasedBuilder):
     # Set explicitly: TFDS would otherwise derive it through importlib_resources, which is not
     # a declared dependency of tensorflow-datasets and may be missing.
     code_path = epath.Path(__file__)
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version(catalog.GENERATED_VERSION)
     RELEASE_NOTES = {"1.0.0": "Initial release: mnist, mnist_m, digits and syn domains."}
 
     def _info(self) -> tfds.core.DatasetInfo:

@@ -126,9 +126,7 @@ def find_root(manual_dir: epath.PathLike, spec: Spec) -> epath.Path:
     holds the domain folders; a FileNotFoundError with the expected layout otherwise."""
     root = locate(manual_dir, spec)
     if root is None:
-        raise FileNotFoundError(
-            not_found(manual_dir, spec) + " " + _DOWNLOAD.format(folder=spec.folder, name=spec.name)
-        )
+        raise FileNotFoundError(not_found(manual_dir, spec) + " " + how_to_get(spec))
     return root
 
 

@@ -15,12 +15,12 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from richft_jax.data import builder_lib, render
+from richft_jax.data import builder_lib, catalog, render
 
 CLASSES = tuple(string.ascii_uppercase + string.ascii_lowercase)
 IMAGE_SIZE = 32
 SEED = 20240612  # Split i draws from default_rng([SEED, i]).
-SPLIT_SIZES = {"train": 40_000, "test": 4_000}
+SPLIT_SIZES = dict(zip(catalog.LETTERS_SPLITS, (40_000, 4_000), strict=True))
 
 
 def generate_split(split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -43,7 +43,7 @@ class Letters(tfds.core.GeneratorBasedBuilder):
     # Set explicitly: TFDS would otherwise derive it through importlib_resources, which is not
     # a declared dependency of tensorflow-datasets and may be missing.
     code_path = epath.Path(__file__)
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version(catalog.GENERATED_VERSION)
     RELEASE_NOTES = {"1.0.0": "Initial release: 52 letter classes, 40,000 train, 4,000 test."}
 
     def _info(self) -> tfds.core.DatasetInfo:

@@ -44,12 +44,12 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
-from richft_jax.data import builder_lib
+from richft_jax.data import builder_lib, catalog
 
-ANGLES = (0, 15, 30, 45, 60, 75)
-ROTATED_DOMAINS = tuple(f"{a}deg" for a in ANGLES)  # Not bare digits: those mean indices.
-COLOUR_FLIP = (0.1, 0.2, 0.9)
-COLORED_DOMAINS = ("plus90", "plus80", "minus90")  # DomainBed's "+90%", "+80%", "-90%".
+ANGLES = catalog.ROTATED_ANGLES
+ROTATED_DOMAINS = catalog.ROTATED_DOMAINS
+COLOUR_FLIP = (0.1, 0.2, 0.9)  # Of COLORED_DOMAINS, in order.
+COLORED_DOMAINS = catalog.COLORED_DOMAINS
 LABEL_NOISE = 0.25
 SEED = 20240612  # Shuffle and noise draws: default_rng([SEED, kind, ...]).
 
@@ -134,7 +134,7 @@ class _MnistFamily(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Shared builder: subclasses choose the domains, image size, classes and MNIST source."""
 
     code_path = epath.Path(__file__)  # See digits_domains.DigitsDomains.
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version(catalog.GENERATED_VERSION)
     RELEASE_NOTES = {"1.0.0": "DomainBed's definitions."}
     DOMAINS: tuple[str, ...]
     IMAGE_SIZE: int

@@ -1,7 +1,8 @@
 """Loads the prepared TFDS datasets of this project into memory as numpy arrays, per split.
 
 The datasets' names, domains and the checks that need no data are in catalog.py (no
-TensorFlow: the preflight reads them), re-exported here.
+TensorFlow: the preflight reads them), re-exported here; `check_catalog` holds the builders to
+its TFDS names and versions when this module is imported.
 
 Images are decoded and resized once, at load, to the configured square size (the paper's eval
 "resize to 224"; training augmentation then works on these arrays). Everything is held in
@@ -18,7 +19,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from richft_jax.data import digits_domains, domainbed, letters, mnist_family
+from richft_jax import config_checks
+from richft_jax.data import catalog, digits_domains, domainbed, letters, mnist_family
 from richft_jax.data.catalog import (  # noqa: F401  (re-exported: sources.domains_of, ...)
     OFFICIAL,
     check_image_size,
@@ -37,6 +39,19 @@ BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
     **mnist_family.BUILDERS,
 }
 VARIABLE_SIZE_DEFAULT = 224  # The paper's resolution, for datasets of variable-size photos.
+
+
+def check_catalog(builders: dict[str, type[tfds.core.GeneratorBasedBuilder]]) -> None:
+    """Raises a ValueError naming each builder that catalog.TFDS_BUILDERS lacks or names with
+    another TFDS name or version (where the preflight looks for a prepared copy), and each
+    entry there without a builder."""
+    what = "sources.BUILDERS and catalog.TFDS_BUILDERS (the TFDS name and version of each dataset)"
+    config_checks.check_table(
+        what, builders, catalog.TFDS_BUILDERS, lambda b: (b.name, str(b.VERSION))
+    )
+
+
+check_catalog(BUILDERS)
 
 
 def num_classes_of(name: str) -> int:
