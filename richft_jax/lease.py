@@ -3,7 +3,8 @@
 A bucket has no file locks, so the run holding a gs:// workdir writes workdir/.lease.json
 (its host, pid, a random id, start time and heartbeat) and a daemon thread refreshes the
 heartbeat every `INTERVAL_S`. Another run refuses the workdir while the heartbeat is fresh and
-takes it over once it is `STALE_AFTER_S` old (its holder died without releasing it).
+takes it over once it is `STALE_AFTER_S` old (its holder died without releasing it), or at
+once when the holder ran on this host and its process is gone (a killed run's rerun).
 
 Best effort: without generation preconditions, two runs starting within the same moment can
 both write the lease. Each reads its lease back after `SETTLE_S` and refuses if another id is
@@ -32,6 +33,10 @@ STALE_AFTER_S = 3 * INTERVAL_S  # A heartbeat this old is a dead run's: taken ov
 SETTLE_S = 1.0  # Wait before reading the written lease back (a simultaneous writer shows).
 
 
+class WorkdirInUse(RuntimeError):
+    """A second run on a workdir that a live run holds (its message says who and what to do)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Holder:
     """Who holds a lease: the run's host, pid, random id, start and last heartbeat (epoch s)."""
@@ -45,6 +50,18 @@ class Holder:
     def age(self, now: float) -> float:
         """Seconds since the last heartbeat (0 when the holder's clock runs ahead)."""
         return max(0.0, now - self.heartbeat)
+
+    def gone(self) -> bool:
+        """Whether the holder ran on this host and its process no longer exists."""
+        if self.host != socket.gethostname() or self.pid == os.getpid():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # It exists (another user's process).
+            return False
+        return False
 
     def describe(self, now: float) -> str:
         """`host h, pid 12, last heartbeat 4 s ago` for messages."""
@@ -101,17 +118,17 @@ class Lease:
         self._thread: threading.Thread | None = None
 
     def acquire(self) -> "Lease":
-        """Takes the lease: refused while another run's heartbeat is fresh, taken over (with a
-        warning naming the old holder) once stale; read back after `settle` seconds."""
+        """Takes the lease: refused while another run's heartbeat is fresh and its process may
+        be alive, taken over (with a warning naming the old holder) once stale or when its
+        process on this host is gone; read back after `settle` seconds."""
         now = time.time()
         current = read(self.path)
-        if current is not None and current.age(now) < self.stale_after:
-            raise RuntimeError(in_use_error(self.path, current, now, self.stale_after))
+        if current is not None and current.age(now) < self.stale_after and not current.gone():
+            raise WorkdirInUse(in_use_error(self.path, current, now, self.stale_after))
         if current is not None:
+            why = "whose process is gone" if current.gone() else "that stopped heartbeating"
             logging.warning(
-                "Taking over %s from a run that stopped heartbeating (%s).",
-                self.path,
-                current.describe(now),
+                "Taking over %s from a run %s (%s).", self.path, why, current.describe(now)
             )
         mine = Holder(socket.gethostname(), os.getpid(), uuid.uuid4().hex, now, now)
         _write(self.path, mine)
@@ -119,7 +136,7 @@ class Lease:
         found = read(self.path)
         if found is None or found.id != mine.id:
             other = found or current
-            raise RuntimeError(
+            raise WorkdirInUse(
                 in_use_error(self.path, other, time.time(), self.stale_after)
                 if other
                 else f"lease {self.path} vanished right after it was written: another run is "

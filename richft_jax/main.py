@@ -13,7 +13,7 @@ this module imports nothing heavy at the top.
 
 from absl import flags, logging
 
-from richft_jax import cli, config_lib, preflight, tf_cpu, xla_cpu
+from richft_jax import cli, config_lib, lease, preflight, tf_cpu, xla_cpu
 
 xla_cpu.tune()  # Before JAX starts its CPU backend (only sets XLA_FLAGS; JAX is not imported).
 
@@ -78,8 +78,9 @@ def main(argv: list[str]) -> None:
             combine.combine_and_evaluate(config, _WORKDIR.value)
         else:
             train.train_and_evaluate(config, _WORKDIR.value)
-    except preflight.PreflightError as e:
-        raise SystemExit(str(e)) from None  # Missing inputs: the list and fixes, no traceback.
+    except (preflight.PreflightError, lease.WorkdirInUse) as e:
+        # Missing inputs, or a workdir a live run holds: what and the fixes, no traceback.
+        raise SystemExit(str(e)) from None
 
 
 def run() -> None:

@@ -92,7 +92,7 @@ def _flock(path: epath.Path) -> Iterator[None]:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         lock.close()
-        raise RuntimeError(
+        raise lease_lib.WorkdirInUse(
             f"workdir {str(path)!r} is in use by another run (it holds {path / '.lock'}); "
             "wait for it to finish or choose another --workdir."
         ) from None

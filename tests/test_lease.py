@@ -4,6 +4,10 @@ lease."""
 
 import dataclasses
 import json
+import os
+import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -106,3 +110,28 @@ def test_the_workdir_uses_a_lease_on_a_bucket_and_an_flock_on_a_disk(tmp_path, m
     assert not (tmp_path / ".lease.json").exists()
     with workdir_lib.exclusive_workdir(tmp_path):
         assert (tmp_path / ".lock").exists() and not (tmp_path / ".lease.json").exists()
+
+
+def test_a_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(tmp_path, monkeypatch):
+    """A killed run's rerun on the same host does not wait for the heartbeat to go stale; a
+    live process's lease (this test's parent) still refuses."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead = int(done.stdout)
+    write_holder(tmp_path, heartbeat_age=1, host=socket.gethostname(), pid=dead)
+    warnings = []
+    monkeypatch.setattr(logging, "warning", lambda fmt, *a: warnings.append(fmt % a))
+    with lease_at(tmp_path, stale_after=600, interval=60) as held:
+        assert json.loads((tmp_path / lease_lib.LEASE).read_text())["id"] == held.holder.id
+    assert (
+        len(warnings) == 1
+        and f"whose process is gone (host {socket.gethostname()}, pid {dead}" in warnings[0]
+    )
+
+    write_holder(tmp_path, heartbeat_age=1, host=socket.gethostname(), pid=os.getppid())
+    with pytest.raises(lease_lib.WorkdirInUse, match=f"pid {os.getppid()}"):
+        lease_at(tmp_path, stale_after=600).acquire()
