@@ -83,9 +83,9 @@ def along_run_command(workdir: epath.Path, combinations: str) -> list[str] | Non
         return None
     text = (workdir / "config.json").read_text(encoding="utf-8")
     config = ml_collections.ConfigDict(json.loads(text))
-    saved = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+    kept = paths.finished_step_dirs(workdir / paths.CHECKPOINTS)  # Committed ones only.
     # The paper configs start the along-run ensembles and soups at config.along_run_start.
-    steps = [workdir / "checkpoints" / str(s) for s in schedule.along_run_steps(config, saved)]
+    steps = [kept[s] for s in schedule.along_run_steps(config, list(kept))]
     if len(steps) < 2:
         raise SystemExit(
             f"--along-run: {workdir}/checkpoints has {len(steps)} checkpoint(s) from "

@@ -29,7 +29,7 @@ import ml_collections
 from absl import app, flags, logging
 from etils import epath
 
-from richft_jax import checkpoints, cli, parallel, paths, results, steps
+from richft_jax import checkpoints, cli, config_checks, parallel, paths, results, steps
 from richft_jax import run as run_lib
 from richft_jax.analysis import (
     feature_distortion,
@@ -93,7 +93,7 @@ def load(
 def _resolved(path: str | None) -> str | None:
     """An absolute local path (Orbax reads those only) or a gs:// URL as given; registered
     weight names stay names."""
-    if not path or run_lib.published_weights(path) is not None:
+    if not path or config_checks.published_weights(path) is not None:
         return path
     return str(paths.path(path, "--pretrained"))
 
@@ -149,24 +149,26 @@ def summarize(rows: list[dict], step: int) -> dict:
     return {"step": step, **{k: results.id_ood(rows, k) for k in keys}}
 
 
-def checkpoint_steps(run: Run) -> list[int]:
-    """The steps kept in RUN/checkpoints (the run keeps `keep_checkpoints` of them)."""
+def kept_checkpoints(run: Run) -> dict[int, epath.Path]:
+    """{step: directory} of the finished checkpoints kept in RUN/checkpoints (the run keeps
+    `keep_checkpoints` of them), as Orbax counts them (paths.finished_step_dirs): a step a
+    killed run left half-written on a bucket (no commit file there) is not one."""
     ckpt = run.path / checkpoints.LATEST
-    if not ckpt.is_dir():
-        return []
-    kept = [p for p in ckpt.iterdir() if p.name.isdigit() and (p / "state").is_dir()]
-    return sorted(int(p.name) for p in kept)
+    return paths.finished_step_dirs(ckpt) if ckpt.is_dir() else {}
+
+
+def checkpoint_steps(run: Run) -> list[int]:
+    """The steps of `kept_checkpoints`, ascending."""
+    return sorted(kept_checkpoints(run))
 
 
 def trajectory(run: Run, mesh, max_examples: int | None = None) -> list[dict]:
     """Taylor measurements (ID / OOD) at θ0 (step 0) and at each kept checkpoint of the run."""
     sums = taylor_sums(run.model, run.config.data.normalize)
+    kept = kept_checkpoints(run)
     out = []
-    for step in [0, *checkpoint_steps(run)]:
-        if step == 0:
-            v = run.v0
-        else:
-            _, v, _ = run_lib.restore(run.path / checkpoints.LATEST / str(step))
+    for step in [0, *sorted(kept)]:
+        v = run.v0 if step == 0 else run_lib.restore(kept[step])[1]
         rows = linearization.taylor_measurements(
             sums, run.v0, v, run.data, run.config.data.eval_batch_size, mesh, max_examples
         )
