@@ -172,8 +172,13 @@ def weights_problems(config: ml_collections.ConfigDict) -> list[Problem]:
 
 
 def _published_problems(name: str) -> list[Problem]:
-    entry, path = hub.get(name), hub.cache_file(name)
+    entry = hub.get(name)
     what = f"weights {name!r} ({entry.what})"
+    try:
+        path = hub.cache_file(name)
+    except ValueError as e:  # RICHFT_CACHE is a URL: the message says what to set.
+        wrong, fix = str(e).split(". ", 1)
+        return [Problem(what, wrong + ".", fix)]
     if path.is_file():
         if broken := hub.incomplete(path, entry.fmt):
             wrong = f"{path} is not a complete {entry.fmt} file ({broken})."

@@ -162,6 +162,17 @@ def test_cached_weights_pass_and_a_broken_cached_file_is_named(bare):
     assert [p.what for p in problems] == ["dataset 'pacs'"]
 
 
+def test_a_bucket_as_the_weights_cache_is_a_problem_with_its_fix(bare, monkeypatch):
+    """RICHFT_CACHE=gs://...: one problem line naming the variable (downloads are renamed into
+    place on a local disk), listed with the others, not an exception."""
+    monkeypatch.setenv("RICHFT_CACHE", "gs://bucket/cache")
+    problems = preflight.check(design_card(bare), str(bare / "run"))
+    weights = [p for p in problems if p.what.startswith("weights 'vit_b16'")]
+    assert len(weights) == 1 and "RICHFT_CACHE='gs://bucket/cache'" in weights[0].wrong
+    assert "--config.pretrained.path=gs://BUCKET/FILE" in weights[0].fix
+    assert "dataset 'pacs'" in [p.what for p in problems]
+
+
 def test_a_missing_local_checkpoint_is_named(bare):
     c = design_card(bare, **{"pretrained.path": str(bare / "nowhere")})
     problems = preflight.check(c, str(bare / "run"))
