@@ -6,6 +6,7 @@ import os
 import pathlib
 import signal
 import subprocess
+import threading
 import time
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 from cli import demo_command
 
 from richft_jax import checkpoints, combine, config_lib, results, train
+from richft_jax.data import letters, sources
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -34,16 +36,29 @@ def cli_command(dirs, workdir, *extra):
     )
 
 
+# The letters splits the first run pretrains on, shrunk: the tiny pretraining draws 30 x 64
+# images, so 2,080 are as many as it sees of the 40,000 (which take a minute to render).
+SMALL_LETTERS = {"train": 2080, "test": 520}
+
+
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory, data_dir):
+    """The module's data dir: the session's digits (linked) and its own small letters."""
     root = tmp_path_factory.mktemp("e2e")
-    return {"data": data_dir, "pretrain": root / "pretrain", "root": root}
+    sources.load_arrays("digits_domains", data_dir=str(data_dir))  # Built once per session.
+    data = root / "data"
+    data.mkdir()
+    (data / "digits_domains").symlink_to(pathlib.Path(data_dir) / "digits_domains")
+    return {"data": data, "pretrain": root / "pretrain", "root": root}
 
 
 @pytest.fixture(scope="module")
 def first_run(dirs):
     workdir = dirs["root"] / "run_a"
-    summary = train.train_and_evaluate(tiny_config(dirs["data"], dirs["pretrain"]), str(workdir))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(letters, "SPLIT_SIZES", SMALL_LETTERS)
+        config = tiny_config(dirs["data"], dirs["pretrain"])
+        summary = train.train_and_evaluate(config, str(workdir))
     return workdir, summary
 
 
@@ -53,6 +68,9 @@ def test_first_run_pretrains_then_fine_tunes(first_run, dirs):
     assert (dirs["pretrain"] / "results.jsonl").exists()
     pre_rows = results.read_rows(dirs["pretrain"])
     assert {r["domain"] for r in pre_rows} == {"train", "test"}
+    # ...on the letters, built on the way into the run's data dir.
+    built = sources.load_arrays("letters", data_dir=str(dirs["data"]))
+    assert {k: len(v[1]) for k, v in built.items()} == SMALL_LETTERS
     rows = results.read_rows(workdir)
     # 2 evaluations (steps 10, 20) x 4 domains x 2 splits.
     assert len(rows) == 16
@@ -228,34 +246,41 @@ def test_combine_checkpoints_along_one_run(first_run, dirs):
 
 
 def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(first_run, dirs):
+    """SIGTERM once the first progress line is out (step 5 of 100): the run saves where it is
+    and stops; the same command resumes there and finishes."""
     workdir = dirs["root"] / "run_sigterm"
     cmd = cli_command(
         dirs,
         workdir,
-        "--config.num_steps=1000",
-        "--config.checkpoint_every=1000",
-        "--config.eval_every=1000",
+        "--config.num_steps=100",
+        "--config.checkpoint_every=100",
+        "--config.eval_every=100",
     )
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
     deadline = time.time() + 300
-    while not (workdir / "checkpoints").is_dir() and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(1.0)
+    while not any("] step 5/100 " in line for line in lines) and time.time() < deadline:
+        assert proc.poll() is None, "".join(lines)[-3000:]
+        time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
-    err = err.decode()
+    proc.wait(timeout=300)
+    reader.join()
+    err = "".join(lines)
     assert proc.returncode == 0, err[-3000:]
     assert "SIGTERM: saved a checkpoint at step" in err
     saved = sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
-    assert len(saved) == 1 and 0 < saved[0] < 1000
+    assert len(saved) == 1 and 5 <= saved[0] < 100, saved
+    assert f"SIGTERM: saved a checkpoint at step {saved[0]} " in err
     assert not (workdir / "summary.json").exists()
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"Resumed from step {saved[0]}" in done.stderr
-    assert json.loads((workdir / "summary.json").read_text())["num_steps"] == 1000
+    assert json.loads((workdir / "summary.json").read_text())["num_steps"] == 100
 
 
 def test_lp_ft_logs_the_linear_probe_at_step_0_and_starts_from_its_head(first_run, dirs):
