@@ -17,6 +17,7 @@ import os
 import pathlib
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -229,3 +230,4 @@ def test_notebook_runs_on_a_new_colab_runtime(tmp_path, data_dir, monkeypatch):
     # Runs and figures went under the clone's ignored workdirs/: the clone stays clean.
     status = ["git", "-C", str(clone), "status", "--porcelain"]
     assert subprocess.run(status, capture_output=True, text=True, check=True).stdout == ""
+    shutil.rmtree(python.parent.parent)  # Passed: the runtime's ~0.5 GB of installs can go.
