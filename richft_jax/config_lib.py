@@ -120,6 +120,13 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def shipped(name: str) -> str:
+    """The absolute path of `name` in richft_jax/assets, files shipped with the package (e.g. the
+    demo's pretrained backbone, `configs/demo_pretrain.py`); each has `<stem>.json` beside it
+    saying what it is and how it was made."""
+    return str(pathlib.Path(__file__).resolve().parent / "assets" / name)
+
+
 def cache_path(name: str) -> str:
     """`name` under $RICHFT_CACHE (default ~/.cache/richft_jax), read at each call like the
     config files read it at each load."""

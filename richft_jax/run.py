@@ -57,12 +57,17 @@ def keys(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
 def resolve_pretrained(config: ml_collections.ConfigDict) -> epath.Path | None:
     """config.pretrained.path as an epath (local, or gs:// as given). A registered name is
     fetched (downloaded once into the cache, models/hub.py) and its file's sha256 and source
-    recorded as config.pretrained.sha256 / .source, which the run writes to its config.json."""
+    recorded as config.pretrained.sha256 / .source, which the run writes to its config.json; a
+    local file (e.g. the demo's shipped backbone, config_lib.shipped) gets its sha256 recorded."""
     value = config.pretrained.get("path")
     if not value:
         return None
     if published_weights(value) is None:
-        return pretrained_path(value)
+        path = pretrained_path(value)
+        if not paths.is_remote(path) and path.is_file():
+            with config.unlocked():
+                config.pretrained.sha256 = hub.file_sha256(path)
+        return path
     info = hub.provenance(value)
     with config.unlocked():
         config.pretrained.sha256 = info["sha256"]

@@ -2,11 +2,16 @@
 
 No weights can be downloaded, so the demo makes its own "pretrained network": a small
 ResNet trained on letters, whose classes are disjoint from the digits it is later
-fine-tuned on. The `demo` config runs this once, automatically, when its checkpoint
-is missing. By hand:
+fine-tuned on. Its full-size result ships with the package (`SHIPPED`, in richft_jax/assets,
+with `demo_small_resnet_letters.json` beside it: sha256, the command, commit and accuracy), and
+the demo configs load that file: they never pretrain it. To re-pretrain and use the result:
 
-  python -m richft_jax.main --config=demo_pretrain \
-      --workdir=~/.cache/richft_jax/demo_pretrain_small_resnet
+  python -m richft_jax.main --config=demo_pretrain --workdir=/tmp/my_backbone
+  python -m richft_jax.main --config=demo --workdir=/tmp/demo \
+      --config.pretrained.path=/tmp/my_backbone
+  python launch/pin_backbone.py --pretrained=/tmp/my_backbone   # re-export the shipped file
+
+The tiny variant is still pretrained on first use, into $RICHFT_CACHE/demo_pretrain_tiny.
 
 Args: `tiny` (seconds-long smoke runs and tests), `vit` (the small ViT instead of the ResNet;
 with `tiny`, the tiny ViT of the method configs' tests).
@@ -18,6 +23,13 @@ from richft_jax import config_lib
 
 ARGS = {"tiny": False, "vit": False}
 TINY_VIT = {"depth": 2, "dim": 32, "feature_dim": 64}  # The method configs' `tiny,vit` model.
+# The backbone of `demo_pretrain` (full size, ResNet) as shipped: params and BatchNorm statistics.
+SHIPPED = "demo_small_resnet_letters.msgpack"
+
+
+def shipped_backbone() -> str:
+    """The shipped backbone's path (config.pretrained.path of the full-size demo configs)."""
+    return config_lib.shipped(SHIPPED)
 
 
 def build(tiny: bool = False, vit: bool = False) -> ml_collections.ConfigDict:

