@@ -128,10 +128,10 @@ def shipped(name: str) -> str:
 
 
 def cache_path(name: str) -> str:
-    """`name` under $RICHFT_CACHE (default ~/.cache/richft_jax), read at each call like the
-    config files read it at each load."""
+    """`name` under $RICHFT_CACHE (default, also when set empty: ~/.cache/richft_jax), read at
+    each call like the config files read it at each load."""
     return os.path.join(
-        os.environ.get("RICHFT_CACHE", os.path.join("~", ".cache", "richft_jax")), name
+        os.environ.get("RICHFT_CACHE") or os.path.join("~", ".cache", "richft_jax"), name
     )
 
 

@@ -243,6 +243,8 @@ def test_cache_path_follows_the_environment(monkeypatch):
     assert (
         config_lib.load_config_file("demo:tiny").pretrained.path == "/elsewhere/demo_pretrain_tiny"
     )
+    monkeypatch.setenv("RICHFT_CACHE", "")  # Set but empty: the default, never a relative path.
+    assert config_lib.cache_path("weights") == "~/.cache/richft_jax/weights"
 
 
 # ------------------------------------------------------------------------------ the --config flag
