@@ -80,9 +80,11 @@ def test_kill_9_anywhere_then_rerun_is_bit_identical(reference, data_dir, tmp_pa
     # What the interrupted write left never passes for a checkpoint: the last one restores.
     assert int(checkpoints.restore_state_tree(workdir)["step"]) == 3
     assert {r["step"] for r in results.read_rows(workdir)} == {6}  # Step 6 was evaluated.
+    assert not (workdir / results.SUMMARY).exists()
 
-    # 2. Killed at random moments after each rerun resumed (seeded, so the test repeats).
-    for seed in KILL_SEEDS:
+    # 2. Killed at random moments after each rerun resumed (seeded, so the test repeats); the
+    # first rerun resumed from the last finished checkpoint, step 3.
+    for i, seed in enumerate(KILL_SEEDS):
         proc, lines, reader = start(cmd)
         deadline = time.time() + 600
         while not any("Resumed from step" in line for line in lines) and proc.poll() is None:
@@ -93,6 +95,8 @@ def test_kill_9_anywhere_then_rerun_is_bit_identical(reference, data_dir, tmp_pa
         proc.wait(timeout=60)
         reader.join()
         assert "Resumed from step" in "".join(lines), "".join(lines)[-3000:]
+        if i == 0:
+            assert "Resumed from step 3 (" in "".join(lines), "".join(lines)[-3000:]
         # Whatever was cut, the latest finished checkpoint restores.
         assert int(checkpoints.restore_state_tree(workdir)["step"]) >= 3
 
