@@ -10,11 +10,12 @@ import subprocess
 import threading
 import time
 
+import jax
 import numpy as np
 import pytest
 from cli import demo_command
 
-from richft_jax import checkpoints, combine, config_lib, results, train
+from richft_jax import checkpoints, combine, config_lib, results, run, train
 from richft_jax.data import letters, sources
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -272,16 +273,31 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(first_run, dirs):
 
 
 def test_lp_ft_logs_the_linear_probe_at_step_0_and_starts_from_its_head(first_run, dirs):
+    """With a zero learning rate fine-tuning never moves: the LP-FT rows after its steps equal
+    the LP rows of step 0 on every split, so its first step starts from the probe's head; and
+    the run builder's θ0 (what the analyses start from) is that state, probe head included.
+    (The probe's solver against scikit-learn: test_lpft.py.)"""
     workdir = dirs["root"] / "run_lpft"
     c = config_lib.load_config_file("configs/demo_lpft.py:tiny")
     c.data.data_dir = str(dirs["data"])
     c.pretrained.path = str(dirs["pretrain"])
+    c.optim.lr = 0.0
     train.train_and_evaluate(c, str(workdir))
     rows = results.read_rows(workdir)
     lp = [r for r in rows if r["method"] == "lp"]
     ft = [r for r in rows if r["method"] == "lp_ft"]
     assert {r["step"] for r in lp} == {0} and len(lp) == 8
-    assert {r["step"] for r in ft} == {10, 20}
+    assert {r["step"] for r in ft} == {10, 20} and len(ft) == 16
+    key = lambda r: (r["domain"], r["split"])  # noqa: E731
+    scores = {key(r): (r["accuracy"], r["loss"]) for r in lp}
+    for r in ft:
+        assert (r["accuracy"], r["loss"]) == pytest.approx(scores[key(r)], rel=1e-5), key(r)
     # The probe is a trained classifier on the training domains (chance is 0.1).
     id_lp = np.mean([r["accuracy"] for r in lp if not r["is_test_domain"] and r["split"] == "out"])
     assert id_lp > 0.3
+    built = run.from_workdir(str(workdir), "latest")
+    theta0 = run.init_variables(built.config, built.model, built.data)
+    flat = jax.tree_util.tree_flatten_with_path(theta0)[0]
+    assert len(flat) == len(jax.tree.leaves(built.variables))
+    for (path, a), b in zip(flat, jax.tree.leaves(built.variables), strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
