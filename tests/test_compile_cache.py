@@ -8,9 +8,13 @@ import sys
 from richft_jax import compile_cache
 
 SCRIPT = """
+import sys
 from richft_jax import compile_cache
 print("CACHE", compile_cache.enable())
 import jax, jax.numpy as jnp
+print("JAX_CACHE_DIR", jax.config.jax_compilation_cache_dir)
+if sys.argv[1:] == ["no_compile"]:
+    sys.exit()
 
 def f(x):
     for i in range(40):
@@ -21,9 +25,9 @@ jax.jit(f)(jnp.ones((32, 32))).block_until_ready()
 """
 
 
-def run_script(env: dict) -> str:
+def run_script(env: dict, *args: str) -> str:
     out = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", SCRIPT, *args], env=env, capture_output=True, text=True, check=True
     )
     return out.stdout
 
@@ -43,4 +47,5 @@ def test_default_is_the_cache_directory_and_off_turns_it_off(tmp_path, monkeypat
     assert f"CACHE {tmp_path / 'cache' / 'jax_compilation_cache'}" in run_script(env)
     assert any((tmp_path / "cache" / "jax_compilation_cache").iterdir())
     env[compile_cache.ENV] = "off"
-    assert "CACHE None" in run_script(env)
+    off = run_script(env, "no_compile")  # JAX is left with no cache directory: nothing to run.
+    assert "CACHE None" in off and "JAX_CACHE_DIR None" in off
