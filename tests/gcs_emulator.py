@@ -57,6 +57,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import urllib.error
 import urllib.parse
@@ -184,6 +185,21 @@ class Emulator:
         """Deletes the objects under `prefix` (between tests sharing one emulator)."""
         for name in self.names(prefix, bucket):
             self.delete(name, bucket)
+
+    def python(self, code: str, cwd, timeout: float = 300) -> dict:
+        """Runs `code` in a new Python with this emulator's environment (epath reads
+        EPATH_USE_TF once per process) in `cwd`; the JSON object its last stdout line prints."""
+        env = dict(self.env, PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]))
+        done = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert done.returncode == 0, done.stderr[-4000:] + self.log()
+        return json.loads(done.stdout.strip().splitlines()[-1])
 
     def close(self) -> None:
         if self.process.poll() is None:

@@ -24,7 +24,6 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import gcs_emulator
@@ -44,25 +43,9 @@ def gcs():
         yield emulator
 
 
-def python(gcs, code: str, cwd, timeout: float = 300) -> dict:
-    """Runs `code` in a new Python with the emulator's environment, in `cwd`; the JSON object
-    its last stdout line prints."""
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=cwd,
-        env=gcs.env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert done.returncode == 0, done.stderr[-4000:] + gcs.log()
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def test_epath_round_trip_on_the_bucket(gcs, tmp_path):
     root = f"gs://{gcs.bucket}/epath"
-    seen = python(
-        gcs,
+    seen = gcs.python(
         f"""
         import json
         from etils import epath
@@ -110,8 +93,7 @@ def test_epath_round_trip_on_the_bucket(gcs, tmp_path):
 def test_orbax_checkpoint_manager_on_the_bucket(gcs, tmp_path):
     """Saves 3 steps keeping 2, restores equal values, and a new manager finds the latest."""
     directory = f"gs://{gcs.bucket}/ckpt"
-    seen = python(
-        gcs,
+    seen = gcs.python(
         f"""
         import json
         import jax, jax.numpy as jnp, numpy as np

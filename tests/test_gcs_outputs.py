@@ -5,9 +5,6 @@ emulator's environment; the bucket read back through the emulator's own JSON API
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import gcs_emulator
 import pytest
@@ -21,25 +18,9 @@ def gcs():
         yield emulator
 
 
-def python(gcs, code: str, cwd) -> dict:
-    """Runs `code` with the emulator's environment in `cwd`; its last stdout line as JSON."""
-    env = dict(gcs.env, PYTHONPATH=REPO)
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-4000:] + gcs.log()
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def test_results_are_one_object_per_round_and_read_back_as_rows(gcs, tmp_path):
     root = f"gs://{gcs.bucket}/results"
-    seen = python(
-        gcs,
+    seen = gcs.python(
         f"""
         import json
         from richft_jax import results
@@ -75,8 +56,7 @@ def test_results_are_one_object_per_round_and_read_back_as_rows(gcs, tmp_path):
 
 def test_the_lease_refuses_a_second_run_heartbeats_and_is_released(gcs, tmp_path):
     root = f"gs://{gcs.bucket}/leased"
-    seen = python(
-        gcs,
+    seen = gcs.python(
         f"""
         import json, time
         from etils import epath
@@ -107,8 +87,7 @@ def test_the_lease_refuses_a_second_run_heartbeats_and_is_released(gcs, tmp_path
 
 def test_events_and_checkpoints_go_to_the_bucket_through_epath(gcs, tmp_path):
     root = f"gs://{gcs.bucket}/run"
-    seen = python(
-        gcs,
+    seen = gcs.python(
         f"""
         import json
         import numpy as np
