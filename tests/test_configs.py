@@ -1,6 +1,7 @@
 """Configs: the one argument parser, every config and argument, loading by name or path, from
 any directory and from an installed wheel."""
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -8,11 +9,13 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import zipfile
 
 import pytest
 from absl import flags
 
 from richft_jax import config_lib
+from richft_jax.configs import demo_pretrain
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -320,6 +323,7 @@ print(json.dumps({
     "config": [c.config_name, c.num_steps, c.self_labeling.reweight_start],
     "clone_path": clone_path.config_name,
     "pretrain": pre.config_name,
+    "demo_backbone": config_lib.load_config_file("demo").pretrained.path,
 }))
 """
 
@@ -340,6 +344,12 @@ def test_configs_load_by_name_from_an_installed_wheel(tmp_path):
         cwd=tmp_path,
     )
     (wheel,) = wheels.glob("richft_jax-*.whl")
+    asset = pathlib.Path(config_lib.shipped(demo_pretrain.SHIPPED))  # The pinned demo backbone.
+    with zipfile.ZipFile(wheel) as z:
+        body = z.read(f"richft_jax/assets/{asset.name}")
+        record = json.loads(z.read(f"richft_jax/assets/{asset.stem}.json"))
+    pinned = json.loads(asset.with_suffix(".json").read_text())["sha256"]
+    assert hashlib.sha256(body).hexdigest() == record["sha256"] == pinned
     subprocess.run(pip + ["install", "--no-deps", "--target", str(site), str(wheel)], check=True)
     run_dir = tmp_path / "elsewhere"
     run_dir.mkdir()
@@ -358,3 +368,5 @@ def test_configs_load_by_name_from_an_installed_wheel(tmp_path):
     assert got["names"] == sorted(DOCUMENTED)
     assert got["config"] == ["demo_rsl_tiny_noisy", 60, 10]
     assert got["clone_path"] == "demo_tiny" and got["pretrain"] == "demo_pretrain_tiny"
+    installed = pathlib.Path(got["demo_backbone"])  # The installed demo loads the shipped file.
+    assert installed == site / "richft_jax" / "assets" / asset.name and installed.is_file()
