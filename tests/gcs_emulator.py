@@ -244,3 +244,14 @@ def running(bucket: str = BUCKET) -> Iterator[Emulator]:
         yield emulator
     finally:
         emulator.close()
+
+
+def build_demo_data(data_dir) -> None:
+    """Builds the tiny demo's dataset in the local `data_dir` (the end-to-end tests read it
+    locally: TFDS reads a gs:// data dir through TensorFlow's GCS client, which the emulator
+    cannot stand in for)."""
+    from richft_jax import config_lib, run  # noqa: PLC0415 (only the end-to-end tests need it)
+
+    c = config_lib.load_config_file("configs/demo.py:tiny")
+    c.data.data_dir = str(data_dir)
+    run.load_data(c)

@@ -30,7 +30,7 @@ import gcs_emulator
 import pytest
 from cli import demo_command
 
-from richft_jax import config_lib, lease, report, results, run
+from richft_jax import lease, report, results
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The tiny demo on a random backbone (no pretraining); 20 steps, evaluated at 10 and 20.
@@ -164,11 +164,8 @@ def test_orbax_checkpoint_manager_on_the_bucket(gcs, tmp_path):
 
 @pytest.fixture(scope="module")
 def built(data_dir):
-    """The session's data dir with the demo's dataset built (locally: a gs:// data_dir would be
-    read by TensorFlow's GCS client, which the emulator cannot stand in for)."""
-    c = config_lib.load_config_file("configs/demo.py:tiny")
-    c.data.data_dir = str(data_dir)
-    run.load_data(c)
+    """The session's data dir with the demo's dataset built (gcs_emulator.build_demo_data)."""
+    gcs_emulator.build_demo_data(data_dir)
     return data_dir
 
 

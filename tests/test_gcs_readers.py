@@ -21,8 +21,6 @@ import numpy as np
 import pytest
 from cli import demo_command
 
-from richft_jax import config_lib, run
-
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -34,11 +32,8 @@ def gcs():
 
 @pytest.fixture(scope="module")
 def built(data_dir):
-    """The session's data dir with the demo's dataset built (locally: TFDS would read a gs://
-    data dir through TensorFlow's GCS client, which the emulator cannot stand in for)."""
-    c = config_lib.load_config_file("configs/demo.py:tiny")
-    c.data.data_dir = str(data_dir)
-    run.load_data(c)
+    """The session's data dir with the demo's dataset built (gcs_emulator.build_demo_data)."""
+    gcs_emulator.build_demo_data(data_dir)
     return data_dir
 
 
