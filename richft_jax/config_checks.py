@@ -94,6 +94,12 @@ def config_errors(config: ml_collections.ConfigDict) -> list[ValueError]:
     for key in ("num_steps", "log_every", "eval_every", "checkpoint_every"):
         if config[key] <= 0:
             errors.append(ValueError(f"config.{key}={config[key]} must be positive."))
+    for key in ("eval_max_examples", "eval_train_in_max_examples"):
+        value = config.data.get(key)
+        if value is not None and value < 0:
+            errors.append(
+                ValueError(f"config.data.{key}={value} must be >= 0 (or None: every example).")
+            )
     return errors
 
 

@@ -47,6 +47,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.normalize = "minus_one_one"  # "minus_one_one" | "imagenet".
     c.data.eval_batch_size = 512
     c.data.eval_max_examples = ml_collections.FieldReference(None, field_type=int)  # Per split.
+    # The training domains' "in" splits (what the model trains on; no model selection, ID or
+    # OOD number reads them): at most this many examples each per evaluation round, 0: skipped;
+    # None: all, as DomainBed. Costs the largest part of an evaluation round when all.
+    c.data.eval_train_in_max_examples = ml_collections.FieldReference(None, field_type=int)
     c.data.eval_augment = "none"  # | "training_domains": through data.augment, as DomainBed.
     c.data.prefetch = 2
 

@@ -21,7 +21,7 @@ from absl import logging
 from clu import metric_writers
 from etils import epath
 
-from richft_jax import paths, results
+from richft_jax import paths, results, timing
 
 _VERBOSE = [False]
 _PREFIX = [""]
@@ -236,11 +236,14 @@ def summary_lines(summary: Mapping, workdir: str | os.PathLike) -> list[str]:
     selected = summary["selected"]
     wall = summary.get("wall_time_s")
     took = f" in {duration(wall)}" if wall is not None else ""
+    timings = summary.get("timings_s")
+    time_line = [f"  {timing.breakdown_line(timings, ('train_steps',))}"] if timings else []
     return [
         f"Done{took}: {summary['method']} on {summary['dataset']}, test domains "
         f"{','.join(summary['test_domains'])}.",
         f"  selected step {selected['step']} (training-domain validation): "
         f"ID {percent(selected['id_accuracy'])}  OOD {percent(selected['ood_accuracy'])}",
+        *time_line,
         f"  workdir {workdir} (summary.json, {rows}, parameters.txt, TensorBoard events)",
         f"  python -m richft_jax.report {workdir}",
         f"  tensorboard --logdir {workdir}",

@@ -46,6 +46,18 @@ def eval_augmentation(config: ml_collections.ConfigDict, step_label: int) -> tup
     return config.data.augment, seed_hash(config.seed, "eval_augment", step_label)
 
 
+def split_limit(
+    split: pipeline.Split, max_examples: int | None, train_in_max: int | None
+) -> int | None:
+    """How many of a split's examples an evaluation reads (None: all, 0: none): `max_examples`
+    for every split (config.data.eval_max_examples), and for the training domains' "in" splits
+    also `train_in_max` (config.data.eval_train_in_max_examples)."""
+    limit = max_examples or None
+    if train_in_max is not None and split.split == "in" and not split.is_test_domain:
+        limit = train_in_max if limit is None else min(limit, train_in_max)
+    return limit
+
+
 def evaluate(
     eval_step,
     variables: Any,
@@ -54,8 +66,10 @@ def evaluate(
     mesh,
     max_examples: int | None = None,
     augment: tuple[str, int] = ("none", 0),
+    train_in_max: int | None = None,
 ) -> list[tuple[pipeline.Split, dict]]:
-    """Accuracy and loss on the in and out splits of every domain, each example once.
+    """Accuracy and loss on the in and out splits of every domain, each example once (at most
+    `split_limit` of them; a split it gives 0 is left out).
 
     `augment` = (kind, seed), e.g. from `eval_augmentation`: the training domains' splits go
     through that augmentation, keyed by (seed, domain, split); the test domains never do.
@@ -63,14 +77,17 @@ def evaluate(
     out = []
     kind, seed = augment
     for split in data.splits:
+        limit = split_limit(split, max_examples, train_in_max)
+        if limit == 0:
+            continue
         aug = "none" if split.is_test_domain else kind
         split_seed = seed_hash(seed, split.domain, split.split)
         batch_metrics = [
             eval_step(variables, parallel.global_batch(parallel.host_slice(batch), mesh))
-            for batch in pipeline.eval_batches(split, batch_size, max_examples, aug, split_seed)
+            for batch in pipeline.eval_batches(split, batch_size, limit, aug, split_seed)
         ]
         values = {k: float(v) for k, v in steps.merge_on_host(batch_metrics).compute().items()}
-        values["count"] = min(len(split.labels), max_examples or len(split.labels))
+        values["count"] = min(len(split.labels), limit or len(split.labels))
         out.append((split, values))
     return out
 

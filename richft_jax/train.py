@@ -28,6 +28,7 @@ from richft_jax import (
     results,
     run,
     steps,
+    timing,
 )
 from richft_jax import schedule as schedule_lib
 from richft_jax import workdir as workdir_lib
@@ -46,6 +47,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """
     # Every input (config, weights, dataset, workdir) checked before anything is built,
     # downloaded or written; all problems in one error, each with its fix.
+    phases = timing.Phases()
+    timing.listen_for_compiles()
     preflight.run(config, workdir)
     # A registered name (e.g. "resnet50") is downloaded once, before anything is written, and
     # its file's sha256 and source recorded in config.pretrained for config.json (a local file,
@@ -54,8 +57,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     path = workdir_lib.make_workdir(workdir)
     with workdir_lib.exclusive_workdir(path), workdir_lib.preemption_notice() as preempted:
         workdir_lib.write_config(path, config)
-        ensure_pretrained(config)
-        return _train_and_evaluate(config, path, preempted)
+        with phases("pretrain"):
+            ensure_pretrained(config)
+        return _train_and_evaluate(config, path, preempted, phases)
 
 
 def ensure_pretrained(config: ml_collections.ConfigDict) -> None:
@@ -95,9 +99,10 @@ def check_finite(m, step: int, ckpt_dir: epath.Path, mngr) -> dict:
     return values
 
 
-def setup(config: ml_collections.ConfigDict, mesh, workdir: epath.Path):
+def setup(config: ml_collections.ConfigDict, mesh, workdir: epath.Path, phases: timing.Phases):
     """(context, hooks, optimizer, schedule, replicated initial state, θ0 on the host or None)."""
-    data = run.load_data(config)
+    with phases("data"):
+        data = run.load_data(config)
     console.info(
         f"Data {data.name}: train domains {', '.join(data.train_domains)}; test domains "
         f"{', '.join(data.test_domains)}; {data.num_classes} classes."
@@ -114,7 +119,8 @@ def setup(config: ml_collections.ConfigDict, mesh, workdir: epath.Path):
     hooks = hooks_lib.build(config, model, data.splits[0].images.shape[1:])
     tx = steps.make_optimizer(config.optim, config.num_steps)
     schedule = steps.make_schedule(config.optim, config.num_steps)
-    theta0 = run.init_variables(config, model, data, mesh)
+    with phases("init"):
+        theta0 = run.init_variables(config, model, data, mesh)
     params, batch_stats = theta0["params"], theta0["batch_stats"]
     # Host copy of θ0 for the end-of-run evaluators (they compare backbones; the head is new).
     pretrained = jax.device_get(theta0) if evaluation.chosen_evaluators(config) else None
@@ -197,6 +203,7 @@ def make_evaluate_and_log(ctx: evaluation.Context, eval_step, writer, meta: dict
                 ctx.mesh,
                 c.data.eval_max_examples,
                 evaluation.eval_augmentation(c, step),
+                c.data.eval_train_in_max_examples,
             )
             rows += results.eval_rows(evals, step=step, **{**meta, "method": method})
         console.info(console.eval_line(step, rows, meta["method"]))
@@ -249,20 +256,23 @@ def save_best_if_selected(workdir: epath.Path, best_mngr, step: int, state, meth
 
 # ----------------------------------------------------------------------------- the loop
 def _train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: epath.Path, preempted: threading.Event
+    config: ml_collections.ConfigDict,
+    workdir: epath.Path,
+    preempted: threading.Event,
+    phases: timing.Phases,
 ) -> dict:
     is_main = jax.process_index() == 0
-    start_time = time.time()
 
     # -- mesh, data, model, θ0 and the train state (methods' state in state.extras).
     mesh = parallel.make_mesh()
-    ctx, hooks, tx, schedule, state, pretrained = setup(config, mesh, workdir)
+    ctx, hooks, tx, schedule, state, pretrained = setup(config, mesh, workdir, phases)
     data, meta = ctx.data, run_meta(config, ctx.data)
 
     # -- checkpoints: resume if there is one.
     mngr = checkpoints.manager(workdir / checkpoints.LATEST, config.keep_checkpoints)
     best_mngr = checkpoints.manager(workdir / checkpoints.BEST, 1)
-    state = resume(workdir, mngr, state, config)
+    with phases("restore"):
+        state = resume(workdir, mngr, state, config)
     start_step = int(state.step)
 
     # -- steps, compiled once; writers.
@@ -276,40 +286,50 @@ def _train_and_evaluate(
     initial = hooks.initial_weights(state.params)
     if initial and start_step == 0:
         # E.g. LP, LP-FT's step 0 (-1 in "domainbed" labels: before any update).
-        rows = evaluate_and_log(schedule_lib.label(config, 0), initial, state.batch_stats)
-        if is_main:
-            results.append_rows(workdir, rows)
-
-    # -- the loop.
-    batches = pipeline_batches(config, data, start_step)
-    pending, last_train = [], {}
-    for batch in workdir_lib.prefetch_to_device(batches, config.data.prefetch, mesh):
-        rates = {k: np.float32(v) for k, v in hooks.rates(start_step).items()}
-        state, m = train_step(state, batch, rates)
-        pending.append(m)
-        step = start_step = start_step + 1
-        progress(step)
-        is_last = step == config.num_steps
-        if step % config.log_every == 0 or is_last:
-            merged = steps.merge_on_host(pending)
-            last_train = check_finite(merged, step, workdir / checkpoints.LATEST, mngr)
-            for name, rate in hooks.rates(step - 1).items():
-                last_train["dropout_rate" if name == "feature" else name] = rate
-            writer.write_scalars(step, {f"train/{k}": v for k, v in last_train.items()})
-            console.info(progress_line.line(step, last_train))
-            pending = []
-        label = schedule_lib.label(config, step)  # What rows and checkpoints are numbered.
-        if schedule_lib.is_eval_step(config, step):
-            weights = hooks.eval_weights(state.params, state.extras, step)
-            rows = evaluate_and_log(label, weights, state.batch_stats)
+        with phases("eval"):
+            rows = evaluate_and_log(schedule_lib.label(config, 0), initial, state.batch_stats)
             if is_main:
                 results.append_rows(workdir, rows)
-            save_best_if_selected(workdir, best_mngr, label, state, config.method)
+
+    # -- the loop; its phases: train steps, input waits, eval, selection, checkpoints.
+    batches = pipeline_batches(config, data, start_step)
+    pending, last_train = [], {}
+    device_batches = workdir_lib.prefetch_to_device(batches, config.data.prefetch, mesh)
+    for batch in phases.timed_iter(device_batches, "input"):
+        with phases("train_steps"):
+            rates = {k: np.float32(v) for k, v in hooks.rates(start_step).items()}
+            state, m = train_step(state, batch, rates)
+            pending.append(m)
+            step = start_step = start_step + 1
+            progress(step)
+            is_last = step == config.num_steps
+            if step % config.log_every == 0 or is_last:
+                merged = steps.merge_on_host(pending)
+                last_train = check_finite(merged, step, workdir / checkpoints.LATEST, mngr)
+                for name, rate in hooks.rates(step - 1).items():
+                    last_train["dropout_rate" if name == "feature" else name] = rate
+                writer.write_scalars(step, {f"train/{k}": v for k, v in last_train.items()})
+                console.info(progress_line.line(step, last_train))
+                pending = []
+            label = schedule_lib.label(config, step)  # What rows and checkpoints are numbered.
+            eval_now = schedule_lib.is_eval_step(config, step)
+            save_now = schedule_lib.is_checkpoint_step(config, step)
+            if eval_now or save_now:  # The steps' time is theirs, not the phase that waits.
+                jax.block_until_ready(state)
+        if eval_now:
+            with phases("eval"):
+                weights = hooks.eval_weights(state.params, state.extras, step)
+                rows = evaluate_and_log(label, weights, state.batch_stats)
+                if is_main:
+                    results.append_rows(workdir, rows)
+            with phases("select_and_save_best"):
+                save_best_if_selected(workdir, best_mngr, label, state, config.method)
         stop = should_stop(preempted, step, config.log_every)
-        if schedule_lib.is_checkpoint_step(config, step) or stop:
-            merged = steps.merge_on_host(pending)
-            check_finite(merged, step, workdir / checkpoints.LATEST, mngr)
-            checkpoints.save(mngr, label, state, {**meta, "step": label, "updates": step})
+        if save_now or stop:
+            with phases("checkpoints"):
+                merged = steps.merge_on_host(pending)
+                check_finite(merged, step, workdir / checkpoints.LATEST, mngr)
+                checkpoints.save(mngr, label, state, {**meta, "step": label, "updates": step})
         if stop and not is_last:
             logging.warning(
                 "SIGTERM: saved a checkpoint at step %d in %s and stopped; rerun the same "
@@ -320,19 +340,21 @@ def _train_and_evaluate(
             break
     # Release everything that owns threads, here and in order, rather than at interpreter exit.
     del batches
-    for m in (mngr, best_mngr):
-        m.wait_until_finished()
-        m.close()
+    with phases("checkpoints"):
+        for m in (mngr, best_mngr):
+            m.wait_until_finished()
+            m.close()
     writer.close()
 
     if int(state.step) < config.num_steps:
         return {"preempted": True, "step": schedule_lib.label(config, int(state.step))}
     final = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
     # Every host takes part (the features are computed over the mesh); process 0 writes.
-    measured = evaluation.end_of_run(ctx, pretrained, final) if pretrained is not None else {}
+    with phases("end_of_run"):
+        measured = {} if pretrained is None else evaluation.end_of_run(ctx, pretrained, final)
     if not is_main:
         return {"step": int(state.step), "process_index": jax.process_index()}
-    return write_summary(config, workdir, hooks, meta, last_train, measured, start_time)
+    return write_summary(config, workdir, hooks, meta, last_train, measured, phases)
 
 
 def pipeline_batches(config: ml_collections.ConfigDict, data, start_step: int):
@@ -350,7 +372,7 @@ def pipeline_batches(config: ml_collections.ConfigDict, data, start_step: int):
     ).as_numpy_iterator()
 
 
-def write_summary(config, workdir: epath.Path, hooks, meta, last_train, measured, start_time):
+def write_summary(config, workdir: epath.Path, hooks, meta, last_train, measured, phases):
     """summary.json: the training-domain-validation selection, the methods' and the
     evaluators' fields."""
     rows = results.read_rows(workdir)
@@ -362,10 +384,11 @@ def write_summary(config, workdir: epath.Path, hooks, meta, last_train, measured
         "last": selection["last"],
         "final_train": last_train,
         "num_steps": config.num_steps,
-        "wall_time_s": time.time() - start_time,
+        "wall_time_s": time.perf_counter() - phases.start,
     }
     summary.update(hooks.summary(rows))
     summary.update(measured)
+    summary["timings_s"] = phases.summary()
     results.write_json_atomic(workdir / results.SUMMARY, summary)
     lines = console.summary_lines(summary, workdir)
     console.info("\n".join(lines[:2] if console.nested() else lines))

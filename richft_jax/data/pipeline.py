@@ -223,8 +223,8 @@ def eval_batches(
     """
     n = len(split.labels) if not max_examples else min(max_examples, len(split.labels))
     for index, start in enumerate(range(0, n, batch_size)):
-        images = split.images[start : start + batch_size]
-        labels = split.labels[start : start + batch_size]
+        end = min(start + batch_size, n)  # Never past max_examples.
+        images, labels = split.images[start:end], split.labels[start:end]
         k = len(labels)
         mask = np.zeros(batch_size, bool)
         mask[:k] = True
