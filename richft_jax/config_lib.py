@@ -7,11 +7,13 @@ or any config file), the same way for `--config` (`define_config_flag`) and for 
 (`load_config_file`).
 """
 
+import difflib
 import importlib
 import importlib.util
 import os
 import pathlib
 import pkgutil
+import sys
 import types
 
 import ml_collections
@@ -235,14 +237,53 @@ def load_config_file(path: str, arg: str | None = None) -> ml_collections.Config
     return module.get_config(arg) if arg is not None else module.get_config()
 
 
+def key_paths(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """Every key of `config` as a dotted path ("optim.lr"), sections included."""
+    out = []
+    for key, value in config.items():
+        out.append(prefix + key)
+        if isinstance(value, ml_collections.ConfigDict):
+            out += key_paths(value, f"{prefix}{key}.")
+    return out
+
+
+def unknown_overrides(config: ml_collections.ConfigDict, name: str, argv: list[str]) -> list[str]:
+    """A line per `--NAME.a.b=value` in `argv` whose key the config does not have, with the
+    keys it may have meant (ml_collections would fail on it with a bare traceback)."""
+    problems, every = [], key_paths(config)
+    for arg in argv:
+        dotted = next(
+            (arg[len(p) :] for p in (f"--{name}.", f"--no{name}.") if arg.startswith(p)), ""
+        )
+        path = dotted.split("=", 1)[0]
+        if not path or "[" in path or path in every:
+            continue
+        leaf = path.rsplit(".", 1)[-1]
+        near = [k for k in every if k.rsplit(".", 1)[-1] == leaf] or difflib.get_close_matches(
+            path, every, n=3
+        )
+        hint = f"; did you mean {' or '.join(f'--{name}.{k}' for k in near)}?" if near else "."
+        problems.append(f"--{name}.{path}: the config has no key {path!r}{hint}")
+    return problems
+
+
 class _ConfigSpecParser(flags.ArgumentParser):
-    """Parses a --config value as load_config_file does, then locks the config."""
+    """Parses a --config value as load_config_file does, then locks the config; an override of
+    a key the config lacks is refused here, naming it (absl prints ValueErrors as flag errors,
+    without a traceback)."""
+
+    def __init__(self, name: str, argv: list[str] | None) -> None:
+        super().__init__()
+        self._name, self._argv = name, argv
 
     def parse(self, argument: str) -> ml_collections.ConfigDict:
         try:
             config = load_config_file(argument)
-        except OSError as e:  # absl reports ValueErrors as flag errors (no traceback).
+        except OSError as e:
             raise ValueError(str(e)) from e
+        argv = sys.argv if self._argv is None else self._argv
+        if problems := unknown_overrides(config, self._name, argv):
+            raise ValueError("\n".join(problems))
         config.lock()
         return config
 
@@ -293,5 +334,7 @@ def define_config_flag(
     _accept_none_overrides()
     holder = config_flags.DEFINE_config_file(name, None, help_string, lock_config=True, **kwargs)
     # The config flag is an absl Flag: it parses its value with its `parser`.
-    kwargs.get("flag_values", flags.FLAGS)[name].parser = _ConfigSpecParser()
+    kwargs.get("flag_values", flags.FLAGS)[name].parser = _ConfigSpecParser(
+        name, kwargs.get("sys_argv")
+    )
     return holder

@@ -267,8 +267,47 @@ def test_config_flag_takes_names_and_paths_with_overrides(tmp_path, monkeypatch)
         assert c.self_labeling.reweight_start == 10  # num_steps // 6, after the override.
     with pytest.raises(AttributeError, match="locked"):
         c.new_key = 1
-    with pytest.raises(AttributeError, match="nosuch"):
-        parse_flags("--config=demo:tiny", "--config.nosuch=3")
+
+
+def test_an_override_of_a_missing_key_is_refused_naming_it_and_what_was_meant():
+    with pytest.raises(flags.IllegalFlagValueError) as e:
+        parse_flags(
+            "--config=demo:tiny",
+            "--config.nosuch=3",
+            "--config.data.decay_at=0.5",
+            "--config.optim.lrr=1",
+        )
+    lines = str(e.value).splitlines()
+    assert lines[0].endswith("--config.nosuch: the config has no key 'nosuch'.")
+    assert lines[1] == (
+        "--config.data.decay_at: the config has no key 'data.decay_at'; did you mean "
+        "--config.optim.decay_at?"
+    )
+    assert lines[2].startswith(
+        "--config.optim.lrr: the config has no key 'optim.lrr'; did you mean --config.optim.lr"
+    )
+    # Present keys, sections and booleans' --no form pass.
+    c = parse_flags("--config=demo:tiny", "--config.optim.lr=0.5", "--noconfig.model.freeze_bn")
+    assert (c.optim.lr, c.model.freeze_bn) == (0.5, False)
+
+
+def test_the_real_command_refuses_a_missing_key_without_a_traceback(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "richft_jax.main",
+        "--config=demo:tiny",
+        f"--workdir={tmp_path / 'w'}",
+        "--config.data.decay_at=0.5",
+    ]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0
+    assert "Traceback" not in p.stderr + p.stdout
+    assert (
+        "--config.data.decay_at: the config has no key 'data.decay_at'; did you mean "
+        "--config.optim.decay_at?" in p.stderr
+    )
+    assert not (tmp_path / "w").exists()  # Nothing written.
 
 
 def test_an_optional_number_can_be_set_to_none_and_back():
