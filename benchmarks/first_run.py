@@ -3,9 +3,11 @@ compilation cache, nothing in $RICHFT_CACHE), then again into a new workdir (eve
 
   python -m benchmarks.first_run [--out=FILE.json] [--steps=N]
 
-Prints one line per run: wall seconds, whether it pretrained (it should not: the backbone ships
+Prints two lines per run: wall seconds, whether it pretrained (it should not: the backbone ships
 with the package), the backbone sha256 the run recorded, the selected step's OOD accuracy, and
-the load average (a timing is a measurement only on an idle machine).
+the load average (a timing is a measurement only on an idle machine); then where the time went
+(the run's summary.json `timings_s`) and the wall time over the train steps' (steps plus the
+input waits between them: the loop's time less evaluation and checkpoints).
 """
 
 import argparse
@@ -16,6 +18,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from richft_jax import timing
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -42,7 +46,15 @@ def one_run(home: pathlib.Path, workdir: pathlib.Path, steps: int | None) -> dic
         "backbone_sha256": config["pretrained"].get("sha256"),
         "ood": summary["selected"]["ood_accuracy"],
         "load_average": round(os.getloadavg()[0], 2),
+        "timings_s": summary["timings_s"],
+        "wall_over_steps": round(wall / steps_seconds(summary["timings_s"]), 2),
     }
+
+
+def steps_seconds(timings: dict) -> float:
+    """The train steps' own time: the loop's steps and the input waits between them (the step
+    runs asynchronously, so the waits overlap it)."""
+    return timings["train_steps"] + timings.get("input", 0.0)
 
 
 def main() -> None:
@@ -61,7 +73,9 @@ def main() -> None:
                 f"demo {name} run: {r['wall_s']:.1f} s wall; pretrained here: "
                 f"{'yes' if r['pretrained_here'] else 'no'}; backbone sha256 "
                 f"{(r['backbone_sha256'] or 'none')[:12]}...; OOD {100 * r['ood']:.1f}% "
-                f"(load average {r['load_average']} on {os.cpu_count()} CPUs)",
+                f"(load average {r['load_average']} on {os.cpu_count()} CPUs)\n"
+                f"  {timing.breakdown_line(r['timings_s'], ('train_steps', 'input'))}; wall / "
+                f"train steps {r['wall_over_steps']:.2f}",
                 flush=True,
             )
     if args.out:

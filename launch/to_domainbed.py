@@ -10,7 +10,8 @@ with DomainBed's files:
   earliest of tied steps, as we do): {"args": {"dataset", "algorithm" (the report's method
   name), "test_envs" (indices), "hparams_seed", "trial_seed", "seed", "output_dir" (our run)},
   "hparams" (our config.json, {} without one), "step", "env{i}_in_acc", "env{i}_out_acc" for
-  every domain i}; every line ends with a newline (load_records cuts the last character);
+  every domain i (-1 for a training domain's in split the run did not evaluate, as trainv2.py
+  records it)}; every line ends with a newline (load_records cuts the last character);
 - done: the empty marker DomainBed's train.py leaves (load_records does not need it; its sweep
   tool treats a run without it as unfinished).
 Domain i is the dataset's i-th domain in the order our rows list them (the report's column
@@ -68,8 +69,13 @@ def step_records(rows: list[dict], envs: list[str], args: dict, hparams: dict) -
             raise ValueError(f"{args['output_dir']}: two {key} rows at step {r['step']}.")
         by_step[r["step"]][key] = r["accuracy"]
     wanted = {f"env{i}_{split}_acc" for i in range(len(envs)) for split in ("in", "out")}
+    # A training domain's in split left out of evaluation (config.data.eval_train_in_max_
+    # examples=0, the paper configs): -1, as trainv2.py records it; DomainBed never reads it.
+    not_evaluated = {f"env{envs.index(d)}_in_acc" for d in envs if d not in test}
     out = []
     for step in sorted(by_step):
+        if not_evaluated.isdisjoint(by_step[step]):  # All of them skipped, not some.
+            by_step[step].update(dict.fromkeys(not_evaluated, -1.0))
         if set(by_step[step]) != wanted:
             missing = sorted(wanted - set(by_step[step]))
             raise ValueError(f"{args['output_dir']}: step {step} lacks {missing} ({envs}).")

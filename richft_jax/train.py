@@ -49,11 +49,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # downloaded or written; all problems in one error, each with its fix.
     phases = timing.Phases()
     timing.listen_for_compiles()
-    preflight.run(config, workdir)
-    # A registered name (e.g. "resnet50") is downloaded once, before anything is written, and
-    # its file's sha256 and source recorded in config.pretrained for config.json (a local file,
-    # e.g. the demo's shipped backbone: its sha256).
-    run.resolve_pretrained(config)
+    with phases("preflight"):
+        preflight.run(config, workdir)
+        # A registered name (e.g. "resnet50") is downloaded once, before anything is written,
+        # and its file's sha256 and source recorded in config.pretrained for config.json (a
+        # local file, e.g. the demo's shipped backbone: its sha256).
+        run.resolve_pretrained(config)
     path = workdir_lib.make_workdir(workdir)
     with workdir_lib.exclusive_workdir(path), workdir_lib.preemption_notice() as preempted:
         workdir_lib.write_config(path, config)

@@ -178,7 +178,14 @@ def test_the_loop_evaluates_the_training_domains_augmented(domainbed_run):
 
     def evaluate(augment):
         evals = evaluation.evaluate(
-            eval_step, r.variables, r.data, c.data.eval_batch_size, mesh, augment=augment
+            eval_step,
+            r.variables,
+            r.data,
+            c.data.eval_batch_size,
+            mesh,
+            c.data.eval_max_examples,
+            augment,
+            c.data.eval_train_in_max_examples,
         )
         return {(s.domain, s.split): m for s, m in evals}
 

@@ -186,6 +186,29 @@ def test_refuses_what_domainbed_would_read_differently(runs, tmp_path):
         to_domainbed.convert([str(tmp_path / "mismatch")], str(tmp_path / "db3"))
 
 
+def test_training_domains_in_splits_not_evaluated_are_minus_one_as_trainv2(tmp_path):
+    """Runs that skip the training domains' in splits (config.data.eval_train_in_max_examples=0,
+    the paper configs) get -1 there, as trainv2.py records them; any other gap is refused."""
+    lines = rows("m", "q", 0, {10: accs((0.5, 0.6), 0.3, 0.4)})
+    kept = [r for r in lines if r["is_test_domain"] or r["split"] == "out"]
+    assert len(kept) == 4  # p out, q in, q out, r out.
+    write(tmp_path / "skipped" / "run", kept)
+    (written,) = to_domainbed.convert([str(tmp_path / "skipped")], str(tmp_path / "db"))
+    (record,) = read(written)
+    assert {k: v for k, v in record.items() if k.startswith("env")} == {
+        "env0_in_acc": -1.0, "env0_out_acc": 0.5, "env1_in_acc": 0.3, "env1_out_acc": 0.4,
+        "env2_in_acc": -1.0, "env2_out_acc": 0.6,
+    }  # fmt: skip
+    no_out = [r for r in lines if not (r["domain"] == "p" and r["split"] == "out")]
+    write(tmp_path / "gap" / "run", no_out)
+    with pytest.raises(ValueError, match=r"step 10 lacks \['env0_out_acc'\]"):
+        to_domainbed.convert([str(tmp_path / "gap")], str(tmp_path / "db2"))
+    no_test_in = [r for r in kept if not (r["domain"] == "q" and r["split"] == "in")]
+    write(tmp_path / "gap2" / "run", no_test_in)
+    with pytest.raises(ValueError, match=r"step 10 lacks \['env1_in_acc'\]"):
+        to_domainbed.convert([str(tmp_path / "gap2")], str(tmp_path / "db3"))
+
+
 def test_a_method_at_several_dropout_rates_is_one_algorithm_per_rate(tmp_path):
     """The report names such a method once per rate; DomainBed gets those names, each a group
     of its own (hparams_seed 0), with the rows of the method as logged."""

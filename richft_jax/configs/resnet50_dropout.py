@@ -10,7 +10,9 @@ update, then 300, 600, ..., 9900 and 10000 after the last; `schedule.py`), lr x0
 update labelled 5,000 and x0.01 for the last one (MultiStepLR milestones [5000, 10000]), the
 along-run weight average and ensembles from label 300 (ma_start_iter), and the training
 domains' splits evaluated on augmented images (DomainBed's default; --config.data.eval_augment
-=none evaluates them unaugmented). The argument picks dataset, test domain and variant:
+=none evaluates them unaugmented), their in splits not at all, as trainv2.py (--config.data.
+eval_train_in_max_examples=None evaluates them too). The argument picks dataset, test domain
+and variant:
 
   python -m richft_jax.main --config=resnet50_dropout:dataset=pacs,test_domain=0 \
       --workdir=/tmp/r50_pacs_0   # --config.pretrained.path=resnet50 (the default)
@@ -63,6 +65,9 @@ def paper_config(
     c.data.image_size = 224  # Images resized at load (DomainBed's 224 x 224).
     c.data.eval_batch_size = 256
     c.data.eval_augment = "training_domains"  # trainv2.py's default (--outsplit_noaug 0).
+    # trainv2.py never evaluates the training domains' in splits (it records -1 for them):
+    # nothing selects or reports them, and they are most of an evaluation round's images.
+    c.data.eval_train_in_max_examples = 0
     c.optim.name = "sgd"
     c.optim.lr = 1e-3  # Grid: {1e-3, 5e-4}.
     c.optim.momentum = 0.9
