@@ -1,7 +1,7 @@
 """The README's demo command as a new user meets it: first on a fresh home (no TFDS data, no
 compilation cache, nothing in $RICHFT_CACHE), then again into a new workdir (everything cached).
 
-  python -m benchmarks.first_run [--out=FILE.json] [--steps=N]
+  python -m benchmarks.first_run [--out=FILE.json] [--steps=N] [--home=DIR] [-- --config.KEY=V ...]
 
 Prints two lines per run: wall seconds, whether it pretrained (it should not: the backbone ships
 with the package), the backbone sha256 the run recorded, the selected step's OOD accuracy, and
@@ -24,13 +24,15 @@ from richft_jax import timing
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def one_run(home: pathlib.Path, workdir: pathlib.Path, steps: int | None) -> dict:
-    """Runs the demo command with `home` as HOME (cache and TFDS data inside); what it did."""
+def one_run(home: pathlib.Path, workdir: pathlib.Path, steps: int | None, extra: list[str]) -> dict:
+    """Runs the demo command (and `extra` flags) with `home` as HOME (cache and TFDS data
+    inside); what it did."""
     fresh = ("RICHFT_CACHE", "TFDS_DATA_DIR", "RICHFT_COMPILATION_CACHE")
     env = {k: v for k, v in os.environ.items() if k not in fresh}
     env["HOME"] = str(home)
     command = [sys.executable, "-m", "richft_jax.main", "--config=configs/demo.py"]
     command += [f"--workdir={workdir}"] + ([f"--config.num_steps={steps}"] if steps else [])
+    command += extra
     start = time.perf_counter()
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -61,13 +63,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="Also write the results as JSON here.")
     parser.add_argument("--steps", type=int, help="Fewer fine-tuning steps (a quick check).")
+    parser.add_argument(
+        "--home", help="Keep the fresh HOME here (an empty or new folder): later runs reuse it."
+    )
+    parser.add_argument("extra", nargs="*", help="After --: flags for both demo runs.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="richft_first_run_") as tmp:
-        home = pathlib.Path(tmp) / "home"
-        home.mkdir()
+        home = pathlib.Path(args.home or pathlib.Path(tmp) / "home").absolute()
+        home.mkdir(parents=True, exist_ok=True)
+        if any(home.iterdir()):
+            raise SystemExit(f"--home={home} is not empty: a first run needs a fresh home.")
         runs = {}
         for name in ("first", "cached"):
-            runs[name] = one_run(home, pathlib.Path(tmp) / f"run_{name}", args.steps)
+            workdir = pathlib.Path(tmp) / f"run_{name}"
+            runs[name] = one_run(home, workdir, args.steps, args.extra)
             r = runs[name]
             print(
                 f"demo {name} run: {r['wall_s']:.1f} s wall; pretrained here: "
