@@ -1,6 +1,7 @@
 """Linear probing: the JAX L-BFGS solution matches scikit-learn's LogisticRegression. (An LP-FT
 run, its step-0 probe rows and its head: test_end_to_end.py.)"""
 
+import ml_collections
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
@@ -44,3 +45,16 @@ def test_linear_probe_picks_c_on_validation_and_folds_standardisation():
     logits = (xv * 5 + shift) @ np.asarray(result["kernel"]) + np.asarray(result["bias"])
     acc = np.mean(logits.argmax(-1) == yv)
     assert acc == pytest.approx(result["val_accuracy"], abs=1e-6) and acc > 0.8
+
+
+def test_the_c_grid_is_a_config_value():
+    """config.lp_c_grid (what linear_probe_head passes as `cs`): the LP-FT code's grid when
+    absent or None; a list (as config.json gives it back) as floats; empty or C <= 0 refused."""
+    assert lpft.c_grid(ml_collections.ConfigDict()) == lpft.C_GRID
+    assert lpft.C_GRID == pytest.approx(np.logspace(-7, 2, 10), rel=1e-12)
+    assert lpft.c_grid(ml_collections.ConfigDict({"lp_c_grid": None})) == lpft.C_GRID
+    got = lpft.c_grid(ml_collections.ConfigDict({"lp_c_grid": [1e-3, 1]}))
+    assert got == (1e-3, 1.0) and all(type(c) is float for c in got)
+    for bad in ((), (0.0, 1.0), (-1.0,)):
+        with pytest.raises(ValueError, match="lp_c_grid"):
+            lpft.c_grid(ml_collections.ConfigDict({"lp_c_grid": bad}))

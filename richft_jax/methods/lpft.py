@@ -6,6 +6,11 @@ code sweeps C over logspace(-7, 2)), solved in JAX with L-BFGS. The same objecti
 scikit-learn's LogisticRegression: C * sum_i CE_i + ||W||^2 / 2 (bias not penalised).
 LP-FT: fine-tuning starts from the LP head instead of a fresh one (`config.lp_head=True`);
 in the train loop the LP model is evaluated at step 0 and written as method "lp".
+
+Config: `config.lp_c_grid`, the C values tried (a sequence of floats; absent or None: C_GRID,
+the LP-FT code's logspace(-7, 2, 10)). Each C is one L-BFGS fit of MAX_ITER iterations,
+warm-started from the previous C's solution: a shorter grid is proportionally cheaper (the
+end-to-end test uses three values).
 """
 
 from collections.abc import Sequence
@@ -19,6 +24,9 @@ from absl import logging
 
 from richft_jax import evaluation
 from richft_jax.methods.method import Method
+
+C_GRID = tuple(float(c) for c in np.logspace(-7, 2, 10))  # The LP-FT code's grid of C.
+MAX_ITER = 500  # L-BFGS iterations per C.
 
 
 def fit_logistic_regression(
@@ -60,8 +68,8 @@ def linear_probe(
     val_features: np.ndarray,
     val_labels: np.ndarray,
     num_classes: int,
-    cs: Sequence[float] = tuple(np.logspace(-7, 2, 10)),
-    max_iter: int = 500,
+    cs: Sequence[float] = C_GRID,
+    max_iter: int = MAX_ITER,
 ) -> dict:
     """Standardises features, fits LR for each C (warm-started, small to large), keeps the C with
     the best validation accuracy, and folds the standardisation into the returned head so that
@@ -101,7 +109,7 @@ def linear_probe_head(ctx: evaluation.Context, params: dict, batch_stats: dict) 
     xv, yv = evaluation.split_features(
         features_of, variables, data.id_splits(), c.data.eval_batch_size
     )
-    probe = linear_probe(xt, yt, xv, yv, data.num_classes)
+    probe = linear_probe(xt, yt, xv, yv, data.num_classes, c_grid(c))
     logging.info(
         "Linear probe: C=%g, ID validation accuracy %.4f (grid %s).",
         probe["c"],
@@ -109,6 +117,16 @@ def linear_probe_head(ctx: evaluation.Context, params: dict, batch_stats: dict) 
         probe["scores"],
     )
     return {"kernel": np.asarray(probe["kernel"]), "bias": np.asarray(probe["bias"])}
+
+
+def c_grid(config: ml_collections.ConfigDict) -> tuple[float, ...]:
+    """The C values the probe tries: `config.lp_c_grid`, or C_GRID where absent or None. An
+    empty grid, or a C that is not positive, is refused."""
+    grid = config.get("lp_c_grid")
+    cs = C_GRID if grid is None else tuple(float(c) for c in grid)
+    if not cs or min(cs) <= 0:
+        raise ValueError(f"config.lp_c_grid={grid!r}: give one or more positive values of C.")
+    return cs
 
 
 def method(config: ml_collections.ConfigDict) -> Method | None:
