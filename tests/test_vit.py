@@ -1,6 +1,7 @@
 """The published-layout ViT's rematerialisation switch: same parameters, same function, same
 gradients (dropout and drop path included), with the blocks recomputed in the backward pass."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,3 +54,56 @@ def test_remat_keeps_parameters_loss_and_gradients():
     # The block regularisers are on: without them the loss differs.
     _, (clean_loss, _), _ = _loss_and_grads(True, None)
     assert abs(float(clean_loss) - float(loss)) > 1e-4
+
+
+def _same_init_and_function(new, old, x, *call_args):
+    """Same parameter tree and initial values, and the same outputs and gradients, as `old`."""
+    params = new.init(jax.random.key(3), x, *call_args)["params"]
+    old_params = old.init(jax.random.key(3), x, *call_args)["params"]
+    assert jax.tree.structure(params) == jax.tree.structure(old_params)
+    for p, q in zip(jax.tree.leaves(params), jax.tree.leaves(old_params), strict=True):
+        assert p.shape == q.shape
+        np.testing.assert_allclose(p, q, rtol=1e-6, atol=1e-7)
+    # Random non-trivial parameters (zero biases and unit scales would hide mistakes).
+    keys = iter(jax.random.split(jax.random.key(4), len(jax.tree.leaves(params))))
+    params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(next(keys), p.shape), params)
+
+    def value_and_grads(module):
+        def f(p, x):
+            return jnp.sum(jnp.sin(module.apply({"params": p}, x, *call_args)))
+
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(params, x)
+
+    for a, b in zip(
+        jax.tree.leaves(value_and_grads(new)), jax.tree.leaves(value_and_grads(old)), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+
+
+def test_blocks_match_flax_layers():
+    """vit.py's CPU-friendly attention, LayerNorm and MLP are flax's MultiHeadDotProductAttention,
+    LayerNorm and two Dense layers: same parameters, initial values, outputs and gradients."""
+    from richft_jax.models import vit  # noqa: PLC0415
+
+    x = jax.random.normal(jax.random.key(5), (3, 7, 32))
+
+    class Attention(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return vit.MultiHeadAttention(4, name="attn")(x)
+
+    class FlaxAttention(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.MultiHeadDotProductAttention(4, name="attn")(x, x)
+
+    _same_init_and_function(Attention(), FlaxAttention(), x)
+    _same_init_and_function(vit.LayerNorm(1e-6), nn.LayerNorm(1e-6), x)
+
+    class FlaxMlp(nn.Module):
+        @nn.compact
+        def __call__(self, x, dropout):
+            y = dropout(nn.gelu(nn.Dense(48, name="Dense_0")(x), approximate=True))
+            return nn.Dense(x.shape[-1], name="Dense_1")(y)
+
+    _same_init_and_function(vit.MlpBlock(48), FlaxMlp(), x, lambda y: y)

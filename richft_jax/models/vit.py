@@ -50,17 +50,160 @@ def _grid_side(n: int) -> int | None:
     return side if side * side == n and side > 0 else None
 
 
+# Layout for XLA's CPU backend (issue 17): every projection is one 2-D matmul over the flattened
+# batch x tokens rows, q/k/v come from one fused matmul, and LayerNorm's statistics are
+# matrix-vector products. The train step of the 3-D DenseGeneral / reduction layout spent ~45 % in
+# head transposes/copies and tree-reduced sums (reduce-window); parameters stay as published.
+BIAS_GRAD_AS_DOT = True  # Bias / LayerNorm parameter gradients as ones @ dy (a dot, not a reduce).
+LAYERNORM_STATS_AS_DOT = True  # LayerNorm's mean and E[x^2] as x @ (1/D) (a dot, not a reduce).
+
+
+def _column_sums(g: jax.Array) -> jax.Array:
+    """Sums of g over all leading axes, as ones @ g: a matrix-vector product, which XLA's CPU
+    backend runs as a dot instead of tree-reducing the batch x tokens rows (reduce-window)."""
+    rows = g.reshape(-1, g.shape[-1])
+    return (jnp.ones((1, rows.shape[0]), rows.dtype) @ rows).reshape(g.shape[-1])
+
+
+@jax.custom_vjp
+def _scale_shift(x: jax.Array, scale: jax.Array, shift: jax.Array) -> jax.Array:
+    """x * scale + shift over the last axis, whose parameter gradients are _column_sums."""
+    return x * scale + shift
+
+
+def _scale_shift_fwd(x, scale, shift):
+    return x * scale + shift, (x, scale)
+
+
+def _scale_shift_bwd(res, g):
+    x, scale = res
+    return g * scale, _column_sums(g * x), _column_sums(g)
+
+
+_scale_shift.defvjp(_scale_shift_fwd, _scale_shift_bwd)
+
+
+@jax.custom_vjp
+def _add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
+    """y + bias over the last axis (same dtype), whose bias gradient is _column_sums."""
+    return y + bias
+
+
+def _add_bias_fwd(y, bias):
+    return y + bias, None
+
+
+def _add_bias_bwd(_, g):
+    return g, _column_sums(g)
+
+
+_add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
+def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
+    """y + bias, with the bias gradient as a dot when BIAS_GRAD_AS_DOT."""
+    return _add_bias(y, bias) if BIAS_GRAD_AS_DOT else y + bias
+
+
+class LayerNorm(nn.Module):
+    """nn.LayerNorm's parameters (`scale`, `bias`) and math (float32 statistics, fast variance
+    E[x^2] - E[x]^2 clipped at 0, eps), with the statistics and the parameter gradients as
+    matrix-vector products (LAYERNORM_STATS_AS_DOT, BIAS_GRAD_AS_DOT)."""
+
+    epsilon: float = 1e-6
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        d = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (d,))
+        bias = self.param("bias", nn.initializers.zeros, (d,))
+        x32 = x.astype(jnp.promote_types(self.dtype, jnp.float32))
+        if LAYERNORM_STATS_AS_DOT:
+            weights = jnp.full((d, 1), 1.0 / d, x32.dtype)
+            mean, mean2 = x32 @ weights, (x32 * x32) @ weights
+        else:
+            mean, mean2 = x32.mean(-1, keepdims=True), (x32 * x32).mean(-1, keepdims=True)
+        var = jnp.maximum(mean2 - mean * mean, 0.0)
+        normed = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
+        if BIAS_GRAD_AS_DOT:
+            y = _scale_shift(normed, scale.astype(x32.dtype), bias.astype(x32.dtype))
+        else:
+            y = normed * scale + bias
+        return y.astype(self.dtype)
+
+
+class _DenseParams(nn.Module):
+    """The kernel and bias of one of nn.DenseGeneral's projections, created as it creates them
+    (names, shapes, lecun-normal over the flattened (in, out) kernel, zero bias), not applied."""
+
+    kernel_shape: tuple[int, ...]
+    in_axes: int  # Leading kernel axes that are input axes.
+
+    @nn.compact
+    def __call__(self) -> tuple[jax.Array, jax.Array]:
+        flat = (
+            int(np.prod(self.kernel_shape[: self.in_axes])),
+            int(np.prod(self.kernel_shape[self.in_axes :])),
+        )
+
+        def init(key, shape, dtype=jnp.float32):
+            return nn.initializers.lecun_normal()(key, flat, dtype).reshape(shape)
+
+        kernel = self.param("kernel", init, self.kernel_shape)
+        bias = self.param("bias", nn.initializers.zeros, self.kernel_shape[self.in_axes :])
+        return kernel, bias
+
+
+class MultiHeadAttention(nn.Module):
+    """Self-attention with nn.MultiHeadDotProductAttention's parameters (`query`, `key`,
+    `value`: kernel (D, heads, head_dim), bias (heads, head_dim); `out`: kernel (heads,
+    head_dim, D), bias (D,)) and math (q / sqrt(head_dim), softmax over keys, in `dtype`).
+
+    q, k and v are one matmul of the (batch * tokens, D) rows with the concatenated kernels,
+    the output projection another; heads stay in the token-major layout the matmuls produce.
+    """
+
+    num_heads: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n, t, d = x.shape
+        heads, head_dim = self.num_heads, d // self.num_heads
+        qkv_shape = (d, heads, head_dim)
+        params = [_DenseParams(qkv_shape, 1, name=name)() for name in ("query", "key", "value")]
+        out_kernel, out_bias = _DenseParams((heads, head_dim, d), 2, name="out")()
+        kernel = jnp.concatenate([k.reshape(d, d) for k, _ in params], axis=1)
+        bias = jnp.concatenate([b.reshape(d) for _, b in params])
+        rows = x.astype(self.dtype).reshape(n * t, d)
+        qkv = add_bias(rows @ kernel.astype(self.dtype), bias.astype(self.dtype))
+        qkv = qkv.reshape(n, t, 3, heads, head_dim)
+        q = qkv[:, :, 0] / jnp.sqrt(head_dim).astype(self.dtype)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, qkv[:, :, 1])
+        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        y = jnp.einsum("bhqk,bkhd->bqhd", weights, qkv[:, :, 2]).reshape(n * t, d)
+        y = add_bias(y @ out_kernel.reshape(d, d).astype(self.dtype), out_bias.astype(self.dtype))
+        return y.reshape(n, t, d)
+
+
 class MlpBlock(nn.Module):
-    """Dense -> GELU (tanh) -> Dense, named Dense_0 / Dense_1 as in the checkpoints."""
+    """Dense -> GELU (tanh) -> Dense, named Dense_0 / Dense_1 as in the checkpoints; both are
+    2-D matmuls over the flattened (batch * tokens, D) rows."""
 
     mlp_dim: int
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, dropout) -> jax.Array:
-        y = nn.Dense(self.mlp_dim, dtype=self.dtype, name="Dense_0")(x)
-        y = dropout(nn.gelu(y, approximate=True))
-        return nn.Dense(x.shape[-1], dtype=self.dtype, name="Dense_1")(y)
+        n, t, d = x.shape
+        k0, b0 = _DenseParams((d, self.mlp_dim), 1, name="Dense_0")()
+        k1, b1 = _DenseParams((self.mlp_dim, d), 1, name="Dense_1")()
+        rows = x.astype(self.dtype).reshape(n * t, d)
+        y = add_bias(rows @ k0.astype(self.dtype), b0.astype(self.dtype))
+        y = dropout(nn.gelu(y, approximate=True).reshape(n, t, self.mlp_dim))
+        y = y.reshape(n * t, self.mlp_dim) @ k1.astype(self.dtype)
+        return add_bias(y, b1.astype(self.dtype)).reshape(n, t, d)
 
 
 class EncoderBlock(nn.Module):
@@ -87,12 +230,10 @@ class EncoderBlock(nn.Module):
                 y = drop_path(y, path_rate, self.make_rng("dropout"))
             return x + y
 
-        y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm_0")(x)
-        y = nn.MultiHeadDotProductAttention(
-            self.num_heads, dtype=self.dtype, name="MultiHeadDotProductAttention_1"
-        )(y, y)
+        y = LayerNorm(1e-6, self.dtype, name="LayerNorm_0")(x)
+        y = MultiHeadAttention(self.num_heads, self.dtype, name="MultiHeadDotProductAttention_1")(y)
         x = residual(x, dropout(y))
-        y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm_2")(x)
+        y = LayerNorm(1e-6, self.dtype, name="LayerNorm_2")(x)
         y = MlpBlock(self.mlp_dim, self.dtype, name="MlpBlock_3")(y, dropout)
         return residual(x, dropout(y))
 
@@ -118,7 +259,7 @@ class Encoder(nn.Module):
         for i in range(self.depth):
             block = block_cls(self.mlp_dim, self.num_heads, self.dtype, name=f"encoderblock_{i}")
             x = block(x, block_rate, None if path_rates is None else path_rates[i])
-        return nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="encoder_norm")(x)
+        return LayerNorm(1e-6, self.dtype, name="encoder_norm")(x)
 
 
 class PositionEmbedding(nn.Module):
