@@ -28,11 +28,13 @@ them:
   error bar over the seeds; its Avg is the mean over datasets, no ±.
 - dropout-rate table: where a dataset's penultimate-dropout runs (methods erm and
   very_large_dropout) hold several rates, OOD and ID against the rate (each rate its own
-  method, "very_large_dropout (p=0.5)"; hyper-parameter settings selected at each rate).
+  method, "very_large_dropout (p=0.5)"; hyper-parameter settings selected at each rate); one
+  per backbone where from-scratch runs (methods "erm_scratch", "very_large_dropout_scratch":
+  configs/demo_scratch.py) hold several rates too.
 Writes tables.md, results.csv and the figures into --out when given: id_vs_ood.png;
 cloud_<dataset>.png, the paper's Figure 2 (every choice of one hyper-parameter setting, the
 --hparams values of each run's config.json, per test domain); dropout_rate_<dataset>.png,
-its Figure 3 (with several rates).
+its Figure 3 (with several rates; pretrained and from-scratch curves side by side).
 """
 
 import collections
@@ -160,9 +162,10 @@ def markdown(records: list[RunRecord], error_bar: str = "domainbed") -> str:
             out.append(_dataset_table(records, agg, dataset, methods, selection, error_bar))
         out.append(_averages_table(records, agg, datasets, methods, selection, error_bar))
     for dataset in sorted({r.dataset for r in records}):
-        curve = report_figures.rate_curve(records, dataset, error_bar)
-        if curve:
-            out.append(report_figures.rate_table(curve, dataset, ERROR_BARS[error_bar]))
+        curves = report_figures.rate_curves(records, dataset, error_bar)
+        for backbone, curve in curves.items():  # Backbones named when there are several.
+            name = backbone if len(curves) > 1 else ""
+            out.append(report_figures.rate_table(curve, dataset, ERROR_BARS[error_bar], name))
     return "\n\n".join(out) + "\n"
 
 

@@ -7,7 +7,8 @@
   README: (2 lr × 3 weight decays)^4 = 1,296 points per method on the small datasets);
 - the paper's Figure 3: OOD and ID accuracy against the penultimate dropout rate, selected the
   DomainBed way at each rate (the hyper-parameter setting with the best validation score per
-  test domain and trial seed).
+  test domain and trial seed); one curve per backbone (`RATE_CURVES`): pretrained, and from
+  scratch (configs/demo_scratch.py, its methods named with the "_scratch" suffix).
 """
 
 import collections
@@ -21,6 +22,9 @@ from richft_jax.selection import aggregate, mean_se, select_run
 
 MAX_CLOUD_POINTS = 2_000_000  # DomainNet's (2×3)^6 = 46,656; beyond this a cloud is skipped.
 RATE_METHODS = ("erm", "very_large_dropout")  # Penultimate dropout at one rate, 0 included.
+# The rate curves: label -> suffix of RATE_METHODS in the records' method names (from-scratch
+# runs record "erm_scratch", "very_large_dropout_scratch": configs/demo_scratch.py).
+RATE_CURVES = {"pretrained": "", "from scratch": "_scratch"}
 COLORS = [f"C{i}" for i in range(10)]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p"]
 SELECTION = "training_domain_validation"
@@ -142,16 +146,17 @@ def plot_cloud(records: list, dataset: str, path: str | os.PathLike) -> None:
     save_figure(fig, path, dpi=120)
 
 
-def rate_curve(records: list, dataset: str, error_bar: str = "domainbed") -> dict:
+def rate_curve(records: list, dataset: str, error_bar: str = "domainbed", suffix: str = "") -> dict:
     """{rate: {"ood": (mean, ±), "id": (mean, ±), "seeds": n, "domains": n}} over the
-    penultimate-dropout runs (RATE_METHODS) of `dataset`, on the test domains every rate has;
-    empty unless they hold two rates or more. At each rate,
+    penultimate-dropout runs (RATE_METHODS + `suffix`: one of RATE_CURVES) of `dataset`, on the
+    test domains every rate has; empty unless they hold two rates or more. At each rate,
     DomainBed's selection per (test domains, trial seed) over the settings; then per trial seed
     the mean over test domains; then mean ± error bar over trial seeds."""
+    methods = {m + suffix for m in RATE_METHODS}
     family = [
         r
         for r in records
-        if r.dataset == dataset and r.base_method in RATE_METHODS and r.dropout_rate is not None
+        if r.dataset == dataset and r.base_method in methods and r.dropout_rate is not None
     ]
     rates = sorted({r.dropout_rate for r in family})
     if len(rates) < 2:
@@ -182,11 +187,18 @@ def rate_curve(records: list, dataset: str, error_bar: str = "domainbed") -> dic
     return out
 
 
-def rate_table(curve: dict, dataset: str, error_bar_text: str) -> str:
-    """The rate curve's numbers as a markdown table (%)."""
+def rate_curves(records: list, dataset: str, error_bar: str = "domainbed") -> dict:
+    """{label: rate_curve} of the RATE_CURVES `dataset`'s records hold (two rates or more)."""
+    curves = {k: rate_curve(records, dataset, error_bar, s) for k, s in RATE_CURVES.items()}
+    return {k: v for k, v in curves.items() if v}
+
+
+def rate_table(curve: dict, dataset: str, error_bar_text: str, backbone: str = "") -> str:
+    """The rate curve's numbers as a markdown table (%); `backbone` (a RATE_CURVES label) named
+    in its title when given."""
     lines = [
-        f"**{dataset}, accuracy against the penultimate dropout rate** (training-domain "
-        "validation at each rate; mean over test domains)\n",
+        f"**{dataset}{', ' + backbone if backbone else ''}, accuracy against the penultimate "
+        "dropout rate** (training-domain validation at each rate; mean over test domains)\n",
         "| dropout rate | seeds | test domains | OOD | ID |",
         "|---|---|---|---|---|",
     ]
@@ -204,25 +216,30 @@ def rate_table(curve: dict, dataset: str, error_bar_text: str) -> str:
     return "\n".join(lines)
 
 
-def plot_rate_curve(curve: dict, dataset: str, path: str | os.PathLike) -> None:
-    """The paper's Figure 3: OOD (left) and ID (right) accuracy against the dropout rate, rates
-    evenly spaced (0.9, 0.95, 0.99 would crowd a linear axis), error bars as the table's."""
+def plot_rate_curve(curves: dict, dataset: str, path: str | os.PathLike) -> None:
+    """The paper's Figure 3: OOD (left) and ID (right) accuracy against the dropout rate, one
+    line per backbone ({label: rate_curve}), rates evenly spaced (0.9, 0.95, 0.99 would crowd a
+    linear axis), error bars as the table's."""
     plt = _pyplot()
-    rates = list(curve)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for ax, key, name, i in ((axes[0], "ood", "OOD", 0), (axes[1], "id", "ID", 1)):
-        means = [100 * curve[r][key][0] for r in rates]
-        bars = [100 * np.nan_to_num(curve[r][key][1]) for r in rates]
-        ax.errorbar(range(len(rates)), means, yerr=bars, capsize=3, **_style(i))
+    rates = sorted({r for curve in curves.values() for r in curve})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, name in ((axes[0], "ood", "OOD"), (axes[1], "id", "ID")):
+        for i, (label, curve) in enumerate(curves.items()):
+            xs = [rates.index(r) for r in curve]
+            means = [100 * v[key][0] for v in curve.values()]
+            bars = [100 * np.nan_to_num(v[key][1]) for v in curve.values()]
+            seeds = max(v["seeds"] for v in curve.values())
+            text = f"{label} ({seeds} seed{'s' * (seeds != 1)})"
+            ax.errorbar(xs, means, yerr=bars, capsize=3, label=text, **_style(i))
         ax.set_xticks(range(len(rates)), [f"{r:g}" for r in rates])
         ax.set_xlabel("penultimate dropout rate")
         ax.set_ylabel(f"{name} accuracy (%)")
         ax.grid(alpha=0.3)
-    seeds = max(v["seeds"] for v in curve.values())
-    domains = ", ".join(next(iter(curve.values()))["test_domains"])
+    axes[0].legend(fontsize=7)
+    domains = {", ".join(next(iter(c.values()))["test_domains"]) for c in curves.values()}
     fig.suptitle(
-        f"{dataset}: accuracy against the dropout rate (training-domain validation, "
-        f"{seeds} seed{'s' * (seeds != 1)}; mean over test domains {domains})",
+        f"{dataset}: accuracy against the dropout rate (training-domain validation; mean over "
+        f"test domains {' / '.join(sorted(domains))})",
         fontsize=9,
     )
     fig.tight_layout()
@@ -253,11 +270,11 @@ def plot_id_vs_ood(records: list, path: str | os.PathLike) -> None:
 
 def write_figures(records: list, out_dir: str | os.PathLike, error_bar: str = "domainbed") -> None:
     """Writes id_vs_ood.png, cloud_<dataset>.png and, where the records hold several dropout
-    rates, dropout_rate_<dataset>.png into `out_dir` (local or gs://)."""
+    rates, dropout_rate_<dataset>.png (a curve per backbone) into `out_dir` (local or gs://)."""
     out_dir = paths.path(out_dir, "--out")
     plot_id_vs_ood(records, out_dir / "id_vs_ood.png")
     for dataset in sorted({r.dataset for r in records}):
         plot_cloud(records, dataset, out_dir / f"cloud_{dataset}.png")
-        curve = rate_curve(records, dataset, error_bar)
-        if curve:
-            plot_rate_curve(curve, dataset, out_dir / f"dropout_rate_{dataset}.png")
+        curves = rate_curves(records, dataset, error_bar)
+        if curves:
+            plot_rate_curve(curves, dataset, out_dir / f"dropout_rate_{dataset}.png")
