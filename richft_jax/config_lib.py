@@ -20,6 +20,36 @@ import ml_collections
 from absl import flags
 
 
+def data_config() -> ml_collections.ConfigDict:
+    """`config.data` of base_config: the dataset, its splits, batches and evaluation."""
+    d = ml_collections.ConfigDict()
+    d.name = "digits_domains"
+    d.data_dir = ml_collections.FieldReference(None, field_type=str)
+    d.test_domains = "syn"  # Comma-separated names or indices ("3", "syn,digits").
+    d.holdout_fraction = 0.2
+    d.batch_size_per_domain = 32  # One batch of B images per training domain.
+    d.augment = "crop"  # "none" | "crop" (pad-and-crop) | "flip_crop" | "domainbed".
+    # Side of the square images fed to the model: images are decoded and resized to it at load
+    # (the paper's eval resize). None: the dataset's own size (32 for the digits, 224 for the
+    # variable-size DomainBed photos).
+    d.image_size = ml_collections.FieldReference(None, field_type=int)
+    # Where DomainBed's downloaded folders are (PACS/, VLCS/, office_home/, ...); None: TFDS's
+    # <data_dir>/downloads/manual.
+    d.manual_dir = ml_collections.FieldReference(None, field_type=str)
+    # DomainBed photo sets: skip image files PIL cannot read even as truncated (default: an
+    # error naming them, as DomainBed fails on them). Skipping changes the in/out splits.
+    d.skip_unreadable = False
+    d.normalize = "minus_one_one"  # "minus_one_one" | "imagenet".
+    d.eval_batch_size = 512
+    d.eval_max_examples = ml_collections.FieldReference(None, field_type=int)  # Per split.
+    # Training domains' in splits (no selection, ID or OOD reads them): at most this many
+    # examples each per evaluation (0: none; None: all, as DomainBed's train.py).
+    d.eval_train_in_max_examples = ml_collections.FieldReference(None, field_type=int)
+    d.eval_augment = "none"  # | "training_domains": through data.augment, as DomainBed.
+    d.prefetch = 2
+    return d
+
+
 def base_config() -> ml_collections.ConfigDict:
     """Defaults of the paper's protocol (SGD momentum 0.9, lr x0.1 at half, frozen BN)."""
     c = ml_collections.ConfigDict()
@@ -29,32 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0  # Root PRNG key: init, dropout masks, batch sampling.
     c.trial_seed = 0  # DomainBed: seeds the in/out split of every domain.
 
-    c.data = ml_collections.ConfigDict()
-    c.data.name = "digits_domains"
-    c.data.data_dir = ml_collections.FieldReference(None, field_type=str)
-    c.data.test_domains = "syn"  # Comma-separated names or indices ("3", "syn,digits").
-    c.data.holdout_fraction = 0.2
-    c.data.batch_size_per_domain = 32  # One batch of B images per training domain.
-    c.data.augment = "crop"  # "none" | "crop" (pad-and-crop) | "flip_crop" | "domainbed".
-    # Side of the square images fed to the model: images are decoded and resized to it at load
-    # (the paper's eval resize). None: the dataset's own size (32 for the digits, 224 for the
-    # variable-size DomainBed photos).
-    c.data.image_size = ml_collections.FieldReference(None, field_type=int)
-    # Where DomainBed's downloaded folders are (PACS/, VLCS/, office_home/, ...); None: TFDS's
-    # <data_dir>/downloads/manual.
-    c.data.manual_dir = ml_collections.FieldReference(None, field_type=str)
-    # DomainBed photo sets: skip image files PIL cannot read even as truncated (default: an
-    # error naming them, as DomainBed fails on them). Skipping changes the in/out splits.
-    c.data.skip_unreadable = False
-    c.data.normalize = "minus_one_one"  # "minus_one_one" | "imagenet".
-    c.data.eval_batch_size = 512
-    c.data.eval_max_examples = ml_collections.FieldReference(None, field_type=int)  # Per split.
-    # The training domains' "in" splits (what the model trains on; no model selection, ID or
-    # OOD number reads them): at most this many examples each per evaluation round, 0: skipped;
-    # None: all, as DomainBed. Costs the largest part of an evaluation round when all.
-    c.data.eval_train_in_max_examples = ml_collections.FieldReference(None, field_type=int)
-    c.data.eval_augment = "none"  # | "training_domains": through data.augment, as DomainBed.
-    c.data.prefetch = 2
+    c.data = data_config()
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "small_resnet"  # See richft_jax.models.registry.

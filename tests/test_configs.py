@@ -26,6 +26,7 @@ DOCUMENTED = {
     "demo": [None, "tiny"],
     "demo_erm": [None, "tiny"],
     "demo_lpft": [None, "tiny"],
+    "demo_scratch": [None, "tiny", "erm", "tiny,erm"],
     "demo_pretrain": [None, "tiny", "vit", "tiny,vit"],
     "demo_early_dropout": [
         None,
