@@ -223,9 +223,14 @@ def test_combine_checkpoints_along_one_run(first_run, dirs):
     assert len(_accuracies(rows, "erm+ensemble_sum_logits")) == 8
 
 
+# The SIGTERM run's length: the signal comes at step 5, this leaves it 35 steps (over a second at
+# the tiny sizes) to arrive before the end, and the rerun trains the rest.
+SIGTERM_STEPS = 40
+
+
 def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(first_run, dirs):
-    """SIGTERM once the first progress line is out (step 5 of 100): the run saves where it is
-    and stops; the same command resumes there and finishes. Both through the multi-host entry
+    """SIGTERM once the first progress line is out (step 5 of SIGTERM_STEPS): the run saves where
+    it is and stops; the same command resumes there and finishes. Both through the multi-host entry
     path (jax.distributed, a localhost coordinator) with one process. (Kill -9 and rerun:
     test_preemption.py; SIGTERM without jax.distributed: test_gcs.py; two processes against
     one: test_distributed.py.)"""
@@ -236,9 +241,9 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(first_run, dirs):
     cmd = cli_command(
         dirs,
         workdir,
-        "--config.num_steps=100",
-        "--config.checkpoint_every=100",
-        "--config.eval_every=100",
+        f"--config.num_steps={SIGTERM_STEPS}",
+        f"--config.checkpoint_every={SIGTERM_STEPS}",
+        f"--config.eval_every={SIGTERM_STEPS}",
         f"--coordinator_address=127.0.0.1:{port}",
         "--num_processes=1",
         "--process_id=0",
@@ -251,7 +256,8 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(first_run, dirs):
     reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
     reader.start()
     deadline = time.time() + 300
-    while not any("] step 5/100 " in line for line in lines) and time.time() < deadline:
+    first = f"] step 5/{SIGTERM_STEPS} "
+    while not any(first in line for line in lines) and time.time() < deadline:
         assert proc.poll() is None, "".join(lines)[-3000:]
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
@@ -262,27 +268,34 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(first_run, dirs):
     assert "Process 0 of 1; 8 local / 8 global devices." in err
     assert "SIGTERM: saved a checkpoint at step" in err
     saved = sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
-    assert len(saved) == 1 and 5 <= saved[0] < 100, saved
+    assert len(saved) == 1 and 5 <= saved[0] < SIGTERM_STEPS, saved
     assert f"SIGTERM: saved a checkpoint at step {saved[0]} " in err
     assert not (workdir / "summary.json").exists()
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Process 0 of 1; 8 local / 8 global devices." in done.stderr
     assert f"Resumed from step {saved[0]}" in done.stderr
-    assert json.loads((workdir / "summary.json").read_text())["num_steps"] == 100
+    assert json.loads((workdir / "summary.json").read_text())["num_steps"] == SIGTERM_STEPS
+
+
+# The probe's C grid here (config.lp_c_grid): 3 fits instead of the default grid's 10.
+LP_C_GRID = (1e-3, 1e-1, 10.0)
 
 
 def test_lp_ft_logs_the_linear_probe_at_step_0_and_starts_from_its_head(first_run, dirs):
     """With a zero learning rate fine-tuning never moves: the LP-FT rows after its steps equal
     the LP rows of step 0 on every split, so its first step starts from the probe's head; and
-    the run builder's θ0 (what the analyses start from) is that state, probe head included.
-    (The probe's solver against scikit-learn: test_lpft.py.)"""
+    the run builder's θ0 (what the analyses start from) is that state, probe head included
+    (the probe fitted again from config.json, its C grid with it).
+    (The probe's solver against scikit-learn, the grid setting: test_lpft.py.)"""
     workdir = dirs["root"] / "run_lpft"
     c = config_lib.load_config_file("configs/demo_lpft.py:tiny")
     c.data.data_dir = str(dirs["data"])
     c.pretrained.path = str(dirs["pretrain"])
     c.optim.lr = 0.0
+    c.lp_c_grid = LP_C_GRID
     train.train_and_evaluate(c, str(workdir))
+    assert json.loads((workdir / "config.json").read_text())["lp_c_grid"] == list(LP_C_GRID)
     rows = results.read_rows(workdir)
     lp = [r for r in rows if r["method"] == "lp"]
     ft = [r for r in rows if r["method"] == "lp_ft"]
