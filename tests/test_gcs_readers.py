@@ -31,10 +31,10 @@ def gcs():
 
 
 @pytest.fixture(scope="module")
-def built(data_dir):
-    """The session's data dir with the demo's dataset built (gcs_emulator.build_demo_data)."""
-    gcs_emulator.build_demo_data(data_dir)
-    return data_dir
+def built(pretraining_data_dir):
+    """The demo's dataset built (gcs_emulator.build_demo_data) and the letters the backbone is
+    pretrained on, small (conftest.py)."""
+    return pretraining_data_dir
 
 
 @pytest.fixture(scope="module")

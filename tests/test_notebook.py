@@ -112,7 +112,7 @@ def serve_working_tree(bare: pathlib.Path) -> None:
     git("update-ref", "refs/heads/main", commit)
 
 
-def test_notebook_runs_on_a_new_colab_runtime(tmp_path, data_dir, monkeypatch):
+def test_notebook_runs_on_a_new_colab_runtime(tmp_path, pretraining_data_dir, monkeypatch):
     t0 = time.perf_counter()
     bare = tmp_path / "repo.git"
     serve_working_tree(bare)
@@ -148,7 +148,8 @@ def test_notebook_runs_on_a_new_colab_runtime(tmp_path, data_dir, monkeypatch):
         "VIRTUAL_ENV": str(python.parent.parent),
         "RICHFT_REPO": bare.as_uri(),  # file://: `git clone --depth 1` is shallow, as from GitHub.
         "RICHFT_CACHE": str(tmp_path / "cache"),  # The tiny pretrained backbone is trained here.
-        "RICHFT_DATA_DIR": str(data_dir),  # Not ~/tensorflow_datasets.
+        # Not ~/tensorflow_datasets: the session's digits and small letters (conftest.py).
+        "RICHFT_DATA_DIR": str(pretraining_data_dir),
         "XLA_FLAGS": xla_flags,
     }
     for key in list(os.environ):  # The notebook's defaults: no other RICHFT_* override...
