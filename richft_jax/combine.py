@@ -132,9 +132,10 @@ def combine_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dic
     single = jax.jit(steps.make_eval_step(logits, base.data.normalize))
     batch_size = base.data.eval_batch_size
 
-    def evaluate(step_fn, v, splits=None):
+    def evaluate(step_fn, v, splits=None):  # The runs' own split limits: comparable rows.
         d = data if splits is None else data.with_splits(splits)
-        return evaluation.evaluate(step_fn, v, d, batch_size, mesh)
+        limits = base.data.eval_max_examples, ("none", 0), base.data.eval_train_in_max_examples
+        return evaluation.evaluate(step_fn, v, d, batch_size, mesh, *limits)
 
     held_out = data.id_splits()  # Greedy soup's scores: ID only, never the test domain.
 
