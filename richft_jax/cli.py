@@ -3,8 +3,9 @@ in --help, then `app.run(main)`.
 
 Flags are defined at start, not at import, because entry points share flag names (--out) and
 tests import several of them into one process. This module imports nothing heavy: the console
-(clu, hence TensorFlow and JAX) and JAX's compilation cache are set up after the entry point's
-`first` step (main's preflight), which then runs within a second of the start.
+and JAX's compilation cache (which imports JAX; not for entry points without JAX, such as the
+report) are set up after the entry point's `first` step (main's preflight), which then runs
+within a second of the start.
 """
 
 import logging as py_logging
@@ -50,11 +51,13 @@ def run(
     define_flags: Callable[[], None] | None = None,
     extra_key_flags: tuple[str, ...] = (),
     first: Callable[[], None] | None = None,
+    uses_jax: bool = True,
 ) -> None:
     """Defines the flags, makes `--help` show `doc` and the module's flags, runs `main`.
 
-    `first` runs once the flags are parsed, before the console and JAX are set up (which import
-    TensorFlow and JAX): checks that should fail fast, such as main's preflight."""
+    `first` runs once the flags are parsed, before the console and JAX's compilation cache are
+    set up: checks that should fail fast, such as main's preflight. `uses_jax=False` leaves
+    JAX unimported (the report)."""
     if define_flags is not None:
         define_flags()
     if "library_logs" not in flags.FLAGS:
@@ -81,7 +84,8 @@ def run(
         from richft_jax import compile_cache, console  # noqa: PLC0415  (after `first`)
 
         console.set_verbose(flags.FLAGS.verbose)
-        compile_cache.enable()
+        if uses_jax:
+            compile_cache.enable()
         return main(argv)
 
     app.run(main_with_quiet_libraries)

@@ -269,7 +269,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """The `richft-report` console script: same as `python -m richft_jax.report`."""
-    cli.run(main, __name__, __doc__, define_flags)
+    cli.run(main, __name__, __doc__, define_flags, uses_jax=False)
 
 
 if __name__ == "__main__":

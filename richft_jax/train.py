@@ -29,6 +29,7 @@ from richft_jax import (
     run,
     steps,
     timing,
+    writers,
 )
 from richft_jax import schedule as schedule_lib
 from richft_jax import workdir as workdir_lib
@@ -278,7 +279,7 @@ def _train_and_evaluate(
 
     # -- steps, compiled once; writers.
     train_step, eval_step = compile_steps(ctx, hooks, tx, schedule)
-    writer = console.make_writer(workdir, is_main)
+    writer = writers.make_writer(workdir, is_main)
     progress = periodic_actions.ReportProgress(
         num_train_steps=config.num_steps, writer=writer, every_steps=config.log_every
     )

@@ -43,7 +43,7 @@ TFDS reading a gs:// data_dir, and by epath on gs:// in production (EPATH_USE_TF
 epath's default is kept; only these tests set it). It is covered instead by construction: the
 project calls only the epath API on paths, which both of epath's backends implement, and
 TensorBoard events for a gs:// workdir are written locally and copied through epath
-(console.MirroredSummaryWriter); the trap above makes any other route fail in these tests. A
+(writers.MirroredSummaryWriter); the trap above makes any other route fail in these tests. A
 gs:// TFDS data_dir is not tested.
 """
 

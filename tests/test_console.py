@@ -12,7 +12,7 @@ import subprocess
 import pytest
 from cli import demo_command
 
-from richft_jax import config_lib, console, results, run
+from richft_jax import config_lib, console, results, run, writers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 OVERRIDES = {"pretrained.path": ""}  # A random backbone: no pretraining needed.
@@ -145,10 +145,10 @@ def test_console_part_of_the_writer_only_when_verbose(tmp_path):
         return found
 
     try:
-        assert metric_writers.LoggingWriter not in kinds(console.make_writer(tmp_path, True))
+        assert metric_writers.LoggingWriter not in kinds(writers.make_writer(tmp_path, True))
         console.set_verbose(True)
-        assert metric_writers.LoggingWriter in kinds(console.make_writer(tmp_path, True))
-        assert kinds(console.make_writer(tmp_path, False)) == {metric_writers.LoggingWriter}
+        assert metric_writers.LoggingWriter in kinds(writers.make_writer(tmp_path, True))
+        assert kinds(writers.make_writer(tmp_path, False)) == {metric_writers.LoggingWriter}
     finally:
         console.set_verbose(False)
 
@@ -158,7 +158,7 @@ def test_events_for_a_bucket_are_staged_locally_and_copied_whole(tmp_path):
     from etils import epath
 
     target = tmp_path / "bucket_run"  # A local folder standing in for gs://bucket/run.
-    writer = console.MirroredSummaryWriter(epath.Path(target), upload_every=0.0)
+    writer = writers.MirroredSummaryWriter(epath.Path(target), upload_every=0.0)
     staging = writer._staging
     writer.write_scalars(1, {"train/loss": 0.5})  # Copied at once (upload_every 0).
     (events,) = target.iterdir()

@@ -91,9 +91,9 @@ def test_events_and_checkpoints_go_to_the_bucket_through_epath(gcs, tmp_path):
         f"""
         import json
         import numpy as np
-        from richft_jax import checkpoints, console
+        from richft_jax import checkpoints, writers
         root = {root!r}
-        writer = console.make_writer(root, is_main=True)
+        writer = writers.make_writer(root, is_main=True)
         writer.write_scalars(1, {{"train/loss": 0.5}})
         writer.close()
         mngr = checkpoints.manager(root + "/checkpoints")

@@ -73,3 +73,23 @@ def test_columns_follow_the_datasets_domain_order(tmp_path):
     # mean alone (DomainBed would print "30.0 +/- 0.0").
     text = report.markdown(sel.run_records([str(tmp_path / "r0")]))
     assert "| method | seeds | b | a | Avg |" in text and "| erm | 1 | X | 30.0 | X |" in text
+
+
+def test_the_report_command_imports_neither_tensorflow_nor_jax(tmp_path):
+    """`python -m richft_jax.report` reads records and draws: seconds, not TF's and JAX's
+    imports (the console keeps clu's writers out; cli.run(uses_jax=False))."""
+    import pathlib  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    records = pathlib.Path(__file__).resolve().parents[1] / "docs/measurements/demo_grid"
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['report', {str(records)!r}, '--out', {str(tmp_path / 'out')!r}]\n"
+        "try:\n    runpy.run_module('richft_jax.report', run_name='__main__')\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
+        "print(sorted(m for m in ('tensorflow', 'jax', 'clu') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "out" / "tables.md").read_text().count("|") > 50
