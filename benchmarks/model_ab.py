@@ -1,8 +1,8 @@
 """A/B of two model variants' train steps inside ONE process: the only fair timing on a shared,
 loaded machine (both sides see the same load, interleaved).
 
-  python -m benchmarks.resnet_ab [--model=resnet18] [--kwargs='{"width": 16}']
-      [--a='{}'] [--b='{"conv_impl": "im2col"}'] [--batch=128] [--image_size=32]
+  python -m benchmarks.model_ab [--model=resnet18] [--kwargs='{"width": 16}']
+      [--a='{}'] [--b='{"KWARG": VALUE}'] [--batch=128] [--image_size=32]
       [--repeats=7] [--steps=3]
 
 Both sides are the benchmark's train step (benchmark.setup: the demo config with `--model`,
@@ -32,7 +32,7 @@ KWARGS = flags.DEFINE_string(
     "JSON model kwargs of both sides (default: a demo-sized ResNet of basic blocks).",
 )
 A = flags.DEFINE_string("a", "{}", "JSON kwargs of side A (over --kwargs).")
-B = flags.DEFINE_string("b", '{"conv_impl": "im2col"}', "JSON kwargs of side B (over --kwargs).")
+B = flags.DEFINE_string("b", "{}", "JSON kwargs of side B (over --kwargs).")
 BATCH = flags.DEFINE_integer("batch", 128, "Global batch.")
 IMAGE_SIZE = flags.DEFINE_integer("image_size", 32, "Image side.")
 REPEATS = flags.DEFINE_integer("repeats", 7, "Interleaved rounds.")
