@@ -51,7 +51,7 @@ def main(argv: list[str]) -> None:
     # After the preflight (check_inputs): these import TensorFlow and JAX.
     import jax  # noqa: PLC0415
 
-    from richft_jax import combine, console, train  # noqa: PLC0415
+    from richft_jax import combine, console, timing, train  # noqa: PLC0415
 
     if _DISTRIBUTED.value or _COORDINATOR.value:
         jax.distributed.initialize(
@@ -77,7 +77,8 @@ def main(argv: list[str]) -> None:
         if config.get("task") == "combine":
             combine.combine_and_evaluate(config, _WORKDIR.value)
         else:
-            train.train_and_evaluate(config, _WORKDIR.value)
+            # This process was started to run it: its age until now is the run's startup.
+            train.train_and_evaluate(config, _WORKDIR.value, startup_s=timing.process_age_s())
     except (preflight.PreflightError, lease.WorkdirInUse) as e:
         # Missing inputs, or a workdir a live run holds: what and the fixes, no traceback.
         raise SystemExit(str(e)) from None

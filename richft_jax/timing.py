@@ -1,8 +1,9 @@
 """Where a run's wall time goes: seconds per phase, and JAX's compilation time across them.
 
 A run's summary.json carries `timings_s` (from `Phases.summary`) so the wall time can be read
-against the train steps alone: startup (process start to the run: imports, flags, preflight),
-data, init, train steps, input waits, evaluation, checkpoint saves, end-of-run evaluators.
+against the train steps alone: startup (process start to the run: imports, flags, preflight;
+only when `python -m richft_jax.main` started the process), data, init, train steps, input
+waits, evaluation, checkpoint saves, end-of-run evaluators.
 """
 
 import collections
@@ -57,11 +58,17 @@ def process_age_s() -> float | None:
 
 class Phases:
     """Wall seconds per named phase (`with phases("eval"): ...`); nested phases are
-    subtracted from the phase around them, so the phases add up to the elapsed time."""
+    subtracted from the phase around them, so the phases add up to the elapsed time.
 
-    def __init__(self) -> None:
+    `startup_s`: the seconds before the run began, counted as phase "startup" and in the
+    total; given only by the entry point that started the process (main.py: the process's
+    age). In-process (a notebook, pytest, a nested pretraining run) there is none: the whole
+    process's life until then is not the run's.
+    """
+
+    def __init__(self, startup_s: float | None = None) -> None:
         self.start = time.perf_counter()
-        self.startup = process_age_s()
+        self.startup = startup_s
         self.compile_start = compile_seconds()
         self.seconds: dict[str, float] = collections.defaultdict(float)
         self._stack: list[str] = []
@@ -92,7 +99,7 @@ class Phases:
 
     def summary(self) -> dict[str, float]:
         """{phase: s}, with "other" (not in any phase), "startup" (before the run began, when
-        known), "compile" (JAX compilation inside the phases, for reading them) and "total"."""
+        given), "compile" (JAX compilation inside the phases, for reading them) and "total"."""
         elapsed = time.perf_counter() - self.start
         out = {k: round(v, 2) for k, v in self.seconds.items()}
         out["other"] = round(elapsed - sum(self.seconds.values()), 2)

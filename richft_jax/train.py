@@ -39,16 +39,22 @@ from richft_jax.methods import hooks as hooks_lib
 PARAMETERS = "parameters.txt"  # The parameter table, in every workdir.
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, startup_s: float | None = None
+) -> dict:
     """Trains and evaluates one run into `workdir` (a local path or a gs:// URL); resumes if
     checkpoints are there.
+
+    `startup_s`: seconds from the process's start to this call, recorded as timings_s's
+    "startup"; only the entry point that started the process passes it (main.py), so a run
+    in-process (a notebook, a test, the nested pretraining run) has no startup phase.
 
     Returns the summary, or {"preempted": True, "step": N} when a SIGTERM stopped the run
     after saving step N.
     """
     # Every input (config, weights, dataset, workdir) checked before anything is built,
     # downloaded or written; all problems in one error, each with its fix.
-    phases = timing.Phases()
+    phases = timing.Phases(startup_s)
     timing.listen_for_compiles()
     with phases("preflight"):
         preflight.run(config, workdir)
