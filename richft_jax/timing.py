@@ -99,7 +99,8 @@ class Phases:
 
     def summary(self) -> dict[str, float]:
         """{phase: s}, with "other" (not in any phase), "startup" (before the run began, when
-        given), "compile" (JAX compilation inside the phases, for reading them) and "total"."""
+        given), "total" and "compile_within" (JAX compilation inside the phases, for reading
+        them; not a phase of its own)."""
         elapsed = time.perf_counter() - self.start
         out = {k: round(v, 2) for k, v in self.seconds.items()}
         out["other"] = round(elapsed - sum(self.seconds.values()), 2)
