@@ -10,10 +10,11 @@
 # learning-rate grid); no moving average and one checkpoint kept (plus the selected one), as
 # demo_grid.sh. Seeds run one after another, each with every part before the next seed starts;
 # finished runs are skipped, so rerunning resumes.
-#   bash launch/rate_curve.sh [OUT_DIR] [SEEDS] [DOMAINS] [PARTS] [SCRATCH_SEEDS]
+#   [JOBS=N] bash launch/rate_curve.sh [OUT_DIR] [SEEDS] [DOMAINS] [PARTS] [SCRATCH_SEEDS]
 # defaults: workdirs/rate_curve, 0,1,2, mnist,mnist_m,digits,syn, pretrained,scratch, the first
-# two of SEEDS. MODE=print lists the runs' commands (launch/sweep.py --mode=print), runs
-# nothing and writes no report.
+# two of SEEDS. JOBS=N runs N at once, each pinned to its share of the CPUs (launch/sweep.py
+# --jobs; JOBS=2 on 2 cores finishes more runs an hour, see docs/benchmarks.md). MODE=print
+# lists the runs' commands (launch/sweep.py --mode=print), runs nothing and writes no report.
 # Cost: 6 rates × seeds × test domains runs per part, a run ≈ 2 min on 2 idle cores (the demo's
 # 900 steps): by default pretrained 6 × 3 × 4 = 72 runs ≈ 2.4 h, scratch 6 × 2 × 4 = 48 runs
 # ≈ 1.6 h; 120 runs ≈ 4 h in all.
@@ -27,7 +28,7 @@ scratch_seeds=${5:-$(IFS=,; echo "${all_seeds[*]:0:2}")}
 mode=${MODE:-run}
 rates=0.5,0.8,0.9,0.95,0.99 # Rate 0 is each part's ERM config.
 fixed=(--grid="data.test_domains=$domains" --grid=moving_average_start=None
-  --grid=keep_checkpoints=1 --mode="$mode")
+  --grid=keep_checkpoints=1 --mode="$mode" --jobs="${JOBS:-1}")
 # One part's runs for one seed: its ERM config (rate 0), then its dropout config at each rate.
 part() {
   local erm=$1 dropout=$2 seed=$3

@@ -15,14 +15,20 @@ seed sets both `seed` and `trial_seed` (DomainBed: the trial seed draws the spli
 --along-run=COMBINATIONS also combines, after each run, the checkpoints it saved along the
 way (configs/combine.py into RUN/along_run, rows named "<method>+<combination>"): the
 paper's along-run ensembles and soups. Runs must keep those checkpoints
-(--grid=keep_checkpoints=N). --out may be a bucket (gs://BUCKET/sweep): the workdirs are
-then gs:// URLs, read there to skip finished runs.
+(--grid=keep_checkpoints=N). --jobs=N runs N at once, each pinned to its own share of the
+CPUs (on 2 cores, two one-core runs finish more runs an hour than one two-core run: the
+small demo's steps scale poorly across cores, and one run's startup, evaluation and input
+overlap the other's steps); their output lines are prefixed with the run. --out may be a
+bucket (gs://BUCKET/sweep): the workdirs are then gs:// URLs, read there to skip finished
+runs.
 """
 
+import concurrent.futures
 import itertools
 import json
 import os
 import pathlib
+import queue
 import shlex
 import subprocess
 import sys
@@ -112,21 +118,78 @@ def run_sweep(
     seeds: list[int],
     mode: str = "run",
     along_run: str = "",
+    jobs: int = 1,
 ) -> None:
     """Runs (mode="run") or prints (mode="print") every run of `expand`, and with `along_run`
-    the combinations of each run's checkpoints: the command line's work, callable without it."""
-    for workdir, cmd in expand(configs, grid, seeds, out):
-        if mode == "print":
+    the combinations of each run's checkpoints: the command line's work, callable without it.
+    jobs > 1 runs that many at once, each pinned to its own share of this process's CPUs."""
+    runs = expand(configs, grid, seeds, out)
+    if mode == "print":
+        for _, cmd in runs:
             print(shlex.join(cmd))
-            continue
-        if (workdir / "summary.json").exists():
-            print(f"skip (finished): {workdir}", flush=True)
-        else:
-            print(f"run: {shlex.join(cmd)}", flush=True)
-            subprocess.run(cmd, check=True)
-        if along_run and (combine := along_run_command(workdir, along_run)):
-            print(f"run: {shlex.join(combine)}", flush=True)
-            subprocess.run(combine, check=True)
+        return
+    if jobs == 1:
+        for workdir, cmd in runs:
+            _run_one(workdir, cmd, along_run, lambda c: subprocess.run(c, check=True))
+        return
+    runner = _pinned_runner(jobs, sweep_root(out))
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        futures = [pool.submit(_run_one, w, c, along_run, runner) for w, c in runs]
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                future.result()
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # Let the running ones end; start no more.
+            raise
+
+
+def _run_one(workdir: epath.Path, cmd: list[str], along_run: str, run) -> None:
+    """One run unless finished (summary.json), then its along-run combinations if asked."""
+    if (workdir / "summary.json").exists():
+        print(f"skip (finished): {workdir}", flush=True)
+    else:
+        print(f"run: {shlex.join(cmd)}", flush=True)
+        run(cmd)
+    if along_run and (combine := along_run_command(workdir, along_run)):
+        print(f"run: {shlex.join(combine)}", flush=True)
+        run(combine)
+
+
+def cpu_shares(jobs: int) -> list[tuple[int, ...]]:
+    """This process's CPUs dealt into `jobs` disjoint shares, one per concurrent run."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if jobs > len(cpus):
+        raise ValueError(f"--jobs={jobs}, but this process may use {len(cpus)} CPUs {cpus}.")
+    return [tuple(cpus[i::jobs]) for i in range(jobs)]
+
+
+def _pinned_runner(jobs: int, root: epath.Path):
+    """A callable running one command on a free CPU share, its output lines prefixed by the
+    command's workdir (relative to the sweep's root) so concurrent runs stay readable."""
+    free = queue.Queue()
+    for share in cpu_shares(jobs):
+        free.put(share)
+
+    def run(cmd: list[str]) -> None:
+        workdir = next(a.split("=", 1)[1] for a in cmd if a.startswith("--workdir="))
+        tag = os.path.relpath(workdir, root) if not paths.is_remote(workdir) else workdir
+        share = free.get()
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                preexec_fn=lambda: os.sched_setaffinity(0, share),
+            )
+            for line in proc.stdout:
+                print(f"[{tag} cpu{','.join(map(str, share))}] {line}", end="", flush=True)
+            if proc.wait():
+                raise subprocess.CalledProcessError(proc.returncode, cmd)
+        finally:
+            free.put(share)
+
+    return run
 
 
 def parse_grid(items: list[str]) -> dict[str, list[str]]:
@@ -165,6 +228,14 @@ def _check_configs(configs: list[str] | None) -> bool:
     return True
 
 
+def _check_jobs(jobs: int) -> bool:
+    try:
+        cpu_shares(jobs)
+    except ValueError as e:
+        raise flags.ValidationError(str(e)) from e
+    return True
+
+
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Defines this command line's flags (with their checks) in `flag_values` when it starts,
     not at import: the entry points share flag names (--out, --config)."""
@@ -176,9 +247,13 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_enum("mode", "run", ["run", "print"], "Run here, or print the commands.", **fv)
     flags.DEFINE_string("along_run", "", "Combinations of each run's saved checkpoints.", **fv)
     flags.DEFINE_alias("along-run", "along_run", **fv)
+    flags.DEFINE_integer(
+        "jobs", 1, "Runs at once, each pinned to its own share of the CPUs.", lower_bound=1, **fv
+    )
     flags.mark_flags_as_required(["out", "config"], **fv)
     flags.register_validator("grid", _check_grid, **fv)
     flags.register_validator("seeds", _check_seeds, **fv)
+    flags.register_validator("jobs", _check_jobs, **fv)
     flags.register_validator("config", _check_configs, **fv)
 
 
@@ -188,7 +263,7 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
     seeds = [int(s) for s in f.seeds.split(",")]
-    run_sweep(f.out, f.config, parse_grid(f.grid), seeds, f.mode, f.along_run)
+    run_sweep(f.out, f.config, parse_grid(f.grid), seeds, f.mode, f.along_run, f.jobs)
     return 0
 
 

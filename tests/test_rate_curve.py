@@ -138,6 +138,24 @@ def test_the_plan_takes_domains_parts_and_scratch_seeds(tmp_path):
     assert sorted(runs) == sorted(expected(tmp_path, (), ("syn", "mnist"), (5, 6), ("scratch",)))
 
 
+def test_jobs_reach_the_sweep(tmp_path):
+    """JOBS=N is the sweep's --jobs: more jobs than CPUs stops before anything runs."""
+    n = len(os.sched_getaffinity(0))
+    env = {**os.environ, "MODE": "print", "JOBS": str(n + 1)}
+    out = subprocess.run(
+        ["bash", str(SCRIPT), str(tmp_path), "0", "syn", "pretrained"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        out.returncode != 0 and f"--jobs={n + 1}, but this process may use {n} CPUs" in out.stderr
+    )
+    assert not any(tmp_path.iterdir())
+
+
 def accuracies(scratch: bool, rate: float, domain: str, seed: int) -> tuple[float, float]:
     """A run's (ID, OOD): pretrained OOD peaks at 0.9, from scratch it falls with the rate."""
     i = DOMAINS.index(domain)

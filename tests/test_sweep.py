@@ -133,3 +133,39 @@ def test_keep_records_copies_finished_runs_records_only(tmp_path):
     ]
     assert (dest / run / "results.jsonl").read_text() == '{"step": 150}\n'
     assert "kept the records of 2 finished runs" in out.stdout
+
+
+def _affinity_cmd(root, name, code="import os; print(sorted(os.sched_getaffinity(0)))"):
+    return [sys.executable, "-c", code, f"--workdir={root / name / 'seed0'}"]
+
+
+def test_jobs_run_at_once_each_on_its_own_cpus(tmp_path, monkeypatch, capsys):
+    jobs = min(2, len(sweep.os.sched_getaffinity(0)))
+    names = [f"r{i}" for i in range(4)]
+    monkeypatch.setattr(
+        sweep,
+        "expand",
+        lambda *a: [(tmp_path / n / "seed0", _affinity_cmd(tmp_path, n)) for n in names],
+    )
+    sweep.run_sweep(str(tmp_path), ["x"], {}, [0], jobs=jobs)
+    out = capsys.readouterr().out
+    printed = {}
+    for line in out.splitlines():
+        if line.startswith("["):
+            tag, cpus = line.split("] ", 1)
+            printed[tag.split()[0][1:]] = cpus
+    # Every run ran, its output prefixed with its workdir; each saw only its own share.
+    assert sorted(printed) == [f"{n}/seed0" for n in names]
+    shares = sweep.cpu_shares(jobs)
+    assert {printed[k] for k in printed} <= {str(list(s)) for s in shares}
+    assert len(set().union(*map(set, shares))) == sum(map(len, shares))  # Disjoint.
+
+
+def test_jobs_beyond_the_cpus_and_failed_runs_are_errors(tmp_path, monkeypatch):
+    n = len(sweep.os.sched_getaffinity(0))
+    with pytest.raises(ValueError, match=f"--jobs={n + 1}, but this process may use {n} CPUs"):
+        sweep.cpu_shares(n + 1)
+    fail = _affinity_cmd(tmp_path, "bad", "raise SystemExit(3)")
+    monkeypatch.setattr(sweep, "expand", lambda *a: [(tmp_path / "bad" / "seed0", fail)])
+    with pytest.raises(subprocess.CalledProcessError):
+        sweep.run_sweep(str(tmp_path), ["x"], {}, [0], jobs=1 if n == 1 else 2)
