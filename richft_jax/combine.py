@@ -134,8 +134,15 @@ def combine_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dic
 
     def evaluate(step_fn, v, splits=None):  # The runs' own split limits: comparable rows.
         d = data if splits is None else data.with_splits(splits)
-        limits = base.data.eval_max_examples, ("none", 0), base.data.eval_train_in_max_examples
-        return evaluation.evaluate(step_fn, v, d, batch_size, mesh, *limits)
+        return evaluation.evaluate(
+            step_fn,
+            v,
+            d,
+            batch_size,
+            mesh,
+            max_examples=base.data.eval_max_examples,
+            train_in_max=base.data.eval_train_in_max_examples,
+        )  # No augmentation: evaluate's default.
 
     held_out = data.id_splits()  # Greedy soup's scores: ID only, never the test domain.
 

@@ -209,9 +209,9 @@ def make_evaluate_and_log(ctx: evaluation.Context, eval_step, writer, meta: dict
                 ctx.data,
                 c.data.eval_batch_size,
                 ctx.mesh,
-                c.data.eval_max_examples,
-                evaluation.eval_augmentation(c, step),
-                c.data.eval_train_in_max_examples,
+                max_examples=c.data.eval_max_examples,
+                augment=evaluation.eval_augmentation(c, step),
+                train_in_max=c.data.eval_train_in_max_examples,
             )
             rows += results.eval_rows(evals, step=step, **{**meta, "method": method})
         console.info(console.eval_line(step, rows, meta["method"]))
