@@ -19,6 +19,10 @@ import types
 import ml_collections
 from absl import flags
 
+# LP-FT's linear probe (methods/lpft.py): the C values it tries, the LP-FT code's
+# logspace(-7, 2, 10); config.lp_c_grid's default.
+LP_C_GRID = tuple(10.0**k for k in range(-7, 3))
+
 
 def data_config() -> ml_collections.ConfigDict:
     """`config.data` of base_config: the dataset, its splits, batches and evaluation."""
@@ -75,6 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.dropout_rate = 0.0  # Penultimate-feature dropout rate (0.9 in the paper's runs).
     c.lp_head = False  # LP-FT: start from the linear-probe head (LP is logged as step 0).
+    c.lp_c_grid = LP_C_GRID  # The probe's C values (each one L-BFGS fit; fewer: cheaper).
     c.dropout_schedule = "constant"  # | "early" | "early_linear" | "late" (Liu et al. 2023).
     c.dropout_cutoff = 0.25  # Fraction of num_steps where early dropout ends / late begins.
     # Uniform running average of the weights from this step on, evaluated beside the model

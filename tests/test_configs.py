@@ -322,6 +322,13 @@ def test_an_optional_number_can_be_set_to_none_and_back():
         parse_flags("--config=demo", "--config.moving_average_start=soon")
 
 
+def test_the_lp_ft_probes_c_grid_is_a_config_key_the_command_line_sets():
+    c = parse_flags("--config=demo_lpft:tiny")
+    assert c.lp_c_grid == config_lib.LP_C_GRID  # base_config's: the LP-FT code's 10 values.
+    c = parse_flags("--config=demo_lpft:tiny", "--config.lp_c_grid=(0.001,0.1,10)")
+    assert c.lp_c_grid == (0.001, 0.1, 10)
+
+
 @pytest.mark.parametrize("value, name", [("demo:nosiy", "nosiy"), ("nope", "nope")])
 def test_config_flag_refuses_a_bad_config(value, name):
     with pytest.raises(flags.IllegalFlagValueError, match=name):

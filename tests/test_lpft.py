@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
+from richft_jax import config_lib
 from richft_jax.methods import lpft
 
 
@@ -48,13 +49,13 @@ def test_linear_probe_picks_c_on_validation_and_folds_standardisation():
 
 
 def test_the_c_grid_is_a_config_value():
-    """config.lp_c_grid (what linear_probe_head passes as `cs`): the LP-FT code's grid when
-    absent or None; a list (as config.json gives it back) as floats; empty or C <= 0 refused."""
-    assert lpft.c_grid(ml_collections.ConfigDict()) == lpft.C_GRID
+    """config.lp_c_grid (what linear_probe_head passes as `cs`): base_config's default is the
+    LP-FT code's grid; a list (as config.json gives it back) as floats; None, empty or C <= 0
+    refused."""
+    assert lpft.c_grid(config_lib.base_config()) == lpft.C_GRID
     assert lpft.C_GRID == pytest.approx(np.logspace(-7, 2, 10), rel=1e-12)
-    assert lpft.c_grid(ml_collections.ConfigDict({"lp_c_grid": None})) == lpft.C_GRID
     got = lpft.c_grid(ml_collections.ConfigDict({"lp_c_grid": [1e-3, 1]}))
     assert got == (1e-3, 1.0) and all(type(c) is float for c in got)
-    for bad in ((), (0.0, 1.0), (-1.0,)):
+    for bad in (None, (), (0.0, 1.0), (-1.0,)):
         with pytest.raises(ValueError, match="lp_c_grid"):
             lpft.c_grid(ml_collections.ConfigDict({"lp_c_grid": bad}))

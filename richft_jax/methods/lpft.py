@@ -7,8 +7,8 @@ scikit-learn's LogisticRegression: C * sum_i CE_i + ||W||^2 / 2 (bias not penali
 LP-FT: fine-tuning starts from the LP head instead of a fresh one (`config.lp_head=True`);
 in the train loop the LP model is evaluated at step 0 and written as method "lp".
 
-Config: `config.lp_c_grid`, the C values tried (a sequence of floats; absent or None: C_GRID,
-the LP-FT code's logspace(-7, 2, 10)). Each C is one L-BFGS fit of MAX_ITER iterations,
+Config: `config.lp_c_grid`, the C values tried (a sequence of floats; base_config's default is
+C_GRID, the LP-FT code's logspace(-7, 2, 10)). Each C is one L-BFGS fit of MAX_ITER iterations,
 warm-started from the previous C's solution: a shorter grid is proportionally cheaper (the
 end-to-end test uses three values).
 """
@@ -22,10 +22,10 @@ import numpy as np
 import optax
 from absl import logging
 
-from richft_jax import evaluation
+from richft_jax import config_lib, evaluation
 from richft_jax.methods.method import Method
 
-C_GRID = tuple(float(c) for c in np.logspace(-7, 2, 10))  # The LP-FT code's grid of C.
+C_GRID = config_lib.LP_C_GRID  # The LP-FT code's grid of C: config.lp_c_grid's default.
 MAX_ITER = 500  # L-BFGS iterations per C.
 
 
@@ -120,10 +120,10 @@ def linear_probe_head(ctx: evaluation.Context, params: dict, batch_stats: dict) 
 
 
 def c_grid(config: ml_collections.ConfigDict) -> tuple[float, ...]:
-    """The C values the probe tries: `config.lp_c_grid`, or C_GRID where absent or None. An
-    empty grid, or a C that is not positive, is refused."""
-    grid = config.get("lp_c_grid")
-    cs = C_GRID if grid is None else tuple(float(c) for c in grid)
+    """The C values the probe tries: `config.lp_c_grid` (a list where config.json gave it back)
+    as floats. None, an empty grid, or a C that is not positive, is refused."""
+    grid = config.lp_c_grid
+    cs = tuple(float(c) for c in grid or ())
     if not cs or min(cs) <= 0:
         raise ValueError(f"config.lp_c_grid={grid!r}: give one or more positive values of C.")
     return cs
