@@ -59,6 +59,19 @@ def steps_seconds(timings: dict) -> float:
     return timings["train_steps"] + timings.get("input", 0.0)
 
 
+def run_lines(name: str, r: dict, cpus: int | None) -> str:
+    """`one_run`'s result `r` as the two lines printed for it: wall time, pretraining, backbone,
+    OOD and load; then where the time went and the wall time over the train steps'."""
+    return (
+        f"demo {name} run: {r['wall_s']:.1f} s wall; pretrained here: "
+        f"{'yes' if r['pretrained_here'] else 'no'}; backbone sha256 "
+        f"{(r['backbone_sha256'] or 'none')[:12]}...; OOD {100 * r['ood']:.1f}% "
+        f"(load average {r['load_average']} on {cpus} CPUs)\n"
+        f"  {timing.breakdown_line(r['timings_s'], ('train_steps', 'input'))}; wall / "
+        f"train steps {r['wall_over_steps']:.2f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="Also write the results as JSON here.")
@@ -77,16 +90,7 @@ def main() -> None:
         for name in ("first", "cached"):
             workdir = pathlib.Path(tmp) / f"run_{name}"
             runs[name] = one_run(home, workdir, args.steps, args.extra)
-            r = runs[name]
-            print(
-                f"demo {name} run: {r['wall_s']:.1f} s wall; pretrained here: "
-                f"{'yes' if r['pretrained_here'] else 'no'}; backbone sha256 "
-                f"{(r['backbone_sha256'] or 'none')[:12]}...; OOD {100 * r['ood']:.1f}% "
-                f"(load average {r['load_average']} on {os.cpu_count()} CPUs)\n"
-                f"  {timing.breakdown_line(r['timings_s'], ('train_steps', 'input'))}; wall / "
-                f"train steps {r['wall_over_steps']:.2f}",
-                flush=True,
-            )
+            print(run_lines(name, runs[name], os.cpu_count()), flush=True)
     if args.out:
         pathlib.Path(args.out).write_text(json.dumps(runs, indent=2) + "\n")
 

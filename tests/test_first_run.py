@@ -1,0 +1,43 @@
+"""benchmarks/first_run.py's report of a demo run (not the runs: those take minutes): the train
+steps' own time and the two lines printed from a made-up run's summary timings."""
+
+from benchmarks import first_run
+
+TIMINGS = {  # A summary.json's timings_s: the phases add up to the total.
+    "train_steps": 95.0,
+    "input": 5.0,
+    "eval": 20.0,
+    "startup": 12.0,
+    "data": 3.5,
+    "other": 2.0,
+    "total": 137.5,
+    "compile_within": 6.3,
+}
+
+
+def test_the_train_steps_own_time_is_the_steps_and_the_input_waits_between_them():
+    assert first_run.steps_seconds(TIMINGS) == 100.0
+    assert first_run.steps_seconds({"train_steps": 80.0}) == 80.0  # No input waits recorded.
+
+
+def test_run_lines_print_the_run_and_where_its_time_went():
+    run = {
+        "wall_s": 150.04,
+        "pretrained_here": False,
+        "backbone_sha256": "0123456789abcdef",
+        "ood": 0.49,
+        "load_average": 0.12,
+        "timings_s": TIMINGS,
+        "wall_over_steps": round(150.04 / first_run.steps_seconds(TIMINGS), 2),
+    }
+    assert first_run.run_lines("first", run, 2).splitlines() == [
+        "demo first run: 150.0 s wall; pretrained here: no; backbone sha256 0123456789ab...; "
+        "OOD 49.0% (load average 0.12 on 2 CPUs)",
+        "  time 137.5 s = train steps 95.0 + input 5.0 + eval 20.0 + startup 12.0 + data 3.5 + "
+        "other 2.0 (JAX compilation within them: 6.3 s); wall / train steps 1.50",
+    ]
+    # A run that pretrained (it should not: the backbone ships) and recorded no backbone.
+    other = {**run, "pretrained_here": True, "backbone_sha256": None}
+    first = first_run.run_lines("cached", other, 2).splitlines()[0]
+    assert "demo cached run:" in first
+    assert "pretrained here: yes; backbone sha256 none...;" in first
