@@ -59,3 +59,5 @@ def test_the_c_grid_is_a_config_value():
     for bad in (None, (), (0.0, 1.0), (-1.0,)):
         with pytest.raises(ValueError, match="lp_c_grid"):
             lpft.c_grid(ml_collections.ConfigDict({"lp_c_grid": bad}))
+    # A run's config.json from before the key: that run probed C_GRID.
+    assert lpft.c_grid(ml_collections.ConfigDict({"method": "lpft"})) == lpft.C_GRID

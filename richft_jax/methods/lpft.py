@@ -121,8 +121,9 @@ def linear_probe_head(ctx: evaluation.Context, params: dict, batch_stats: dict) 
 
 def c_grid(config: ml_collections.ConfigDict) -> tuple[float, ...]:
     """The C values the probe tries: `config.lp_c_grid` (a list where config.json gave it back)
-    as floats. None, an empty grid, or a C that is not positive, is refused."""
-    grid = config.lp_c_grid
+    as floats. None, an empty grid, or a C that is not positive, is refused. A run recorded
+    before the key existed (its config.json lacks it) probed C_GRID, the only grid then."""
+    grid = config.get("lp_c_grid", C_GRID)
     cs = tuple(float(c) for c in grid or ())
     if not cs or min(cs) <= 0:
         raise ValueError(f"config.lp_c_grid={grid!r}: give one or more positive values of C.")
