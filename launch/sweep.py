@@ -16,9 +16,10 @@ seed sets both `seed` and `trial_seed` (DomainBed: the trial seed draws the spli
 way (configs/combine.py into RUN/along_run, rows named "<method>+<combination>"): the
 paper's along-run ensembles and soups. Runs must keep those checkpoints
 (--grid=keep_checkpoints=N). --jobs=N runs N at once, each pinned to its own share of the
-CPUs (on 2 cores, two one-core runs finish more runs an hour than one two-core run: the
-small demo's steps scale poorly across cores, and one run's startup, evaluation and input
-overlap the other's steps); their output lines are prefixed with the run. --out may be a
+CPUs, after the first unfinished run has run alone (it builds the dataset and the
+compilation cache the others read); their output lines are prefixed with the run, and a
+failed run starts no more. On 2 cores, --jobs=2 finishes more demo runs an hour than one
+two-core run at a time (docs/benchmarks.md, "Sweeps on 2 cores"). --out may be a
 bucket (gs://BUCKET/sweep): the workdirs are then gs:// URLs, read there to skip finished
 runs.
 """
@@ -32,6 +33,7 @@ import queue
 import shlex
 import subprocess
 import sys
+import threading
 
 import ml_collections
 from absl import app, flags
@@ -128,19 +130,36 @@ def run_sweep(
         for _, cmd in runs:
             print(shlex.join(cmd))
         return
-    if jobs == 1:
+    unfinished = [w for w, _ in runs if not (w / "summary.json").exists()]
+    if jobs == 1 or len(unfinished) < 2:
         for workdir, cmd in runs:
-            _run_one(workdir, cmd, along_run, lambda c: subprocess.run(c, check=True))
+            _run_one(workdir, cmd, along_run, _run_here)
         return
-    runner = _pinned_runner(jobs, sweep_root(out))
-    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-        futures = [pool.submit(_run_one, w, c, along_run, runner) for w, c in runs]
+    # The first unfinished run alone, on every CPU: it builds what the others read (the
+    # dataset, the compilation cache), which concurrent first runs would race to build.
+    first = runs.index(next(r for r in runs if r[0] == unfinished[0]))
+    for workdir, cmd in runs[: first + 1]:
+        _run_one(workdir, cmd, along_run, _run_here)
+    rest, n = runs[first + 1 :], min(jobs, len(unfinished) - 1)
+    runner, failed = _pinned_runner(n, sweep_root(out)), threading.Event()
+
+    def guarded(workdir: epath.Path, cmd: list[str]) -> None:
+        if failed.is_set():  # A run failed: start no more.
+            return
         try:
-            for future in concurrent.futures.as_completed(futures):
-                future.result()
+            _run_one(workdir, cmd, along_run, runner)
         except BaseException:
-            pool.shutdown(cancel_futures=True)  # Let the running ones end; start no more.
+            failed.set()
             raise
+
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        futures = [pool.submit(guarded, w, c) for w, c in rest]
+        for future in concurrent.futures.as_completed(futures):
+            future.result()  # The first error, once the runs under way have ended.
+
+
+def _run_here(cmd: list[str]) -> None:
+    subprocess.run(cmd, check=True)
 
 
 def _run_one(workdir: epath.Path, cmd: list[str], along_run: str, run) -> None:
@@ -156,7 +175,10 @@ def _run_one(workdir: epath.Path, cmd: list[str], along_run: str, run) -> None:
 
 
 def cpu_shares(jobs: int) -> list[tuple[int, ...]]:
-    """This process's CPUs dealt into `jobs` disjoint shares, one per concurrent run."""
+    """This process's CPUs dealt into `jobs` disjoint shares, one per concurrent run (Linux:
+    os.sched_getaffinity)."""
+    if not hasattr(os, "sched_getaffinity"):
+        raise ValueError(f"--jobs={jobs} pins runs to CPUs, which needs Linux; use --jobs=1.")
     cpus = sorted(os.sched_getaffinity(0))
     if jobs > len(cpus):
         raise ValueError(f"--jobs={jobs}, but this process may use {len(cpus)} CPUs {cpus}.")
@@ -172,21 +194,23 @@ def _pinned_runner(jobs: int, root: epath.Path):
 
     def run(cmd: list[str]) -> None:
         workdir = next(a.split("=", 1)[1] for a in cmd if a.startswith("--workdir="))
-        tag = os.path.relpath(workdir, root) if not paths.is_remote(workdir) else workdir
         share = free.get()
+        tag = f"[{workdir.removeprefix(f'{root}/')} cpu{','.join(map(str, share))}]"
+        # Pinned at once, before the child starts its threads (they inherit it); preexec_fn
+        # is not safe in a threaded parent.
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+        )
         try:
-            proc = subprocess.Popen(
-                cmd,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                preexec_fn=lambda: os.sched_setaffinity(0, share),
-            )
+            os.sched_setaffinity(proc.pid, share)
             for line in proc.stdout:
-                print(f"[{tag} cpu{','.join(map(str, share))}] {line}", end="", flush=True)
+                print(f"{tag} {line}", end="", flush=True)
             if proc.wait():
                 raise subprocess.CalledProcessError(proc.returncode, cmd)
         finally:
+            if proc.poll() is None:  # Our reading failed: no child left without a reader.
+                proc.kill()
+                proc.wait()
             free.put(share)
 
     return run
@@ -229,6 +253,8 @@ def _check_configs(configs: list[str] | None) -> bool:
 
 
 def _check_jobs(jobs: int) -> bool:
+    if jobs == 1:
+        return True
     try:
         cpu_shares(jobs)
     except ValueError as e:

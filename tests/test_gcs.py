@@ -273,6 +273,7 @@ def test_the_run_is_in_the_bucket(gcs, bucket_run, local_copy, cwd):
     summary = json.loads(gcs.read("run/summary.json"))
     best = summary["selected"]["step"]
     assert best in (10, 20)
+    assert summary["timings_s"]["startup"] > 0  # `python -m richft_jax.main` started it.
     for step in ("checkpoints/10", "checkpoints/20", f"best/{best}"):
         assert f"run/{step}/commit_success.txt" in names, step  # Committed, as Orbax does there.
     assert not any(".orbax-checkpoint-tmp" in n for n in names)

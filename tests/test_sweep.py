@@ -1,6 +1,7 @@
 """launch/sweep.py: grid expansion, workdir naming, skipping finished runs."""
 
 import importlib.util
+import os
 import pathlib
 import subprocess
 import sys
@@ -135,37 +136,58 @@ def test_keep_records_copies_finished_runs_records_only(tmp_path):
     assert "kept the records of 2 finished runs" in out.stdout
 
 
-def _affinity_cmd(root, name, code="import os; print(sorted(os.sched_getaffinity(0)))"):
+def _cmd(root, name, code):
     return [sys.executable, "-c", code, f"--workdir={root / name / 'seed0'}"]
 
 
-def test_jobs_run_at_once_each_on_its_own_cpus(tmp_path, monkeypatch, capsys):
-    jobs = min(2, len(sweep.os.sched_getaffinity(0)))
-    names = [f"r{i}" for i in range(4)]
-    monkeypatch.setattr(
-        sweep,
-        "expand",
-        lambda *a: [(tmp_path / n / "seed0", _affinity_cmd(tmp_path, n)) for n in names],
-    )
-    sweep.run_sweep(str(tmp_path), ["x"], {}, [0], jobs=jobs)
-    out = capsys.readouterr().out
-    printed = {}
-    for line in out.splitlines():
-        if line.startswith("["):
-            tag, cpus = line.split("] ", 1)
-            printed[tag.split()[0][1:]] = cpus
-    # Every run ran, its output prefixed with its workdir; each saw only its own share.
-    assert sorted(printed) == [f"{n}/seed0" for n in names]
-    shares = sweep.cpu_shares(jobs)
-    assert {printed[k] for k in printed} <= {str(list(s)) for s in shares}
-    assert len(set().union(*map(set, shares))) == sum(map(len, shares))  # Disjoint.
+REPORT = (  # A run's CPUs, start and end.
+    "import os, time; t = time.time(); time.sleep(0.5); "
+    "print(sorted(os.sched_getaffinity(0)), t, time.time())"
+)
+TWO_CPUS = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="--jobs=2 needs 2 CPUs")
 
 
-def test_jobs_beyond_the_cpus_and_failed_runs_are_errors(tmp_path, monkeypatch):
-    n = len(sweep.os.sched_getaffinity(0))
+@TWO_CPUS
+def test_jobs_run_at_once_each_on_its_own_cpus(tmp_path, monkeypatch, capfd):
+    names = [f"r{i}" for i in range(5)]
+    runs = [(tmp_path / n / "seed0", _cmd(tmp_path, n, REPORT)) for n in names]
+    monkeypatch.setattr(sweep, "expand", lambda *a: runs)
+    sweep.run_sweep(str(tmp_path), ["x"], {}, [0], jobs=2)
+    lines = [ln for ln in capfd.readouterr().out.splitlines() if not ln.startswith("run: ")]
+    # The first run alone, unpinned (it builds what the others read), its output as is.
+    everything = sorted(os.sched_getaffinity(0))
+    assert lines[0].startswith(str(everything))
+    shares = {str(list(s)): s for s in sweep.cpu_shares(2)}
+    seen = {}
+    for line in lines[1:]:
+        tag, rest = line.split("] ", 1)  # "[r1/seed0 cpu0] [0] t0 t1"
+        name, cpu = tag[1:].split()
+        cpus, t0, t1 = rest.rsplit(" ", 2)
+        assert cpus in shares and cpu == "cpu" + ",".join(map(str, shares[cpus]))
+        seen[name] = (float(t0), float(t1))
+    assert sorted(seen) == [f"{n}/seed0" for n in names[1:]]
+    assert len(set.union(*map(set, shares.values()))) == len(everything)  # Disjoint, all.
+    spans = sorted(seen.values())
+    assert any(b0 < a1 for (_, a1), (b0, _) in zip(spans, spans[1:], strict=False))  # At once.
+
+
+@TWO_CPUS
+def test_a_failed_run_starts_no_more(tmp_path, monkeypatch):
+    def touch(name):
+        return f"import pathlib; pathlib.Path({str(tmp_path / name)!r}).touch()"
+
+    codes = [touch("first"), "raise SystemExit(3)", "import time; time.sleep(1)"]
+    codes += [touch(f"after{i}") for i in range(3)]
+    runs = [(tmp_path / f"r{i}" / "seed0", _cmd(tmp_path, f"r{i}", c)) for i, c in enumerate(codes)]
+    monkeypatch.setattr(sweep, "expand", lambda *a: runs)
+    with pytest.raises(subprocess.CalledProcessError):
+        sweep.run_sweep(str(tmp_path), ["x"], {}, [0], jobs=2)
+    assert (tmp_path / "first").exists()
+    assert not any((tmp_path / f"after{i}").exists() for i in range(3))
+
+
+def test_jobs_beyond_the_cpus_are_refused_before_anything_runs():
+    n = len(os.sched_getaffinity(0))
     with pytest.raises(ValueError, match=f"--jobs={n + 1}, but this process may use {n} CPUs"):
         sweep.cpu_shares(n + 1)
-    fail = _affinity_cmd(tmp_path, "bad", "raise SystemExit(3)")
-    monkeypatch.setattr(sweep, "expand", lambda *a: [(tmp_path / "bad" / "seed0", fail)])
-    with pytest.raises(subprocess.CalledProcessError):
-        sweep.run_sweep(str(tmp_path), ["x"], {}, [0], jobs=1 if n == 1 else 2)
+    assert sweep._check_jobs(1)
