@@ -124,7 +124,7 @@ def c_grid(config: ml_collections.ConfigDict) -> tuple[float, ...]:
     as floats. None, an empty grid, or a C that is not positive, is refused. A run recorded
     before the key existed (its config.json lacks it) probed C_GRID, the only grid then."""
     grid = config.get("lp_c_grid", C_GRID)
-    cs = tuple(float(c) for c in grid or ())
+    cs = tuple(float(c) for c in (() if grid is None else grid))
     if not cs or min(cs) <= 0:
         raise ValueError(f"config.lp_c_grid={grid!r}: give one or more positive values of C.")
     return cs
