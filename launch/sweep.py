@@ -137,7 +137,7 @@ def run_sweep(
         return
     # The first unfinished run alone, on every CPU: it builds what the others read (the
     # dataset, the compilation cache), which concurrent first runs would race to build.
-    first = runs.index(next(r for r in runs if r[0] == unfinished[0]))
+    first = next(i for i, (w, _) in enumerate(runs) if w == unfinished[0])
     for workdir, cmd in runs[: first + 1]:
         _run_one(workdir, cmd, along_run, _run_here)
     rest, n = runs[first + 1 :], min(jobs, len(unfinished) - 1)
