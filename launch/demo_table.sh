@@ -7,25 +7,29 @@
 # 3. ERM with the same label noise (the noisy row's comparison);
 # then everything collected into tables + the ID-vs-OOD plot. Finished runs and combinations
 # are skipped, so rerunning resumes an interrupted sweep.
-#   bash launch/demo_table.sh [OUT_DIR] [SEEDS] [PARTS]
-# defaults: workdirs/demo_table, 0,1,2, main,companions,noise_baseline
+#   [JOBS=N] bash launch/demo_table.sh [OUT_DIR] [SEEDS] [PARTS]
+# defaults: workdirs/demo_table, 0,1,2, main,companions,noise_baseline. JOBS=N runs N at once,
+# each pinned to its share of the CPUs (launch/sweep.py --jobs; JOBS=2 on 2 cores finishes more
+# runs an hour, see docs/benchmarks.md).
 set -euo pipefail
 out=${1:-workdirs/demo_table}
 seeds=${2:-0,1,2}
 parts=${3:-main,companions,noise_baseline}
 domains=data.test_domains=mnist,mnist_m,digits,syn
+jobs=--jobs="${JOBS:-1}"
 if [[ ,$parts, == *,main,* ]]; then
   python launch/sweep.py --out="$out" --config=configs/demo_erm.py --config=configs/demo.py \
-    --grid="$domains" --seeds="$seeds" --along-run=uniform_soup,greedy_soup,ensemble_sum_logits
+    --grid="$domains" --seeds="$seeds" "$jobs" \
+    --along-run=uniform_soup,greedy_soup,ensemble_sum_logits
 fi
 if [[ ,$parts, == *,companions,* ]]; then
   python launch/sweep.py --out="$out" --config=configs/demo_lpft.py \
     --config=configs/demo_early_dropout.py --config=configs/demo_late_dropout.py \
     --config=configs/demo_rsl.py --config=configs/demo_rsl.py:noisy \
-    --grid="$domains" --seeds="$seeds"
+    --grid="$domains" --seeds="$seeds" "$jobs"
 fi
 if [[ ,$parts, == *,noise_baseline,* ]]; then
   python launch/sweep.py --out="$out" --config=configs/demo_rsl.py:noisy,erm \
-    --grid="$domains" --seeds="$seeds"
+    --grid="$domains" --seeds="$seeds" "$jobs"
 fi
 python -m richft_jax.report "$out" --out "$out/report"
