@@ -16,8 +16,9 @@ seed sets both `seed` and `trial_seed` (DomainBed: the trial seed draws the spli
 way (configs/combine.py into RUN/along_run, rows named "<method>+<combination>"): the
 paper's along-run ensembles and soups. Runs must keep those checkpoints
 (--grid=keep_checkpoints=N). --jobs=N runs N at once, each pinned to its own share of the
-CPUs, after the first unfinished run has run alone (it builds the dataset and the
-compilation cache the others read); their output lines are prefixed with the run, and a
+CPUs (every run, so that their numbers compare: XLA's CPU reductions depend on the threads a
+run has), after the first unfinished run has run alone on its share (it builds the dataset and
+the compilation cache the others read); their output lines are prefixed with the run, and a
 failed run starts no more. On 2 cores, --jobs=2 finishes more demo runs an hour than one
 two-core run at a time (docs/benchmarks.md, "Sweeps on 2 cores"). --out may be a
 bucket (gs://BUCKET/sweep): the workdirs are then gs:// URLs, read there to skip finished
@@ -130,18 +131,20 @@ def run_sweep(
         for _, cmd in runs:
             print(shlex.join(cmd))
         return
-    unfinished = [w for w, _ in runs if not (w / "summary.json").exists()]
-    if jobs == 1 or len(unfinished) < 2:
+    if jobs == 1:
         for workdir, cmd in runs:
             _run_one(workdir, cmd, along_run, _run_here)
         return
-    # The first unfinished run alone, on every CPU: it builds what the others read (the
-    # dataset, the compilation cache), which concurrent first runs would race to build.
-    first = next(i for i, (w, _) in enumerate(runs) if w == unfinished[0])
+    # Every run on one share of the CPUs, the same for all, so a sweep's runs compare (XLA's
+    # CPU reductions, hence the numbers, depend on the threads a run has). The first unfinished
+    # run goes alone: it builds what the others read (the dataset, the compilation cache),
+    # which concurrent first runs would race to build.
+    runner, failed = _pinned_runner(jobs, sweep_root(out)), threading.Event()
+    unfinished = [i for i, (w, _) in enumerate(runs) if not (w / "summary.json").exists()]
+    first = unfinished[0] if unfinished else len(runs)
     for workdir, cmd in runs[: first + 1]:
-        _run_one(workdir, cmd, along_run, _run_here)
-    rest, n = runs[first + 1 :], min(jobs, len(unfinished) - 1)
-    runner, failed = _pinned_runner(n, sweep_root(out)), threading.Event()
+        _run_one(workdir, cmd, along_run, runner)
+    rest, n = runs[first + 1 :], max(1, min(jobs, len(unfinished) - 1))
 
     def guarded(workdir: epath.Path, cmd: list[str]) -> None:
         if failed.is_set():  # A run failed: start no more.

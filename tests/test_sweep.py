@@ -154,21 +154,30 @@ def test_jobs_run_at_once_each_on_its_own_cpus(tmp_path, monkeypatch, capfd):
     monkeypatch.setattr(sweep, "expand", lambda *a: runs)
     sweep.run_sweep(str(tmp_path), ["x"], {}, [0], jobs=2)
     lines = [ln for ln in capfd.readouterr().out.splitlines() if not ln.startswith("run: ")]
-    # The first run alone, unpinned (it builds what the others read), its output as is.
     everything = sorted(os.sched_getaffinity(0))
-    assert lines[0].startswith(str(everything))
     shares = {str(list(s)): s for s in sweep.cpu_shares(2)}
     seen = {}
-    for line in lines[1:]:
+    for line in lines:  # Every run pinned to one share, the first one too.
         tag, rest = line.split("] ", 1)  # "[r1/seed0 cpu0] [0] t0 t1"
         name, cpu = tag[1:].split()
         cpus, t0, t1 = rest.rsplit(" ", 2)
         assert cpus in shares and cpu == "cpu" + ",".join(map(str, shares[cpus]))
         seen[name] = (float(t0), float(t1))
-    assert sorted(seen) == [f"{n}/seed0" for n in names[1:]]
+    assert sorted(seen) == [f"{n}/seed0" for n in names]
     assert len(set.union(*map(set, shares.values()))) == len(everything)  # Disjoint, all.
+    first_end = seen.pop("r0/seed0")[1]
+    assert all(first_end <= t0 for t0, _ in seen.values())  # The first run alone.
     spans = sorted(seen.values())
     assert any(b0 < a1 for (_, a1), (b0, _) in zip(spans, spans[1:], strict=False))  # At once.
+
+
+@TWO_CPUS
+def test_a_lone_unfinished_run_is_pinned_too(tmp_path, monkeypatch, capfd):
+    runs = [(tmp_path / "r0" / "seed0", _cmd(tmp_path, "r0", REPORT))]
+    monkeypatch.setattr(sweep, "expand", lambda *a: runs)
+    sweep.run_sweep(str(tmp_path), ["x"], {}, [0], jobs=2)
+    (line,) = [ln for ln in capfd.readouterr().out.splitlines() if not ln.startswith("run: ")]
+    assert line.split("] ", 1)[1].startswith(str(list(sweep.cpu_shares(2)[0])))
 
 
 @TWO_CPUS
