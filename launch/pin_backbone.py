@@ -12,7 +12,8 @@ Reads the run's latest checkpoint as the demo read a pretrained run directory
   kwargs), the pretraining command, config and commit, and the letters accuracy the run reached
   (its summary.json).
 --commit: the commit the pretraining ran at (default: this checkout's HEAD). --probe: also the
-linear-probe accuracy per digits domain (`linear_probes`; ~7 min on 2 busy cores).
+linear-probe accuracy per digits domain (`analysis.backbone_richness.linear_probes`, which
+`python -m richft_jax.analysis.backbone_richness` measures too; ~7 min on 2 busy cores).
 """
 
 import argparse
@@ -27,9 +28,9 @@ import flax.serialization
 import numpy as np
 from etils import epath
 
-from richft_jax import checkpoints, config_lib, evaluation, parallel, run
+from richft_jax import checkpoints
+from richft_jax.analysis import backbone_richness
 from richft_jax.configs import demo_pretrain
-from richft_jax.methods import lpft
 from richft_jax.models import hub
 
 
@@ -65,7 +66,6 @@ def pin(pretrained: str, out: str, commit: str, probe: bool = False) -> dict:
     run = epath.Path(pretrained)
     config = json.loads((run / "config.json").read_text())
     summary = json.loads((run / "summary.json").read_text())
-    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines() if line]
     variables = backbone_variables(run)
     out_path = pathlib.Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,61 +98,16 @@ def pin(pretrained: str, out: str, commit: str, probe: bool = False) -> dict:
             ),
             "pretrain_config": config,
         },
-        "quality": {
-            "letters_test_accuracy": summary["last"]["ood_accuracy"],
-            "letters_validation_accuracy": summary["last"]["id_accuracy"],
-            "step": summary["last"]["step"],
-            "from": "the pretraining run's summary.json (last); its rows at that step below",
-            "rows": [
-                {k: row[k] for k in ("domain", "split", "accuracy", "num_examples")}
-                for row in rows
-                if row["step"] == summary["last"]["step"]
-            ],
-        },
+        "quality": backbone_richness.letters_accuracy(run),
     }
     if probe:
         record["quality"]["linear_probe"] = {
-            "how": (
-                "per digits domain D, methods.lpft.linear_probe on the frozen features of the "
-                "other three domains' in splits (C chosen on their out splits); accuracy on D's "
-                "in split (trial_seed 0)"
-            ),
-            **linear_probes(str(out_path)),
+            "how": backbone_richness.PROBE_HOW,
+            **backbone_richness.linear_probes(str(out_path), model=record["model"]),
         }
     record_path = out_path.parent / (out_path.stem + ".json")
     record_path.write_text(json.dumps(record, indent=1) + "\n")
     return record
-
-
-def linear_probes(backbone: str, data_dir: str | None = None) -> dict:
-    """Per digits domain D, the demo's linear probe (`methods.lpft.linear_probe`, LP-FT's: L2
-    strength chosen on the other domains' out splits) on the backbone's frozen features, trained
-    on the other three domains' in splits: its accuracy on D's in split (DomainBed's test
-    accuracy with D held out)."""
-    c = config_lib.load_config_file("demo")
-    c.pretrained.path = backbone
-    c.data.data_dir = data_dir
-    data = run.load_data(c)
-    model = run.build_model(c, data.num_classes)
-    variables = run.init_variables(c, model, data)
-    features_of = evaluation.features_on_mesh(model, c.data.normalize, parallel.make_mesh())
-
-    def features(domains, split):
-        splits = [data.get(d, split) for d in domains]
-        return evaluation.split_features(features_of, variables, splits, c.data.eval_batch_size)
-
-    out = {}
-    for held_out in data.domains:
-        others = [d for d in data.domains if d != held_out]
-        probe = lpft.linear_probe(*features(others, "in"), *features(others, "out"), 10)
-        x, y = features([held_out], "in")
-        accuracy = np.mean(np.argmax(x @ probe["kernel"] + probe["bias"], -1) == y)
-        out[held_out] = {
-            "test_accuracy": round(float(accuracy), 4),
-            "id_validation_accuracy": round(probe["val_accuracy"], 4),
-            "c": probe["c"],
-        }
-    return out
 
 
 def _leaves(tree: dict):
