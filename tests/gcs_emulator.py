@@ -95,8 +95,9 @@ def _free_port() -> int:
 
 class Emulator:
     """fake-gcs-server on a free port of 127.0.0.1 with `bucket` created; `url`, `env` (the
-    variables above added to this process's environment), `names` / `read` / `delete` /
-    `clear` (through the emulator's JSON API, independently of the clients under test)."""
+    variables above added to this process's environment), `names` / `read` / `write` /
+    `delete` / `clear` (through the emulator's JSON API, independently of the clients under
+    test)."""
 
     def __init__(self, bucket: str = BUCKET, timeout: float = 20.0):
         self.bucket = bucket
@@ -175,6 +176,18 @@ class Emulator:
         url = f"{self.url}/download/storage/v1/b/{bucket or self.bucket}/o/{quoted}?alt=media"
         with urllib.request.urlopen(url, timeout=30) as response:
             return response.read()
+
+    def write(self, name: str, data: bytes, bucket: str | None = None) -> None:
+        """Uploads `data` as object `name` (a simple media upload)."""
+        query = urllib.parse.urlencode({"uploadType": "media", "name": name})
+        request = urllib.request.Request(
+            f"{self.url}/upload/storage/v1/b/{bucket or self.bucket}/o?{query}",
+            data=data,
+            method="POST",
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            response.read()
 
     def delete(self, name: str, bucket: str | None = None) -> None:
         """Deletes object `name`."""
