@@ -4,6 +4,8 @@ r"""Expands a grid of runs (configs × overrides × seeds) and runs or prints th
       --config=demo_erm --grid=data.test_domains=mnist,mnist_m,digits,syn \
       --seeds=0,1,2 [--mode=run|print] [--along-run=uniform_soup,greedy_soup,...]
 
+--set=key=value gives every run one more override that names no workdir (a backbone's path,
+say; a --grid value names its runs' workdirs, so it cannot hold a path).
 --config takes what `richft_jax.main --config` takes (a name such as `demo_rsl:noisy,erm`, or
 a path such as configs/demo_rsl.py:noisy,erm); every config (and its argument) is loaded once
 before anything runs, so a misspelled one stops the sweep at once instead of at its first run.
@@ -51,9 +53,14 @@ def sweep_root(out: str | os.PathLike) -> epath.Path:
 
 
 def expand(
-    configs: list[str], grid: dict[str, list[str]], seeds: list[int], out: str | os.PathLike
+    configs: list[str],
+    grid: dict[str, list[str]],
+    seeds: list[int],
+    out: str | os.PathLike,
+    fixed: dict[str, str] | None = None,
 ) -> list[tuple[epath.Path, list[str]]]:
-    """[(workdir, command)] for every config × grid point × seed, workdirs named by their values.
+    """[(workdir, command)] for every config × grid point × seed, workdirs named by their values;
+    `fixed` ({key: value}, --set) is given to every run and names no workdir.
 
     Seeds vary slowest, then grid points, then configs: an interrupted sweep has whole
     comparisons (every config at every grid point) for its first seeds.
@@ -79,6 +86,7 @@ def expand(
                     f"--config.seed={seed}",
                     f"--config.trial_seed={seed}",
                 ] + [f"--config.{k}={v}" for k, v in zip(keys, values, strict=True)]
+                cmd += [f"--config.{k}={v}" for k, v in (fixed or {}).items()]
                 runs.append((workdir, cmd))
     return runs
 
@@ -122,11 +130,12 @@ def run_sweep(
     mode: str = "run",
     along_run: str = "",
     jobs: int = 1,
+    fixed: dict[str, str] | None = None,
 ) -> None:
     """Runs (mode="run") or prints (mode="print") every run of `expand`, and with `along_run`
     the combinations of each run's checkpoints: the command line's work, callable without it.
     jobs > 1 runs that many at once, each pinned to its own share of this process's CPUs."""
-    runs = expand(configs, grid, seeds, out)
+    runs = expand(configs, grid, seeds, out, fixed)
     if mode == "print":
         for _, cmd in runs:
             print(shlex.join(cmd))
@@ -230,6 +239,25 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
     return grid
 
 
+def parse_set(items: list[str]) -> dict[str, str]:
+    """--set's `key=value` items as {key: value}; a key both set and on the grid is refused."""
+    fixed = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r} is not key=value.")
+        key, value = item.split("=", 1)
+        fixed[key] = value
+    return fixed
+
+
+def _check_set(items: list[str]) -> bool:
+    try:
+        parse_set(items)
+    except ValueError as e:
+        raise flags.ValidationError(str(e)) from e
+    return True
+
+
 def _check_grid(items: list[str]) -> bool:
     try:
         parse_grid(items)
@@ -272,6 +300,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("out", None, "Root directory of the sweep's workdirs.", **fv)
     flags.DEFINE_multi_string("config", None, "Config name or path[:arg]", **fv)
     flags.DEFINE_multi_string("grid", [], "key=v1,v2,...: one axis of the grid", **fv)
+    flags.DEFINE_multi_string(
+        "set", [], "key=value: one override for every run, not in the workdirs' names", **fv
+    )
     flags.DEFINE_string("seeds", "0", "Comma-separated seeds.", **fv)
     flags.DEFINE_enum("mode", "run", ["run", "print"], "Run here, or print the commands.", **fv)
     flags.DEFINE_string("along_run", "", "Combinations of each run's saved checkpoints.", **fv)
@@ -281,6 +312,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     )
     flags.mark_flags_as_required(["out", "config"], **fv)
     flags.register_validator("grid", _check_grid, **fv)
+    flags.register_validator("set", _check_set, **fv)
     flags.register_validator("seeds", _check_seeds, **fv)
     flags.register_validator("jobs", _check_jobs, **fv)
     flags.register_validator("config", _check_configs, **fv)
@@ -292,7 +324,10 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
     seeds = [int(s) for s in f.seeds.split(",")]
-    run_sweep(f.out, f.config, parse_grid(f.grid), seeds, f.mode, f.along_run, f.jobs)
+    grid, fixed = parse_grid(f.grid), parse_set(f.set)
+    if both := sorted(set(grid) & set(fixed)):
+        raise app.UsageError(f"{both} given to both --grid and --set: give each key once.")
+    run_sweep(f.out, f.config, grid, seeds, f.mode, f.along_run, f.jobs, fixed)
     return 0
 
 

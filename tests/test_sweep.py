@@ -200,3 +200,38 @@ def test_jobs_beyond_the_cpus_are_refused_before_anything_runs():
     with pytest.raises(ValueError, match=f"--jobs={n + 1}, but this process may use {n} CPUs"):
         sweep.cpu_shares(n + 1)
     assert sweep._check_jobs(1)
+
+
+def test_set_overrides_every_run_and_names_no_workdir(tmp_path):
+    fixed = sweep.parse_set(["pretrained.path=/tmp/b/x.msgpack", "num_steps=5"])
+    assert fixed == {"pretrained.path": "/tmp/b/x.msgpack", "num_steps": "5"}
+    runs = sweep.expand(
+        ["configs/demo.py"], {"data.test_domains": ["mnist", "syn"]}, [0], str(tmp_path), fixed
+    )
+    assert [w for w, _ in runs] == [
+        tmp_path / "demo" / f"test_domains={d}" / "seed0" for d in ("mnist", "syn")
+    ]
+    for _, cmd in runs:
+        assert cmd[-2:] == ["--config.pretrained.path=/tmp/b/x.msgpack", "--config.num_steps=5"]
+    with pytest.raises(ValueError, match="'num_steps' is not key=value"):
+        sweep.parse_set(["num_steps"])
+
+
+def test_a_key_both_set_and_on_the_grid_is_refused(tmp_path):
+    script = pathlib.Path(sweep.__file__)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            f"--out={tmp_path}",
+            "--config=configs/demo.py",
+            "--grid=num_steps=5,6",
+            "--set=num_steps=7",
+            "--mode=print",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=script.parents[1],
+    )
+    assert proc.returncode != 0 and "['num_steps'] given to both --grid and --set" in proc.stderr
+    assert not list(tmp_path.iterdir())
