@@ -2,8 +2,8 @@
 checks of config.data that need no data, and where a prepared copy lives in a TFDS data dir.
 
 The domains and versions are defined here once (DomainBed's in domainbed_layout.py): the TFDS
-builders (digits_domains.py, letters.py, mnist_family.py, domainbed.py) take them from here,
-and sources.py checks when imported that its builders are the ones TFDS_BUILDERS names.
+builders (digits_domains.py, letters.py, glyphs.py, mnist_family.py, domainbed.py) take them
+from here, and sources.py checks when imported that its builders are the ones TFDS_BUILDERS names.
 sources.py and pipeline.py (which load the data through TFDS and tf.data) take the checks from
 here and re-export them. This module imports nothing heavy (no TensorFlow, TFDS or JAX), so
 the preflight checks a config's dataset, test domains and image size, and whether a dataset is
@@ -19,17 +19,19 @@ from richft_jax.data import domainbed_layout as layout
 
 DIGITS_DOMAINS = ("mnist", "mnist_m", "digits", "syn")  # digits_domains.py
 LETTERS_SPLITS = ("train", "test")  # letters.py
+GLYPHS_SPLITS = ("train", "test")  # glyphs.py
 ROTATED_ANGLES = (0, 15, 30, 45, 60, 75)  # mnist_family.py: RotatedMNIST's domains, in degrees.
 ROTATED_DOMAINS = tuple(f"{a}deg" for a in ROTATED_ANGLES)  # Not bare digits: those mean indices.
 COLORED_DOMAINS = ("plus90", "plus80", "minus90")  # DomainBed's "+90%", "+80%", "-90%".
-# The TFDS version of the builders of digits_domains.py, letters.py and mnist_family.py
+# The TFDS version of the builders of digits_domains.py, letters.py, glyphs.py and mnist_family.py
 # (DomainBed's: layout.TFDS_VERSION).
 GENERATED_VERSION = "1.0.0"
 
-# Every dataset's split names in order: its domains (train/test for the letters).
+# Every dataset's split names in order: its domains (train/test for letters and glyphs).
 SPLITS: dict[str, tuple[str, ...]] = {
     "digits_domains": DIGITS_DOMAINS,
     "letters": LETTERS_SPLITS,
+    "glyphs": GLYPHS_SPLITS,
     **{name: spec.splits for name, spec in layout.SPECS.items()},
     "rotated_mnist": ROTATED_DOMAINS,
     "rotated_mnist_embedded": ROTATED_DOMAINS,
@@ -58,7 +60,7 @@ def check_name(name: str) -> None:
 
 
 def domains_of(name: str) -> tuple[str, ...]:
-    """Returns the split names of a dataset in order (its domains, or train/test for letters)."""
+    """Returns the split names of a dataset in order (its domains, or train/test)."""
     check_name(name)
     return tuple(SPLITS[name])
 

@@ -1,4 +1,4 @@
-"""SynDigits-style glyph rendering with Pillow, shared by the digits and letters builders.
+"""SynDigits-style glyph rendering with Pillow, shared by the digits, letters, glyphs builders.
 
 Each glyph is drawn white-on-black at twice the target resolution in a random font and size,
 warped by one random affine map (rotation, and for heavy augmentation shear and anisotropic
@@ -77,34 +77,41 @@ STRENGTHS: dict[str, _Augment] = {
 }
 
 
-def _renders_ascii(path: str) -> bool:
-    """Tells whether a font draws distinct, non-blank glyphs for every ASCII letter and digit."""
-    font = ImageFont.truetype(path, 40)
+def glyph_masks(path: str, chars: str, size: int = 40) -> list[np.ndarray]:
+    """Binary 64x64 masks of each character in a font, then of its .notdef glyph (U+FFFF is
+    never mapped, so it shows that): what the usable-font check compares."""
+    font = ImageFont.truetype(path, size)
     masks = []
-    for char in _CHECK_CHARS + "\uffff":  # U+FFFF is never mapped: it shows the .notdef glyph.
+    for char in chars + "\uffff":
         image = Image.new("L", (64, 64))
         ImageDraw.Draw(image).text((32, 32), char, font=font, fill=255, anchor="mm")
         masks.append(np.asarray(image) > 127)
-    glyphs, notdef = masks[:-1], masks[-1]
+    return masks
+
+
+def renders(path: str, chars: str = _CHECK_CHARS, lookalikes: int = 2) -> bool:
+    """Tells whether a font draws a non-blank glyph, not its .notdef box, for every character
+    of `chars`, with at most `lookalikes` of them identical to another (I/l in sans-serif)."""
+    *glyphs, notdef = glyph_masks(path, chars)
     if any(mask.sum() < 10 or np.array_equal(mask, notdef) for mask in glyphs):
         return False
-    # Allow a couple of look-alikes (I/l in sans-serif), but not a font of identical boxes.
-    return len({mask.tobytes() for mask in glyphs}) >= len(glyphs) - 2
+    return len({mask.tobytes() for mask in glyphs}) >= len(glyphs) - lookalikes
 
 
 @functools.cache
-def font_paths() -> list[str]:
-    """Lists matplotlib's bundled TTF fonts that render ASCII letters and digits properly."""
+def font_paths(chars: str = _CHECK_CHARS, lookalikes: int = 2) -> list[str]:
+    """Lists matplotlib's bundled TTF fonts that render every one of `chars` properly
+    (`renders`); by default the ASCII letters and digits: the digits' and letters' fonts."""
     directory = os.path.join(matplotlib.get_data_path(), "fonts", "ttf")
     paths = []
     for name in sorted(os.listdir(directory)):
         if not name.endswith(".ttf") or name in _EXCLUDED_FONTS:
             continue
         path = os.path.join(directory, name)
-        if _renders_ascii(path):
+        if renders(path, chars, lookalikes):
             paths.append(path)
     if not paths:
-        raise RuntimeError(f"No usable TTF fonts found in {directory}.")
+        raise RuntimeError(f"No TTF font in {directory} renders all of {chars!r}.")
     return paths
 
 
@@ -215,12 +222,14 @@ def render_glyphs(
     rng: np.random.Generator,
     size: int = 32,
     strength: Strength = "mild",
+    fonts: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Renders each character as a random SynDigits-style colour image, uint8 [N, size, size, 3].
 
     `strength="mild"` (synthetic digits) rotates by at most 10 degrees and sometimes shows
     neighbouring characters as in SVHN; `"heavy"` (letters pretraining) adds shear, stretching,
-    25-degree rotations, thicker strokes, blur and stronger noise.
+    25-degree rotations, thicker strokes, blur and stronger noise. `fonts`: the font files
+    to draw from, each rendering every character (default `font_paths()`).
     """
     if strength not in STRENGTHS:
         raise ValueError(f"Unknown strength {strength!r}; expected one of {sorted(STRENGTHS)}.")
@@ -228,7 +237,7 @@ def render_glyphs(
     n = len(chars)
     if n == 0:
         return np.zeros((0, size, size, 3), np.uint8)
-    fonts = font_paths()
+    fonts = font_paths() if fonts is None else list(fonts)
     canvas = _SUPERSAMPLE * size
 
     # Draw every random parameter up front, vectorised, so the output depends only on the rng.

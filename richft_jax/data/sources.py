@@ -20,7 +20,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from richft_jax import config_checks
-from richft_jax.data import catalog, digits_domains, domainbed, letters, mnist_family
+from richft_jax.data import catalog, digits_domains, domainbed, glyphs, letters, mnist_family
 from richft_jax.data.catalog import (  # noqa: F401  (re-exported: sources.domains_of, ...)
     OFFICIAL,
     check_image_size,
@@ -35,6 +35,7 @@ tf = _tf()
 BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
     "digits_domains": digits_domains.DigitsDomains,
     "letters": letters.Letters,
+    "glyphs": glyphs.Glyphs,
     **domainbed.BUILDERS,
     **mnist_family.BUILDERS,
 }
