@@ -10,7 +10,8 @@ within a second of the start.
 
 import logging as py_logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from absl import app, flags, logging
 
@@ -89,3 +90,29 @@ def run(
         return main(argv)
 
     app.run(main_with_quiet_libraries)
+
+
+def refuse_arguments(argv: Sequence[str]) -> None:
+    """Raises absl's UsageError (usage, exit 1) for positional arguments: commands whose every
+    input is a --flag say so rather than ignore a mistyped flag."""
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments {argv[1:]}: every input is a --flag.")
+
+
+def run_flags(
+    act: Callable[[flags.FlagValues], object],
+    module_name: str,
+    doc: str | None,
+    define_flags: Callable[[], None] | None = None,
+    **run_kwargs: Any,
+) -> None:
+    """`run` for a command whose every input is a flag: its main refuses positional arguments
+    and calls `act(flags.FLAGS)`, the same function tests call with their own FlagValues.
+
+    `act`'s return value (a record, for tests) is dropped: app.run would exit with it."""
+
+    def main(argv: list[str]) -> None:
+        refuse_arguments(argv)
+        act(flags.FLAGS)
+
+    run(main, module_name, doc, define_flags, **run_kwargs)

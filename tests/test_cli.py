@@ -196,3 +196,18 @@ def test_library_info_lines_are_dropped_but_not_their_warnings_or_ours():
     assert f.filter(record("/repo/richft_jax/train.py", logging.INFO))
     assert not f.filter(record(f"{site}/clu/platform/local.py", logging.INFO))
     assert not f.filter(record(f"{site}/jax/_src/xla_bridge.py", logging.INFO))
+
+
+@pytest.mark.parametrize(
+    ("module", "required"),
+    [
+        ("richft_jax.analysis.backbone_richness", "--backbone=x"),
+        ("richft_jax.analysis.linear_regime", "--runs=x"),
+    ],
+)
+def test_flag_only_commands_refuse_positional_arguments(module, required, tmp_path):
+    """cli.run_flags: a stray argument (a mistyped flag) stops the command before any work."""
+    out = python("-m", module, "stray", required, f"--out={tmp_path}/o")
+    assert out.returncode != 0
+    assert "Unexpected arguments ['stray']: every input is a --flag." in out.stderr, out.stderr
+    assert not (tmp_path / "o").exists()

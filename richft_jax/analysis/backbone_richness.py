@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from etils import epath
 
 from richft_jax import cli, config_lib, evaluation, parallel, paths, results
@@ -336,16 +336,9 @@ def measure_flags(f: flags.FlagValues) -> dict:
     return record
 
 
-def main(argv: list[str]) -> None:
-    """The command line: every input is a flag."""
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments {argv[1:]}: every input is a --flag.")
-    measure_flags(flags.FLAGS)
-
-
 def run() -> None:
-    """`python -m richft_jax.analysis.backbone_richness`."""
-    cli.run(main, __name__, __doc__, define_flags)
+    """`python -m richft_jax.analysis.backbone_richness`: every input is a flag."""
+    cli.run_flags(measure_flags, __name__, __doc__, define_flags)
 
 
 if __name__ == "__main__":

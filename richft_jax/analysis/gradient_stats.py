@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import app, flags
+from absl import flags
 
 from richft_jax import cli, config_lib, paths, run, steps
 from richft_jax.data import pipeline
@@ -164,8 +164,7 @@ def gradient_stats(config: ml_collections.ConfigDict, args: dict) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments {argv[1:]}: every input is a --flag.")
+    cli.refuse_arguments(argv)
     f = flags.FLAGS
     keys = ("rate", "steps", "cutoff", "measure_every", "num_batches", "max_examples")
     out = gradient_stats(f.config, {k: f[k].value for k in keys})

@@ -26,7 +26,7 @@ from typing import Any
 
 import jax
 import ml_collections
-from absl import app, flags, logging
+from absl import flags, logging
 from etils import epath
 
 from richft_jax import checkpoints, cli, config_checks, parallel, paths, results, steps
@@ -382,15 +382,9 @@ def analyze_flags(f: flags.FlagValues) -> dict:
     return out
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments {argv[1:]}: every input is a --flag.")
-    analyze_flags(flags.FLAGS)
-
-
 def run() -> None:
     """`python -m richft_jax.analysis.linear_regime` and the `richft-linear-regime` script."""
-    cli.run(main, __name__, __doc__, define_flags)
+    cli.run_flags(analyze_flags, __name__, __doc__, define_flags)
 
 
 if __name__ == "__main__":
