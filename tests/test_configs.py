@@ -27,7 +27,7 @@ DOCUMENTED = {
     "demo_erm": [None, "tiny"],
     "demo_lpft": [None, "tiny"],
     "demo_scratch": [None, "tiny", "erm", "tiny,erm"],
-    "demo_pretrain": [None, "tiny", "vit", "tiny,vit"],
+    "demo_pretrain": [None, "tiny", "vit", "tiny,vit", "glyphs", "tiny,glyphs"],
     "demo_early_dropout": [
         None,
         "tiny",
@@ -147,6 +147,7 @@ def test_config_loads_the_same_by_name_and_paths_from_anywhere(name, arg, tmp_pa
         ("demo_erm:tiny", "demo_erm", "erm"),
         ("demo_lpft", "demo_lpft", "lp_ft"),
         ("demo_pretrain:vit", "demo_pretrain_vit", "pretrain"),
+        ("demo_pretrain:glyphs", "demo_pretrain_glyphs", "pretrain"),
         ("demo_early_dropout:tiny", "demo_early_dropout_tiny", "early_dropout"),
         ("demo_late_dropout:vit", "demo_late_dropout", "late_dropout"),
         ("demo_rsl:tiny,noisy", "demo_rsl_tiny_noisy", "rsl_noisy20"),
