@@ -1,7 +1,8 @@
 """Every config check a run makes before it starts, and the tables they check against: the
 choices of run.py's keys, the backbones and their block-dropout rates (models/registry.py
 checks its classes against this table when imported), the methods' settings (dropout
-schedules, label noise, self-labeling), the evaluation augmentation, config.pretrained.path.
+schedules, label noise, self-labeling, the linear probe's C grid), the evaluation augmentation,
+config.pretrained.path.
 
 The one place of these rules and their messages: run.py, the methods, evaluation.py and the
 preflight take them from here. Imports nothing heavy (no JAX, Flax, Orbax, TensorFlow or TFDS),
@@ -9,6 +10,7 @@ so the preflight names a bad config a second after the command starts, before an
 imported.
 """
 
+import numbers
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -91,6 +93,11 @@ def config_errors(config: ml_collections.ConfigDict) -> list[ValueError]:
             check(config)
         except ValueError as e:
             errors.append(e)
+    if "lp_c_grid" in config:  # Whether or not config.lp_head uses it: see lp_c_grid.
+        try:
+            lp_c_grid(config.lp_c_grid)
+        except ValueError as e:
+            errors.append(e)
     for key in ("num_steps", "log_every", "eval_every", "checkpoint_every"):
         if config[key] <= 0:
             errors.append(ValueError(f"config.{key}={config[key]} must be positive."))
@@ -146,6 +153,24 @@ def validate_self_labeling(cfg: ml_collections.ConfigDict) -> None:
             f"config.self_labeling.reweight_temperature={cfg.reweight_temperature} must be "
             "positive."
         )
+
+
+def lp_c_grid(grid: object) -> tuple[float, ...]:
+    """config.lp_c_grid, the C values methods/lpft.py's linear probe tries, as floats; None, an
+    empty grid, a C that is not a number, or one not positive: a ValueError naming the key.
+
+    validate_config checks it whenever the key is present, not only with config.lp_head=True
+    (only then is the grid used): a bad value is a bad value, and the preflight names it a
+    second into the run, not minutes later when the probe starts."""
+    try:
+        cs = () if isinstance(grid, str | bytes) else tuple(grid)  # None, a number: TypeError.
+    except TypeError:
+        cs = ()
+    if not cs or not all(
+        isinstance(c, numbers.Real) and not isinstance(c, bool) and c > 0 for c in cs
+    ):
+        raise ValueError(f"config.lp_c_grid={grid!r}: give one or more positive values of C.")
+    return tuple(float(c) for c in cs)
 
 
 def eval_augment(config: ml_collections.ConfigDict) -> str:

@@ -307,6 +307,10 @@ def bad_configs(tmp_path) -> dict[str, tuple[dict, list[str]]]:
             ["https:// is not a storage system"],
         ),
         "a local path": ({"pretrained.path": str(tmp_path / "weights.npz")}, []),
+        "LP's C grid": (  # Checked though config.lp_head is off (the design card's).
+            {"lp_c_grid": (0.0, 1.0)},
+            ["config.lp_c_grid=(0.0, 1.0): give one or more positive values of C"],
+        ),
     }
 
 
@@ -323,6 +327,41 @@ def test_config_errors_name_each_bad_key(bare):
     c = design_card(bare, **{"data.eval_augment": "always"})
     with pytest.raises(ValueError, match=r"config.data.eval_augment='always' is not one of"):
         evaluation.eval_augmentation(c, 0)
+
+
+def test_lp_c_grid_takes_positive_numbers_only():
+    """config_checks.lp_c_grid, the rule methods/lpft.c_grid applies: floats back; anything
+    else a ValueError naming the key and the fix (a number or a string is not a grid)."""
+    assert config_checks.lp_c_grid(config_lib.LP_C_GRID) == config_lib.LP_C_GRID
+    got = config_checks.lp_c_grid([1e-3, 1])  # As config.json gives it back.
+    assert got == (1e-3, 1.0) and all(type(c) is float for c in got)
+    for bad in (None, (), (0.0, 1.0), (-1.0,), (float("nan"),), (True,), ("0.1",), 0.1, "1"):
+        with pytest.raises(ValueError, match=r"config\.lp_c_grid=.*positive values of C"):
+            config_checks.lp_c_grid(bad)
+
+
+@pytest.mark.parametrize("grid", ["()", "None", "(0.0,1.0)", "(0.1,'a')"])
+def test_a_bad_lp_c_grid_stops_the_command_in_the_preflight(bare, grid):
+    """config.lp_c_grid (LP-FT's probe, methods/lpft.py) is named by the preflight, before
+    TensorFlow or JAX is imported, not minutes in when the probe starts; whether or not
+    config.lp_head is on (the demo's is off)."""
+    command = [
+        *(sys.executable, "-X", "importtime", "-m", "richft_jax.main"),
+        *("--config=configs/demo.py:tiny", f"--workdir={bare / 'x'}"),
+        *(f"--config.data.data_dir={bare / 'tfds'}", f"--config.lp_c_grid={grid}"),
+    ]
+    done = subprocess.run(
+        command, cwd=REPO, env=os.environ, capture_output=True, text=True, timeout=300
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode != 0 and "Traceback" not in out
+    assert "Preflight: 1 problem(s)" in out
+    assert re.search(r"config\.lp_c_grid=.*: give one or more positive values of C\.", out), out
+    assert "Fix: --config.lp_c_grid=VALUE" in out
+    imported = set(re.findall(r"^import time:.*\|\s+([\w.]+)$", done.stderr, re.M))
+    assert "richft_jax.preflight" in imported
+    assert not imported & {"tensorflow", "tensorflow_datasets", "jax", "flax", "clu"}
+    assert files_under(bare / "tfds") == [] and not (bare / "x").exists()
 
 
 def test_the_tables_are_held_to_the_classes_when_imported():
