@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import pathlib
+import shlex
 import subprocess
 import sys
 import time
@@ -28,7 +29,7 @@ import flax.serialization
 import numpy as np
 from etils import epath
 
-from richft_jax import checkpoints
+from richft_jax import checkpoints, config_lib
 from richft_jax.analysis import backbone_richness
 from richft_jax.configs import demo_pretrain
 from richft_jax.models import hub
@@ -60,11 +61,54 @@ def _head_commit() -> str:
     ).stdout.strip()
 
 
-def pin(pretrained: str, out: str, commit: str, probe: bool = False) -> dict:
+def config_spec(config_name: str) -> str:
+    """The --config that made a demo_pretrain run, from its config_name
+    ("demo_pretrain_glyphs_tiny" -> "demo_pretrain:glyphs,tiny")."""
+    base, _, args = config_name.partition("demo_pretrain_")
+    return f"demo_pretrain:{args.replace('_', ',')}" if not base and args else config_name
+
+
+def overrides(spec: str, config: dict) -> list[str]:
+    """The `--config.KEY=VALUE` flags that turn config `spec` into the run's `config` (its
+    config.json); a ValueError when no flags can (a key the run has that `spec` lacks)."""
+    base = json.loads(config_lib.load_config_file(spec).to_json_best_effort())
+    flat_base, flat_run = _flat(base), _flat(config)
+    if missing := sorted(set(flat_run) - set(flat_base)):
+        raise ValueError(
+            f"--config={spec} has no key {missing[0]} of the run's config.json: give the config "
+            "the run was made with (--config=NAME[:ARG])."
+        )
+    out = []
+    for key, value in flat_run.items():
+        if flat_base[key] != value:
+            text = ",".join(map(str, value)) if isinstance(value, list) else value
+            out.append(f"--config.{key}={'None' if text is None else text}")
+    return out
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def pin(
+    pretrained: str, out: str, commit: str, probe: bool = False, spec: str | None = None
+) -> dict:
     """Writes `out` and its `.json` record (with `probe`, the linear probes' accuracies too:
-    minutes on a CPU); the record."""
+    minutes on a CPU); the record. `spec`: the --config the run was made with (default: from
+    its config_name); the record's command adds the overrides that made the run's config."""
     run = epath.Path(pretrained)
     config = json.loads((run / "config.json").read_text())
+    spec = spec or config_spec(config["config_name"])
+    command = shlex.join(
+        ["python", "-m", "richft_jax.main", f"--config={spec}", f"--workdir={pretrained}"]
+        + overrides(spec, config)
+    )
     summary = json.loads((run / "summary.json").read_text())
     variables = backbone_variables(run)
     out_path = pathlib.Path(out)
@@ -77,15 +121,13 @@ def pin(pretrained: str, out: str, commit: str, probe: bool = False) -> dict:
         "size": out_path.stat().st_size,
         "sha256": hub.file_sha256(out_path),
         "what": (
-            "the embedded demo's pretrained backbone: a small ResNet trained on font-rendered "
-            "letters (52 classes), its params and BatchNorm statistics (no head, no optimizer "
-            f"state), float32, {n:,} parameters"
+            f"the embedded demo's pretrained backbone: a {config['model']['name']} trained on "
+            f"font-rendered {config['data']['name']}, its params and BatchNorm statistics (no "
+            f"head, no optimizer state), float32, {n:,} parameters"
         ),
         "model": {"name": config["model"]["name"], "kwargs": config["model"]["kwargs"]},
         "made_by": {
-            "pretrain_command": (
-                f"python -m richft_jax.main --config={config['config_name']} --workdir={pretrained}"
-            ),
+            "pretrain_command": command,
             "export_command": (
                 f"python launch/pin_backbone.py --pretrained={pretrained} --commit={commit}"
                 + (" --probe" if probe else "")
@@ -121,8 +163,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=demo_pretrain.shipped_backbone(), help="the .msgpack file")
     p.add_argument("--commit", default=None, help="the pretraining's commit (default: HEAD)")
     p.add_argument("--probe", action="store_true", help="record linear-probe accuracies too")
+    p.add_argument("--config", default=None, help="the run's --config (default: its name's)")
     args = p.parse_args(argv)
-    record = pin(args.pretrained, args.out, args.commit or _head_commit(), args.probe)
+    commit = args.commit or _head_commit()
+    record = pin(args.pretrained, args.out, commit, args.probe, args.config)
     print(f"{args.out}: {record['size']:,} bytes, sha256 {record['sha256']}")
     print(f"letters test accuracy {record['quality']['letters_test_accuracy']:.4f}")
 

@@ -155,7 +155,13 @@ def load_pin_backbone():
 
 def test_a_pinned_file_reads_its_record_and_the_cli_writes_the_record(env, tmp_path):
     pinned = tmp_path / "assets" / "tiny.msgpack"
-    load_pin_backbone().pin(str(env["pre"]), str(pinned), "0" * 40)
+    pinned_record = load_pin_backbone().pin(str(env["pre"]), str(pinned), "0" * 40)
+    # The record's command remakes the run's config: its config and the one override it had.
+    data_dir = json.loads((env["pre"] / "config.json").read_text())["data"]["data_dir"]
+    assert pinned_record["made_by"]["pretrain_command"] == (
+        f"python -m richft_jax.main --config=demo_pretrain:tiny --workdir={env['pre']} "
+        f"--config.data.data_dir={data_dir}"
+    )
     fv = flags.FlagValues()
     backbone_richness.define_flags(fv)
     out = tmp_path / "out" / "richness.json"
@@ -171,6 +177,24 @@ def test_a_pinned_file_reads_its_record_and_the_cli_writes_the_record(env, tmp_p
     # The runs were fine-tuned from the directory, not from this file: refused.
     with pytest.raises(ValueError, match="not from the backbone measured"):
         backbone_richness.measure(str(pinned), [str(env["runs"]["erm"])], probe=False)
+
+
+def test_the_pinned_command_names_every_override_of_the_run(tmp_path):
+    pin = load_pin_backbone()
+    shipped = json.loads(
+        pathlib.Path(demo_pretrain.shipped_backbone()).with_suffix(".json").read_text()
+    )
+    config = shipped["made_by"]["pretrain_config"]
+    assert pin.config_spec(config["config_name"]) == "demo_pretrain"
+    assert pin.config_spec("demo_pretrain_glyphs_tiny") == "demo_pretrain:glyphs,tiny"
+    assert pin.overrides("demo_pretrain", config) == []  # The shipped one: the config as is.
+    longer = {**config, "num_steps": 6000, "optim": {**config["optim"], "decay_at": [0.3, 0.6]}}
+    assert pin.overrides("demo_pretrain", longer) == [
+        "--config.num_steps=6000",
+        "--config.optim.decay_at=0.3,0.6",
+    ]
+    with pytest.raises(ValueError, match="--config=demo_pretrain has no key nope"):
+        pin.overrides("demo_pretrain", {**config, "nope": 1})
 
 
 def test_shipped_names_the_demos_file():
