@@ -24,7 +24,7 @@ before convergence. A shorter grid is proportionally cheaper (the end-to-end tes
 """
 
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -67,7 +67,7 @@ def scaled_objective(features: jax.Array, onehot: jax.Array, c: jax.Array) -> Ca
     return loss
 
 
-def max_abs(tree) -> jax.Array:
+def max_abs(tree: Any) -> jax.Array:
     """The largest |entry| of a pytree of arrays (scipy's / scikit-learn's gradient norm)."""
     return jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in jax.tree.leaves(tree)]))
 
