@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from richft_jax import config_lib, evaluation
+from richft_jax import config_checks, config_lib, evaluation
 from richft_jax.methods.method import Method
 
 C_GRID = config_lib.LP_C_GRID  # The LP-FT code's grid of C: config.lp_c_grid's default.
@@ -208,13 +208,9 @@ def linear_probe_head(ctx: evaluation.Context, params: dict, batch_stats: dict) 
 
 def c_grid(config: ml_collections.ConfigDict) -> tuple[float, ...]:
     """The C values the probe tries: `config.lp_c_grid` (a list where config.json gave it back)
-    as floats. None, an empty grid, or a C that is not positive, is refused. A run recorded
-    before the key existed (its config.json lacks it) probed C_GRID, the only grid then."""
-    grid = config.get("lp_c_grid", C_GRID)
-    cs = tuple(float(c) for c in (() if grid is None else grid))
-    if not cs or min(cs) <= 0:
-        raise ValueError(f"config.lp_c_grid={grid!r}: give one or more positive values of C.")
-    return cs
+    as floats, by the preflight's rule (config_checks.lp_c_grid). A run recorded before the key
+    existed (its config.json lacks it) probed C_GRID, the only grid then."""
+    return config_checks.lp_c_grid(config.get("lp_c_grid", C_GRID))
 
 
 def method(config: ml_collections.ConfigDict) -> Method | None:
