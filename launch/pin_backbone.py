@@ -130,6 +130,7 @@ def pin(
             "pretrain_command": command,
             "export_command": (
                 f"python launch/pin_backbone.py --pretrained={pretrained} --commit={commit}"
+                + ("" if out == demo_pretrain.shipped_backbone() else f" --out={out}")
                 + (" --probe" if probe else "")
             ),
             "commit": commit,
