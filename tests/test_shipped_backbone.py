@@ -130,3 +130,28 @@ def test_a_demo_run_records_the_files_sha256_and_pretrains_nothing(cache, data_d
     written = json.loads((tmp_path / "run" / "config.json").read_text())["pretrained"]
     assert written["path"] == str(FILE) and written["sha256"] == RECORD["sha256"]
     assert not cache.exists()
+
+
+def test_every_shipped_backbone_is_its_record_and_loads_into_the_demo(cache):
+    """Each assets/*.msgpack (the letters one and its successor candidates) is the file its
+    record names, and the demo fine-tunes from it by pretrained.path, nothing pretrained."""
+    files = sorted(FILE.parent.glob("*.msgpack"))
+    assert FILE in files and len(files) >= 2
+    for file in files:
+        record = json.loads(file.with_suffix(".json").read_text())
+        assert record["file"] == file.name and hub.file_sha256(file) == record["sha256"]
+        assert record["model"] == RECORD["model"]  # One architecture: the demo's.
+        assert "--config=demo_pretrain" in record["made_by"]["pretrain_command"]
+        c = config_lib.load_config_file("demo")
+        c.pretrained.path = str(file)
+        params, batch_stats = demo_variables(c)
+        train.ensure_pretrained(c)
+        got, _ = run.load_pretrained(c, params, batch_stats)
+        want = flax.serialization.msgpack_restore(file.read_bytes())["params"]["backbone"]
+        flat_got = traverse_util.flatten_dict(got["backbone"])
+        flat_want = traverse_util.flatten_dict(want)
+        assert set(flat_got) == set(flat_want)
+        for key, value in flat_want.items():
+            np.testing.assert_array_equal(np.asarray(flat_got[key]), value, err_msg=str(key))
+        assert c.pretrained.sha256 == record["sha256"]
+    assert not cache.exists()
