@@ -2,8 +2,9 @@
 
 A run's summary.json carries `timings_s` (from `Phases.summary`) so the wall time can be read
 against the train steps alone: startup (process start to the run: imports, flags, preflight;
-only when `python -m richft_jax.main` started the process), data, init, train steps, input
-waits, evaluation, checkpoint saves, end-of-run evaluators.
+only when `python -m richft_jax.main` started the process), data, init, setup (checkpoint
+managers, the jitted steps, writers), train steps, input waits, evaluation, checkpoint saves,
+teardown (the input pipeline, the writers), end-of-run evaluators.
 """
 
 import collections

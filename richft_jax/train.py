@@ -277,15 +277,17 @@ def _train_and_evaluate(
     data, meta = ctx.data, run_meta(config, ctx.data)
 
     # -- checkpoints: resume if there is one.
-    mngr = checkpoints.manager(workdir / checkpoints.LATEST, config.keep_checkpoints)
-    best_mngr = checkpoints.manager(workdir / checkpoints.BEST, 1)
+    with phases("setup"):  # Checkpoint managers, compiled steps' wrappers, writers.
+        mngr = checkpoints.manager(workdir / checkpoints.LATEST, config.keep_checkpoints)
+        best_mngr = checkpoints.manager(workdir / checkpoints.BEST, 1)
     with phases("restore"):
         state = resume(workdir, mngr, state, config)
     start_step = int(state.step)
 
     # -- steps, compiled once; writers.
-    train_step, eval_step = compile_steps(ctx, hooks, tx, schedule)
-    writer = writers.make_writer(workdir, is_main)
+    with phases("setup"):
+        train_step, eval_step = compile_steps(ctx, hooks, tx, schedule)
+        writer = writers.make_writer(workdir, is_main)
     progress = periodic_actions.ReportProgress(
         num_train_steps=config.num_steps, writer=writer, every_steps=config.log_every
     )
@@ -347,12 +349,14 @@ def _train_and_evaluate(
             )
             break
     # Release everything that owns threads, here and in order, rather than at interpreter exit.
-    del batches
+    with phases("teardown"):
+        del batches
     with phases("checkpoints"):
         for m in (mngr, best_mngr):
             m.wait_until_finished()
             m.close()
-    writer.close()
+    with phases("teardown"):
+        writer.close()
 
     if int(state.step) < config.num_steps:
         return {"preempted": True, "step": schedule_lib.label(config, int(state.step))}

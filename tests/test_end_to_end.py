@@ -91,7 +91,8 @@ def test_first_run_pretrains_then_fine_tunes(first_run, dirs):
     # Where the time went: the phases add up to the total; pretraining is one of them here.
     # In-process (not started by richft_jax.main) there is no startup: total is the run's own.
     t = saved["timings_s"]
-    assert {"pretrain", "data", "init", "train_steps", "eval", "checkpoints"} <= set(t)
+    assert {"pretrain", "data", "init", "setup", "train_steps", "eval", "checkpoints"} <= set(t)
+    assert "teardown" in t
     assert "startup" not in t
     parts = sum(v for k, v in t.items() if k not in ("total", "compile_within"))
     assert parts == pytest.approx(t["total"], abs=0.3)
