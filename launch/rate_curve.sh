@@ -11,6 +11,8 @@
 # demo_grid.sh. Seeds run one after another, each with every part before the next seed starts;
 # finished runs are skipped, so rerunning resumes.
 #   [JOBS=N] bash launch/rate_curve.sh [OUT_DIR] [SEEDS] [DOMAINS] [PARTS] [SCRATCH_SEEDS]
+# BACKBONE=FILE: the `pretrained` part fine-tunes this pinned backbone file instead of the
+# configs' shipped one (launch/sweep.py --set=pretrained.path=FILE; `scratch` has none).
 # defaults: workdirs/rate_curve, 0,1,2, mnist,mnist_m,digits,syn, pretrained,scratch, the first
 # two of SEEDS. JOBS=N runs N at once, each pinned to its share of the CPUs (launch/sweep.py
 # --jobs; JOBS=2 on 2 cores finishes more runs an hour, see docs/benchmarks.md). MODE=print
@@ -29,18 +31,22 @@ mode=${MODE:-run}
 rates=0.5,0.8,0.9,0.95,0.99 # Rate 0 is each part's ERM config.
 fixed=(--grid="data.test_domains=$domains" --grid=moving_average_start=None
   --grid=keep_checkpoints=1 --mode="$mode" --jobs="${JOBS:-1}")
-# One part's runs for one seed: its ERM config (rate 0), then its dropout config at each rate.
+backbone=()
+if [[ -n ${BACKBONE:-} ]]; then backbone=(--set="pretrained.path=$(realpath "$BACKBONE")"); fi
+# One part's runs for one seed: its ERM config (rate 0), then its dropout config at each rate;
+# then any extra sweep flags (the pretrained part's backbone).
 part() {
   local erm=$1 dropout=$2 seed=$3
-  python launch/sweep.py --out="$out" --config="$erm" "${fixed[@]}" --seeds="$seed"
+  shift 3
+  python launch/sweep.py --out="$out" --config="$erm" "${fixed[@]}" --seeds="$seed" "$@"
   python launch/sweep.py --out="$out" --config="$dropout" --grid="dropout_rate=$rates" \
-    "${fixed[@]}" --seeds="$seed"
+    "${fixed[@]}" --seeds="$seed" "$@"
 }
 IFS=, read -ra scratch_list <<<"$scratch_seeds"
 order=$(printf '%s\n' "${all_seeds[@]}" "${scratch_list[@]}" | awk '!seen[$0]++')
 for seed in $order; do
   if [[ ,$parts, == *,pretrained,* && ,$seeds, == *,$seed,* ]]; then
-    part configs/demo_erm.py configs/demo.py "$seed"
+    part configs/demo_erm.py configs/demo.py "$seed" "${backbone[@]}"
   fi
   if [[ ,$parts, == *,scratch,* && ,$scratch_seeds, == *,$seed,* ]]; then
     part configs/demo_scratch.py:erm configs/demo_scratch.py "$seed"

@@ -138,6 +138,19 @@ def test_the_plan_takes_domains_parts_and_scratch_seeds(tmp_path):
     assert sorted(runs) == sorted(expected(tmp_path, (), ("syn", "mnist"), (5, 6), ("scratch",)))
 
 
+def test_backbone_reaches_the_pretrained_part_only(tmp_path, monkeypatch):
+    """BACKBONE=FILE: every pretrained run fine-tunes that file (an absolute path, naming no
+    workdir); the scratch runs, which have no backbone, are as without it."""
+    file = tmp_path / "candidate.msgpack"
+    monkeypatch.setenv("BACKBONE", os.path.relpath(file, ROOT))
+    cmds = listed(script(str(tmp_path), "0", "syn", "pretrained,scratch", "0").stdout)
+    assert sorted(workdir(c) for c in cmds) == sorted(expected(tmp_path, (0,), ("syn",), (0,)))
+    for cmd in cmds:
+        sets = [a for a in cmd if a.startswith("--config.pretrained.path=")]
+        scratch = "/demo_scratch" in workdir(cmd)
+        assert sets == ([] if scratch else [f"--config.pretrained.path={file}"]), cmd
+
+
 def test_jobs_reach_the_sweep(tmp_path):
     """JOBS=N is the sweep's --jobs: more jobs than CPUs stops before anything runs."""
     n = len(os.sched_getaffinity(0))
