@@ -276,18 +276,15 @@ def _train_and_evaluate(
     ctx, hooks, tx, schedule, state, pretrained = setup(config, mesh, workdir, phases)
     data, meta = ctx.data, run_meta(config, ctx.data)
 
-    # -- checkpoints: resume if there is one.
-    with phases("setup"):  # Checkpoint managers, compiled steps' wrappers, writers.
+    # -- checkpoint managers, the steps (compiled once), writers; resume if there is a checkpoint.
+    with phases("setup"):
         mngr = checkpoints.manager(workdir / checkpoints.LATEST, config.keep_checkpoints)
         best_mngr = checkpoints.manager(workdir / checkpoints.BEST, 1)
+        train_step, eval_step = compile_steps(ctx, hooks, tx, schedule)
+        writer = writers.make_writer(workdir, is_main)
     with phases("restore"):
         state = resume(workdir, mngr, state, config)
     start_step = int(state.step)
-
-    # -- steps, compiled once; writers.
-    with phases("setup"):
-        train_step, eval_step = compile_steps(ctx, hooks, tx, schedule)
-        writer = writers.make_writer(workdir, is_main)
     progress = periodic_actions.ReportProgress(
         num_train_steps=config.num_steps, writer=writer, every_steps=config.log_every
     )
@@ -357,7 +354,6 @@ def _train_and_evaluate(
             m.close()
     with phases("teardown"):
         writer.close()
-
     if int(state.step) < config.num_steps:
         return {"preempted": True, "step": schedule_lib.label(config, int(state.step))}
     final = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})

@@ -1,5 +1,6 @@
 """Test setup: 8 simulated CPU devices, so every test also exercises data parallelism."""
 
+import ast
 import os
 import tempfile
 
@@ -72,3 +73,16 @@ def pretraining_data_dir(data_dir, tmp_path_factory):
         built = sources.load_arrays("letters", data_dir=str(root))
     assert {split: len(labels) for split, (_, labels) in built.items()} == SMALL_LETTERS
     return root
+
+
+def parse_python(source: str) -> ast.Module:
+    """ast.parse, retried on CPython 3.11's spurious SystemError "AST constructor recursion
+    depth mismatch" (python/cpython#106905: the AST builder's depth counter is shared, and a
+    thread left by an earlier test in the same worker can build an AST at the same moment)."""
+    for attempt in range(3):
+        try:
+            return ast.parse(source)
+        except SystemError as e:
+            if "recursion depth mismatch" not in str(e) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")

@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import Iterable, Mapping
 
 import pytest
+from conftest import parse_python
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = "richft_jax"
@@ -57,7 +58,7 @@ def imported_modules(module: str, source: str, is_package: bool, modules: set[st
     relative imports resolved; `importlib.import_module("a.b")` with a literal too. A parent
     package is not implied by importing its submodule (that is how the convention counts)."""
     edges = set()
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(parse_python(source)):
         targets: list[str] = []
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
@@ -217,7 +218,7 @@ def long_functions(source: str, filename: str, limit: int = MAX_FUNCTION_LINES) 
                     found.append(f"{filename}:{child.lineno} {name[:-1]} ({length} lines)")
             visit(child, name)
 
-    visit(ast.parse(source), "")
+    visit(parse_python(source), "")
     return found
 
 

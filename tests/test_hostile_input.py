@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl import logging
+from conftest import parse_python
 
 from richft_jax import checkpoints, config_lib, results, train
 from richft_jax import workdir as workdir_lib
@@ -190,7 +191,7 @@ def unpickling_sites(source: str) -> list[str]:
     """Imports of pickling modules, torch.load, pandas.read_pickle, and numpy loads that do
     not pass allow_pickle=False."""
     found = []
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(parse_python(source)):
         if isinstance(node, ast.Import | ast.ImportFrom):
             names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
             found += [f"import {n}" for n in names if n.split(".")[0] in UNPICKLING_MODULES]
