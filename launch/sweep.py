@@ -250,20 +250,17 @@ def parse_set(items: list[str]) -> dict[str, str]:
     return fixed
 
 
-def _check_set(items: list[str]) -> bool:
-    try:
-        parse_set(items)
-    except ValueError as e:
-        raise flags.ValidationError(str(e)) from e
-    return True
+def _validator(parse):
+    """A flag validator: `parse`'s ValueError as absl's ValidationError (named at startup)."""
 
+    def check(items: list[str]) -> bool:
+        try:
+            parse(items)
+        except ValueError as e:
+            raise flags.ValidationError(str(e)) from e
+        return True
 
-def _check_grid(items: list[str]) -> bool:
-    try:
-        parse_grid(items)
-    except ValueError as e:
-        raise flags.ValidationError(str(e)) from e
-    return True
+    return check
 
 
 def _check_seeds(seeds: str) -> bool:
@@ -311,8 +308,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "jobs", 1, "Runs at once, each pinned to its own share of the CPUs.", lower_bound=1, **fv
     )
     flags.mark_flags_as_required(["out", "config"], **fv)
-    flags.register_validator("grid", _check_grid, **fv)
-    flags.register_validator("set", _check_set, **fv)
+    flags.register_validator("grid", _validator(parse_grid), **fv)
+    flags.register_validator("set", _validator(parse_set), **fv)
     flags.register_validator("seeds", _check_seeds, **fv)
     flags.register_validator("jobs", _check_jobs, **fv)
     flags.register_validator("config", _check_configs, **fv)
