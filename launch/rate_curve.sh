@@ -3,7 +3,7 @@
 # accuracy against the penultimate dropout rate (0, 0.5, 0.8, 0.9, 0.95, 0.99) per test domain
 # and seed, then the report (tables.md and OUT/report/dropout_rate_digits_domains.png: one
 # curve per backbone, mean ± standard error over seeds).
-# Parts: `pretrained` = the shipped letters backbone fine-tuned (rate 0: configs/demo_erm.py,
+# Parts: `pretrained` = the shipped backbone fine-tuned (rate 0: configs/demo_erm.py,
 # the others: configs/demo.py with dropout_rate set); `scratch` = the same from random
 # initialisation with BatchNorm trained (configs/demo_scratch.py; rate 0: its `erm` argument),
 # the paper's appendix setting where high rates hurt. Hyper-parameters are the demo's (no

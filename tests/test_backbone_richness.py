@@ -185,16 +185,21 @@ def test_the_pinned_command_names_every_override_of_the_run(tmp_path):
         pathlib.Path(demo_pretrain.shipped_backbone()).with_suffix(".json").read_text()
     )
     config = shipped["made_by"]["pretrain_config"]
-    assert pin.config_spec(config["config_name"]) == "demo_pretrain"
+    spec = pin.config_spec(config["config_name"])
+    assert spec == demo_pretrain.SHIPPED_CONFIG == "demo_pretrain:glyphs"
     assert pin.config_spec("demo_pretrain_glyphs_tiny") == "demo_pretrain:glyphs,tiny"
-    assert pin.overrides("demo_pretrain", config) == []  # The shipped one: the config as is.
+    assert pin.config_spec("demo_pretrain") == "demo_pretrain"
+    assert pin.overrides(spec, config) == []  # The shipped one: the config as is.
     longer = {**config, "num_steps": 6000, "optim": {**config["optim"], "decay_at": [0.3, 0.6]}}
-    assert pin.overrides("demo_pretrain", longer) == [
+    assert pin.overrides(spec, longer) == [
         "--config.num_steps=6000",
         "--config.optim.decay_at=0.3,0.6",
     ]
-    with pytest.raises(ValueError, match="--config=demo_pretrain has no key nope"):
-        pin.overrides("demo_pretrain", {**config, "nope": 1})
+    assert "--config.data.name=letters" in pin.overrides(
+        spec, {**config, "data": {**config["data"], "name": "letters"}}
+    )
+    with pytest.raises(ValueError, match="--config=demo_pretrain:glyphs has no key nope"):
+        pin.overrides(spec, {**config, "nope": 1})
 
 
 def test_shipped_names_the_demos_file():

@@ -19,7 +19,7 @@ from richft_jax.models import hub
 
 FILE = pathlib.Path(config_lib.shipped(demo_pretrain.SHIPPED))
 RECORD = json.loads(FILE.with_suffix(".json").read_text())
-# Every embedded config on the letters-pretrained small ResNet, at full size.
+# Every embedded config on the shipped small ResNet, at full size.
 CONFIGS = (
     "demo",
     "demo_erm",
@@ -60,10 +60,17 @@ def test_the_shipped_file_is_the_recorded_one_and_in_the_package():
     assert RECORD["file"] == FILE.name and RECORD["size"] == FILE.stat().st_size
     assert hub.file_sha256(FILE) == RECORD["sha256"]
     made_by = RECORD["made_by"]
-    assert made_by["commit"] and made_by["pretrain_config"]["config_name"] == "demo_pretrain"
+    assert made_by["commit"]
+    # The recipe the demo configs name (pretrained.pretrain_config) is the one that made it.
+    recipe = config_lib.load_config_file(demo_pretrain.SHIPPED_CONFIG).to_json()
+    assert made_by["pretrain_config"] == json.loads(recipe)
+    assert f"--config={demo_pretrain.SHIPPED_CONFIG} " in made_by["pretrain_command"]
     assert 0.5 < RECORD["quality"]["letters_test_accuracy"] <= 1
-    pyproject = (pathlib.Path(__file__).parents[1] / "pyproject.toml").read_text()
+    root = pathlib.Path(__file__).parents[1]
+    pyproject = (root / "pyproject.toml").read_text()
     assert '"assets/*.msgpack", "assets/*.json"' in pyproject  # A wheel installs them.
+    readme = (root / "README.md").read_text()  # The user's first page names the file it loads.
+    assert f"richft_jax/assets/{FILE.name}" in readme and RECORD["sha256"] in readme
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -80,6 +87,7 @@ def test_full_size_demo_configs_resolve_to_the_shipped_file(name, cache):
     tiny = config_lib.load_config_file(name.split(":")[0], "tiny")
     assert tiny.pretrained.path == str(cache / "demo_pretrain_tiny")
     assert tiny.pretrained.pretrain_config == "demo_pretrain:tiny"
+    assert c.pretrained.pretrain_config == demo_pretrain.SHIPPED_CONFIG  # Its recipe.
 
 
 def test_the_demo_initialises_from_the_shipped_file_without_pretraining(cache):
@@ -133,7 +141,7 @@ def test_a_demo_run_records_the_files_sha256_and_pretrains_nothing(cache, data_d
 
 
 def test_every_shipped_backbone_is_its_record_and_loads_into_the_demo(cache):
-    """Each assets/*.msgpack (the letters one and its successor candidates) is the file its
+    """Each assets/*.msgpack (the shipped glyphs one and the earlier letters one) is the file its
     record names, and the demo fine-tunes from it by pretrained.path, nothing pretrained."""
     files = sorted(FILE.parent.glob("*.msgpack"))
     assert FILE in files and len(files) >= 2

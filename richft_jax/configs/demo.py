@@ -1,9 +1,9 @@
 """The embedded default: very-large-dropout fine-tuning on the digits domains.
 
-Fine-tunes the letters-pretrained small ResNet on three digit domains and tests on the
+Fine-tunes the glyphs-pretrained small ResNet on three digit domains and tests on the
 fourth (DomainBed leave-one-domain-out), with dropout 0.9 on the 512-d penultimate
 features. Runs with no downloads; the first run builds the data (later runs reuse it), and
-the backbone is the letters-pretrained one shipped with the package, loaded as it is (no
+the backbone is the glyphs-pretrained one shipped with the package, loaded as it is (no
 pretraining; how it was made and how to re-make it: configs/demo_pretrain.py).
 
   python -m richft_jax.main --config=demo --workdir=/tmp/demo
@@ -44,10 +44,10 @@ def build(tiny: bool = False) -> ml_collections.ConfigDict:
     c.model.kwargs.stem_stride = 2  # 16x16 maps from the stem: 4x cheaper, as accurate here.
     c.model.kwargs.feature_dim = 64 if tiny else 512  # Widened: room for 90% dropout.
     c.model.freeze_bn = True
-    # The shipped letters backbone (never pretrained here); tiny: pretrained on first use.
+    # The shipped backbone (never pretrained here); tiny: pretrained on first use.
     tiny_path = config_lib.cache_path("demo_pretrain_tiny")
     c.pretrained.path = tiny_path if tiny else demo_pretrain.shipped_backbone()
-    c.pretrained.pretrain_config = "demo_pretrain:tiny" if tiny else "demo_pretrain"
+    c.pretrained.pretrain_config = "demo_pretrain:tiny" if tiny else demo_pretrain.SHIPPED_CONFIG
     c.optim.name = "sgd"
     c.optim.lr = 3e-3
     c.optim.momentum = 0.9

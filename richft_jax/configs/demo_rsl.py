@@ -1,6 +1,6 @@
 """Regularized self-labeling (Li & Zhang 2021) on the embedded digits domains.
 
-ERM fine-tuning of the letters-pretrained small ResNet (no dropout) with the three pieces of
+ERM fine-tuning of the glyphs-pretrained small ResNet (no dropout) with the three pieces of
 `richft_jax/methods/self_labeling.py`: every tensor projected after each update into a ball
 of radius D gamma^stage around its pretrained value (stages: stem, stage1..4, widen) and the
 head's kernel norm bounded; in-batch label-reweighting softmax(-CE/tau) from 1/6 of training;

