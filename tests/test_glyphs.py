@@ -113,7 +113,9 @@ def test_tiny_pretraining_on_glyphs(small_data_dir, tmp_path):
     full = config_lib.load_config_file("demo_pretrain:glyphs").to_dict()
     letters_config = config_lib.load_config_file("demo_pretrain").to_dict()
     differ = {k for k in full if full[k] != letters_config[k]}
-    assert differ == {"config_name", "data"} and full["config_name"] == "demo_pretrain_glyphs"
+    # The data, and the shipped recipe's length (five times the images, 98 classes).
+    assert differ == {"config_name", "data", "num_steps", "eval_every", "checkpoint_every"}
+    assert full["config_name"] == "demo_pretrain_glyphs" and full["num_steps"] == 10_000
     assert {k for k in full["data"] if full["data"][k] != letters_config["data"][k]} == {"name"}
     c.data.data_dir = str(small_data_dir)
     train.train_and_evaluate(c, str(tmp_path))
