@@ -30,7 +30,12 @@ them:
   very_large_dropout) hold several rates, OOD and ID against the rate (each rate its own
   method, "very_large_dropout (p=0.5)"; hyper-parameter settings selected at each rate); one
   per backbone where from-scratch runs (methods "erm_scratch", "very_large_dropout_scratch":
-  configs/demo_scratch.py) hold several rates too.
+  configs/demo_scratch.py) hold several rates too, and one per pretrained backbone where the
+  runs hold several ("pretrained (demo_small_resnet_glyphs)").
+- backbones: runs fine-tuned from different pretrained backbones (config.json's
+  pretrained.sha256, else its path) are never selected among nor averaged: a method whose runs
+  hold several gets a row per backbone, "erm [demo_small_resnet_glyphs]" (its file's name),
+  before any rate, "erm [demo_small_resnet_glyphs] (p=0.5)".
 Writes tables.md, results.csv and the figures into --out when given: id_vs_ood.png;
 cloud_<dataset>.png, the paper's Figure 2 (every choice of one hyper-parameter setting, the
 --hparams values of each run's config.json, per test domain); dropout_rate_<dataset>.png,
@@ -163,7 +168,7 @@ def markdown(records: list[RunRecord], error_bar: str = "domainbed") -> str:
         out.append(_averages_table(records, agg, datasets, methods, selection, error_bar))
     for dataset in sorted({r.dataset for r in records}):
         curves = report_figures.rate_curves(records, dataset, error_bar)
-        for backbone, curve in curves.items():  # Backbones named when there are several.
+        for backbone, curve in curves.items():  # Labels named when there are several.
             name = backbone if len(curves) > 1 else ""
             out.append(report_figures.rate_table(curve, dataset, ERROR_BARS[error_bar], name))
     return "\n\n".join(out) + "\n"

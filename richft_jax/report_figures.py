@@ -7,8 +7,9 @@
   README: (2 lr × 3 weight decays)^4 = 1,296 points per method on the small datasets);
 - the paper's Figure 3: OOD and ID accuracy against the penultimate dropout rate, selected the
   DomainBed way at each rate (the hyper-parameter setting with the best validation score per
-  test domain and trial seed); one curve per backbone (`RATE_CURVES`): pretrained, and from
-  scratch (configs/demo_scratch.py, its methods named with the "_scratch" suffix).
+  test domain and trial seed); one curve per `RATE_CURVES` entry: pretrained, and from
+  scratch (configs/demo_scratch.py, its methods named with the "_scratch" suffix), and per
+  pretrained backbone where the runs hold several (never pooled).
 """
 
 import collections
@@ -146,21 +147,37 @@ def plot_cloud(records: list, dataset: str, path: str | os.PathLike) -> None:
     save_figure(fig, path, dpi=120)
 
 
-def rate_curve(records: list, dataset: str, error_bar: str = "domainbed", suffix: str = "") -> dict:
-    """{rate: {"ood": (mean, ±), "id": (mean, ±), "seeds": n, "domains": n}} over the
-    penultimate-dropout runs (RATE_METHODS + `suffix`: one of RATE_CURVES) of `dataset`, on the
-    test domains every rate has; empty unless they hold two rates or more. At each rate,
-    DomainBed's selection per (test domains, trial seed) over the settings; then per trial seed
-    the mean over test domains; then mean ± error bar over trial seeds."""
+def _rate_family(records: list, dataset: str, suffix: str) -> list:
+    """`dataset`'s penultimate-dropout runs: of RATE_METHODS + `suffix` (one of RATE_CURVES)."""
     methods = {m + suffix for m in RATE_METHODS}
-    family = [
+    return [
         r
         for r in records
         if r.dataset == dataset and r.base_method in methods and r.dropout_rate is not None
     ]
-    rates = sorted({r.dropout_rate for r in family})
-    if len(rates) < 2:
+
+
+def rate_curve(
+    records: list,
+    dataset: str,
+    error_bar: str = "domainbed",
+    suffix: str = "",
+    backbone: str | None = None,
+) -> dict:
+    """{rate: {"ood": (mean, ±), "id": (mean, ±), "seeds": n, "domains": n}} over the
+    penultimate-dropout runs (RATE_METHODS + `suffix`: one of RATE_CURVES) of `dataset` from
+    `backbone` (RunRecord.backbone; None: their only one, never several pooled), at its rates, on
+    the test domains each has; empty unless the runs (all backbones) hold two rates or more. At
+    each rate, DomainBed's selection per (test domains, trial seed) over the settings; then per
+    trial seed the mean over test domains; then mean ± error bar over trial seeds."""
+    family = _rate_family(records, dataset, suffix)
+    if len({r.dropout_rate for r in family}) < 2:
         return {}
+    backbones = {r.backbone for r in family}
+    if backbone is None and len(backbones) > 1:
+        raise ValueError(f"{dataset}'s rate curve{suffix}: several backbones, {sorted(backbones)}.")
+    family = [r for r in family if backbone is None or r.backbone == backbone]
+    rates = sorted({r.dropout_rate for r in family})
     # Every rate over the same test domains: those all rates have (an unfinished sweep's
     # missing domain would otherwise move one rate's average and not the others').
     common = set.intersection(
@@ -188,14 +205,23 @@ def rate_curve(records: list, dataset: str, error_bar: str = "domainbed", suffix
 
 
 def rate_curves(records: list, dataset: str, error_bar: str = "domainbed") -> dict:
-    """{label: rate_curve} of the RATE_CURVES `dataset`'s records hold (two rates or more)."""
-    curves = {k: rate_curve(records, dataset, error_bar, s) for k, s in RATE_CURVES.items()}
-    return {k: v for k, v in curves.items() if v}
+    """{label: rate_curve} of the RATE_CURVES `dataset`'s records hold (two rates or more), one
+    per backbone: labelled as RATE_CURVES where its runs hold one backbone, else "label
+    (backbone)" each, in the order of the backbones' labels (a backbone's curve may hold one
+    rate: a point beside the others)."""
+    curves = {}
+    for label, suffix in RATE_CURVES.items():
+        names = {r.backbone: r.backbone_label for r in _rate_family(records, dataset, suffix)}
+        for backbone, name in sorted(names.items(), key=lambda kv: (kv[1], kv[0])):
+            curve = rate_curve(records, dataset, error_bar, suffix, backbone)
+            if curve:
+                curves[label if len(names) == 1 else f"{label} ({name})"] = curve
+    return curves
 
 
 def rate_table(curve: dict, dataset: str, error_bar_text: str, backbone: str = "") -> str:
-    """The rate curve's numbers as a markdown table (%); `backbone` (a RATE_CURVES label) named
-    in its title when given."""
+    """The rate curve's numbers as a markdown table (%); `backbone` (a `rate_curves` label)
+    named in its title when given."""
     lines = [
         f"**{dataset}{', ' + backbone if backbone else ''}, accuracy against the penultimate "
         "dropout rate** (training-domain validation at each rate; mean over test domains)\n",
@@ -270,7 +296,7 @@ def plot_id_vs_ood(records: list, path: str | os.PathLike) -> None:
 
 def write_figures(records: list, out_dir: str | os.PathLike, error_bar: str = "domainbed") -> None:
     """Writes id_vs_ood.png, cloud_<dataset>.png and, where the records hold several dropout
-    rates, dropout_rate_<dataset>.png (a curve per backbone) into `out_dir` (local or gs://)."""
+    rates, dropout_rate_<dataset>.png (`rate_curves`) into `out_dir` (local or gs://)."""
     out_dir = paths.path(out_dir, "--out")
     plot_id_vs_ood(records, out_dir / "id_vs_ood.png")
     for dataset in sorted({r.dataset for r in records}):

@@ -9,6 +9,8 @@ import dataclasses
 import json
 import math
 import os
+import posixpath
+import re
 
 import numpy as np
 from etils import epath
@@ -23,6 +25,10 @@ HPARAMS = ("optim.lr", "optim.weight_decay")  # The paper's grid: what tells set
 # A run's sub-folders that hold no runs, not listed (one listing per folder on a bucket): its
 # checkpoints (checkpoints.LATEST, checkpoints.BEST) and its results' round objects.
 NO_RUNS = ("checkpoints", "best", results.ROUNDS)
+# A pretrained checkpoint file's suffixes (models/pretrained.py's formats; an Orbax checkpoint
+# is a directory), left out of its backbone's label; the label of runs with no backbone.
+CHECKPOINT_SUFFIXES = (".msgpack", ".npz", ".safetensors")
+NO_BACKBONE = "from scratch"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +37,9 @@ class RunRecord:
 
     path: str
     dataset: str
-    method: str  # As the rows name it, with " (p=RATE)" when its runs hold several rates.
+    # As the rows name it, with " [BACKBONE]" when its runs hold several backbones and then
+    # " (p=RATE)" when they hold several rates: "erm [demo_small_resnet_glyphs] (p=0.5)".
+    method: str
     test_domains: str
     trial_seed: int
     scores: dict  # selection -> (selection score, ood accuracy, id accuracy)
@@ -39,6 +47,8 @@ class RunRecord:
     setting: tuple = ()  # The run's hyper-parameter values (HPARAMS, from its config.json).
     dropout_rate: float | None = None  # The config's penultimate dropout rate.
     base_method: str = ""  # The rows' method name.
+    backbone: str = ""  # The pretrained backbone: its sha256, else its path; "" for none.
+    backbone_label: str = ""  # Its readable name (`_label_backbones`).
 
 
 def _flat(config: dict, prefix: str = "") -> dict:
@@ -57,10 +67,21 @@ def _run_config(run_dir: epath.Path) -> dict:
     return _flat(json.loads(text))
 
 
+def _backbone(config: dict) -> tuple[str, str]:
+    """(identity, name) of the run's pretrained backbone: its sha256 when recorded, else its
+    path; its file's name less a checkpoint suffix (a directory's name). ("", "") for none."""
+    path = str(config.get("pretrained.path") or "")
+    name = posixpath.basename(path.rstrip("/"))
+    stem, suffix = posixpath.splitext(name)
+    identity = str(config.get("pretrained.sha256") or path)
+    return identity, stem if suffix in CHECKPOINT_SUFFIXES else name
+
+
 def _record(path: epath.Path, method: str, rows: list[dict], config: dict, hparams) -> RunRecord:
     selection = results.select_training_domain_validation(rows)
     best, last = selection["selected"], selection["last"]
     rate = config.get("dropout_rate")
+    backbone, name = _backbone(config)
     return RunRecord(
         path=str(path),
         dataset=rows[0].get("dataset", "?"),
@@ -79,12 +100,45 @@ def _record(path: epath.Path, method: str, rows: list[dict], config: dict, hpara
         setting=tuple(repr(config.get(k)) for k in hparams),
         dropout_rate=None if rate is None else float(rate),
         base_method=method,
+        backbone=backbone,
+        backbone_label=name,
     )
 
 
+def _label_backbones(records: list[RunRecord]) -> list[RunRecord]:
+    """Each backbone's label: its file's name (the first in sorted order when it was read from
+    several paths), with its sha256's first 8 digits when another backbone shares that name
+    (its whole path without a sha256); NO_BACKBONE for none."""
+    names = collections.defaultdict(set)
+    for r in records:
+        names[r.backbone].add(r.backbone_label)
+    label = {b: min(n) or b[:8] for b, n in names.items() if b}
+    shared = collections.Counter(label.values())
+    for b, name in label.items():
+        if shared[name] > 1:
+            label[b] = f"{name}@{b[:8]}" if re.fullmatch(r"[0-9a-f]{64}", b) else f"{name}@{b}"
+    label[""] = NO_BACKBONE
+    return [dataclasses.replace(r, backbone_label=label[r.backbone]) for r in records]
+
+
+def _name_backbones(records: list[RunRecord]) -> list[RunRecord]:
+    """A method whose runs hold several pretrained backbones gets one name per backbone
+    ("m [backbone]"): backbones are compared, never selected among like hyper-parameters."""
+    backbones = collections.defaultdict(set)
+    for r in records:
+        backbones[r.method].add(r.backbone)
+    return [
+        dataclasses.replace(r, method=f"{r.method} [{r.backbone_label}]")
+        if len(backbones[r.method]) > 1
+        else r
+        for r in records
+    ]
+
+
 def _name_rates(records: list[RunRecord]) -> list[RunRecord]:
-    """A method whose runs hold several dropout rates gets one name per rate ("m (p=0.5)"):
-    rates are compared, never selected among like hyper-parameters."""
+    """A method whose runs hold several dropout rates gets one name per rate ("m (p=0.5)",
+    after its backbone's: "m [backbone] (p=0.5)"): rates are compared, never selected among
+    like hyper-parameters."""
     rates = collections.defaultdict(set)
     for r in records:
         rates[r.method].add(r.dropout_rate)
@@ -133,16 +187,22 @@ def run_records(paths: list[str], hparams: tuple[str, ...] = HPARAMS) -> list[Ru
     """One record per (run, method) found under `paths` (run directories, their parents or
     results files; local or gs://; glob patterns expanded: `run_sources`), its
     hyper-parameter setting read from the run's config.json (the values of `hparams`, dotted
-    config keys)."""
+    config keys), and its pretrained backbone (a method named per backbone and per dropout
+    rate where its runs hold several)."""
     records = []
     for run_dir, source in run_sources(paths):
         by_method = collections.defaultdict(list)
         for r in results.read_rows(source):
             by_method[r["method"]].append(r)
         config = _run_config(run_dir)
+        if config.get("task") == "combine" and "pretrained.path" not in config:
+            # Along-run combinations (launch/sweep.py: RUN/along_run) of its run's checkpoints
+            # have that run's backbone.
+            parent = _run_config(run_dir.parent)
+            config |= {k: v for k, v in parent.items() if k.startswith("pretrained.")}
         for method, rows in by_method.items():
             records.append(_record(run_dir, method, rows, config, hparams))
-    return _name_rates(records)
+    return _name_rates(_name_backbones(_label_backbones(records)))
 
 
 ERROR_BARS = {

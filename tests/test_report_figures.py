@@ -13,10 +13,17 @@ from richft_jax import selection as sel
 DOMAINS = ("a", "b", "c")
 
 
-def write_run(root, method, rate, lr, test, seed, val, ood):
+def write_run(root, method, rate, lr, test, seed, val, ood, pretrained=None):
     """One single-step run: its training domains' out splits score `val` (ID), the test domain's
-    in split `ood`; config.json holds the hyper-parameters the report reads."""
+    in split `ood`; config.json holds the hyper-parameters the report reads and, given
+    `pretrained` ({"path": ..., "sha256": ...}), its backbone (in a folder of its own)."""
     path = root / f"{method}_p{rate}" / f"lr{lr}" / test / f"seed{seed}"
+    if pretrained is not None:
+        path = (
+            root
+            / (pretrained["path"] or "scratch").strip("/").replace("/", "_")
+            / path.relative_to(root)
+        )
     path.mkdir(parents=True)
     base = {"step": 10, "method": method, "trial_seed": seed, "seed": seed, "dataset": "toy"}
     base |= {"test_domains": [test], "loss": 1.0}
@@ -35,6 +42,7 @@ def write_run(root, method, rate, lr, test, seed, val, ood):
                      "accuracy": 0.5 if d == test else val})  # fmt: skip
     (path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = {"dropout_rate": rate, "optim": {"lr": lr, "weight_decay": 0.0}, "seed": seed}
+    config |= {} if pretrained is None else {"pretrained": pretrained}
     (path / "config.json").write_text(json.dumps(config))
 
 
@@ -143,3 +151,157 @@ def test_rate_curve_compares_rates_on_the_test_domains_they_all_have(runs):
     assert {v["domains"] for v in curve.values()} == {1}
     per_seed = [values(0, 0.0, 0.1, "a", s)[1] for s in (0, 1)]
     assert curve[0.0]["ood"][0] == pytest.approx(np.mean(per_seed))
+
+
+GLYPHS = {"path": "/x/richft_jax/assets/demo_small_resnet_glyphs.msgpack", "sha256": "e3" * 32}
+LETTERS = {"path": "/x/richft_jax/assets/demo_small_resnet_letters.msgpack", "sha256": "e6" * 32}
+SCRATCH = {"path": None, "sha256": None}
+
+
+def backbone_values(backbone, rate, lr, test, seed):
+    """A run's (ID, OOD) on `backbone`: the letters backbone validates better (it would win a
+    selection among backbones) and generalises worse."""
+    val, ood = values(0, rate, lr, test, seed)
+    if backbone is LETTERS:
+        return round(val + 0.2, 6), round(ood - 0.2, 6)
+    return (round(val - 0.3, 6), round(ood - 0.1, 6)) if backbone is SCRATCH else (val, ood)
+
+
+def write_backbone_runs(root, spec):
+    """Runs of `spec` [(backbone, method, rate)] × 2 learning rates × test domains × 2 seeds."""
+    for backbone, method, rate in spec:
+        for lr in (0.1, 0.01):
+            for test in DOMAINS:
+                for seed in (0, 1):
+                    v = backbone_values(backbone, rate, lr, test, seed)
+                    write_run(root, method, rate, lr, test, seed, *v, pretrained=backbone)
+
+
+TWO_BACKBONES = [
+    (GLYPHS, "erm", 0.0),
+    (GLYPHS, "very_large_dropout", 0.5),
+    (GLYPHS, "very_large_dropout", 0.9),
+    (LETTERS, "erm", 0.0),  # The same settings, seeds and test domains as glyphs' ERM.
+    (LETTERS, "very_large_dropout", 0.9),
+    (SCRATCH, "erm_scratch", 0.0),
+    (SCRATCH, "very_large_dropout_scratch", 0.9),
+]
+
+
+def test_a_method_with_several_backbones_gets_a_name_per_backbone(tmp_path):
+    write_backbone_runs(tmp_path, TWO_BACKBONES)
+    records = sel.run_records([str(tmp_path)])
+    glyphs = "[demo_small_resnet_glyphs]"
+    assert {r.method for r in records} == {
+        f"erm {glyphs}",
+        "erm [demo_small_resnet_letters]",
+        f"very_large_dropout {glyphs} (p=0.5)",  # The backbone's name, then the rate's.
+        f"very_large_dropout {glyphs} (p=0.9)",
+        "very_large_dropout [demo_small_resnet_letters]",  # One rate on that backbone.
+        "erm_scratch",  # One backbone (none): its name as the rows'.
+        "very_large_dropout_scratch",
+    }
+    labels = {"": "from scratch", "e3" * 32: glyphs[1:-1], "e6" * 32: "demo_small_resnet_letters"}
+    for r in records:
+        backbone = "" if "scratch" in r.method else ("e3" if "glyphs" in r.method else "e6") * 32
+        assert (r.backbone, r.backbone_label) == (backbone, labels[backbone]), r
+
+
+def test_selection_never_picks_a_run_of_another_backbone(tmp_path):
+    write_backbone_runs(tmp_path, TWO_BACKBONES)
+    records = sel.run_records([str(tmp_path)])
+    for selection in sel.SELECTIONS:
+        agg = sel.aggregate(records, selection)
+        for test in DOMAINS:
+            for backbone, name in ((GLYPHS, "glyphs"), (LETTERS, "letters")):
+                cell = agg[("toy", f"erm [demo_small_resnet_{name}]", test)]
+                # Training-domain validation: lr 0.1 validates better on both backbones (and
+                # letters' better than glyphs'). Oracle: the test domains' out splits tie (0.5),
+                # the last run read wins: lr 0.1's (lr0.01/ sorts before lr0.1/).
+                want = [backbone_values(backbone, 0.0, 0.1, test, s) for s in (0, 1)]
+                assert cell["ood"] == pytest.approx([w[1] for w in want]), (selection, name)
+                assert cell["id"] == pytest.approx([w[0] for w in want])
+    text = report.markdown(records)
+    glyphs_a = np.mean([backbone_values(GLYPHS, 0.0, 0.1, "a", s)[1] for s in (0, 1)])
+    assert f"| erm [demo_small_resnet_glyphs] | 2 | {100 * glyphs_a:.1f} ± " in text
+    assert "| erm | " not in text  # Never one row over both backbones.
+
+
+def test_one_pretrained_curve_per_backbone_with_its_own_numbers(tmp_path):
+    write_backbone_runs(tmp_path, TWO_BACKBONES)
+    records = sel.run_records([str(tmp_path)])
+    curves = report_figures.rate_curves(records, "toy")
+    assert list(curves) == [
+        "pretrained (demo_small_resnet_glyphs)",
+        "pretrained (demo_small_resnet_letters)",
+        "from scratch",
+    ]
+    rates = {"glyphs": [0.0, 0.5, 0.9], "letters": [0.0, 0.9], "scratch": [0.0, 0.9]}
+    for (label, curve), backbone, name in zip(
+        curves.items(), (GLYPHS, LETTERS, SCRATCH), rates, strict=True
+    ):
+        assert list(curve) == rates[name], label
+        for rate, v in curve.items():
+            # lr 0.1 validates better everywhere; per seed the mean over the test domains.
+            per_seed = np.array(
+                [[backbone_values(backbone, rate, 0.1, t, s) for t in DOMAINS] for s in (0, 1)]
+            ).mean(axis=1)
+            for k, key in ((0, "id"), (1, "ood")):
+                assert v[key][0] == pytest.approx(per_seed[:, k].mean()), (label, rate, key)
+                assert v[key][1] == pytest.approx(np.std(per_seed[:, k]) / math.sqrt(2))
+            assert v["seeds"] == 2 and v["test_domains"] == list(DOMAINS)
+    with pytest.raises(ValueError, match="several backbones"):
+        report_figures.rate_curve(records, "toy")  # Never pooled.
+    text = report.markdown(records)
+    for label in curves:
+        assert f"**toy, {label}, accuracy against the penultimate dropout rate**" in text
+    letters = curves["pretrained (demo_small_resnet_letters)"][0.9]["ood"]
+    assert f"| 0.9 | 2 | 3 | {100 * letters[0]:.1f} ± {100 * letters[1]:.1f} |" in text
+
+
+def test_one_backbone_reports_as_before(tmp_path):
+    """Runs of one backbone (and scratch runs) give the tables and curves the same runs give
+    without any backbone recorded: names and labels unchanged."""
+    spec = [s for s in TWO_BACKBONES if s[0] is not LETTERS]
+    write_backbone_runs(tmp_path / "with", spec)
+    for backbone, method, rate in spec:  # The same runs, no backbone in their config.json.
+        for lr in (0.1, 0.01):
+            for test in DOMAINS:
+                for seed in (0, 1):
+                    v = backbone_values(backbone, rate, lr, test, seed)
+                    write_run(tmp_path / "without", method, rate, lr, test, seed, *v)
+    records = sel.run_records([str(tmp_path / "with")])
+    assert {r.method for r in records} == {
+        "erm",
+        "very_large_dropout (p=0.5)",
+        "very_large_dropout (p=0.9)",
+        "erm_scratch",
+        "very_large_dropout_scratch",
+    }
+    curves = report_figures.rate_curves(records, "toy")
+    assert list(curves) == ["pretrained", "from scratch"]
+    assert curves["pretrained"][0.5]["ood"][0] == pytest.approx(
+        np.mean([backbone_values(GLYPHS, 0.5, 0.1, t, s)[1] for t in DOMAINS for s in (0, 1)])
+    )
+    without = sel.run_records([str(tmp_path / "without")])
+    assert {r.backbone for r in without} == {""}
+    assert report.markdown(records) == report.markdown(without)
+    assert report_figures.rate_curves(without, "toy") == curves
+
+
+def test_backbone_labels_from_file_names(tmp_path):
+    """A label is the file's stem (a directory's name); two backbones of one stem add their
+    sha256's first 8 digits; one backbone read from two paths takes the first stem."""
+    other = {"path": "/y/demo_small_resnet_glyphs.msgpack", "sha256": "0a" * 32}
+    moved = {"path": "/tmp/rich/glyphs10k/glyphs10k.msgpack", "sha256": GLYPHS["sha256"]}
+    folder = {"path": "~/.cache/richft_jax/demo_pretrain_small_resnet/"}
+    for i, pretrained in enumerate((GLYPHS, other, moved, folder)):
+        write_run(tmp_path, "erm", 0.0, 0.1, "a", i, *values(0, 0.0, 0.1, "a", i), pretrained)
+    records = sel.run_records([str(tmp_path)])
+    by_seed = {r.trial_seed: (r.backbone, r.method) for r in records}
+    assert by_seed == {
+        0: (GLYPHS["sha256"], f"erm [demo_small_resnet_glyphs@{'e3' * 4}]"),
+        1: (other["sha256"], "erm [demo_small_resnet_glyphs@0a0a0a0a]"),
+        2: (GLYPHS["sha256"], f"erm [demo_small_resnet_glyphs@{'e3' * 4}]"),  # One backbone.
+        3: (folder["path"], "erm [demo_pretrain_small_resnet]"),  # No sha256: the path.
+    }
