@@ -27,8 +27,6 @@ from __future__ import annotations
 import string
 
 import numpy as np
-import tensorflow_datasets as tfds
-from etils import epath
 
 from richft_jax.data import builder_lib, catalog, render
 
@@ -49,41 +47,17 @@ def fonts() -> list[str]:
 def generate_split(split: str, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Generates one split deterministically: images uint8 [N, 32, 32, 3], labels int64 [N];
     `n` (tests: seconds, not minutes) makes it n images long, from the split's random stream."""
-    if split not in SPLIT_SIZES:
-        raise ValueError(f"Unknown glyphs split {split!r}; valid splits are {list(SPLIT_SIZES)}.")
-    rng = np.random.default_rng([SEED, list(SPLIT_SIZES).index(split)])
-    n = SPLIT_SIZES[split] if n is None else n
-    labels = rng.permutation(np.arange(n) % len(CLASSES))  # Balanced classes, shuffled.
-    chars = [CLASSES[label] for label in labels]
-    images = render.render_glyphs(chars, rng, IMAGE_SIZE, strength="heavy", fonts=fonts())
-    return images, labels.astype(np.int64)
+    return builder_lib.rendered_split(
+        "glyphs", split, CLASSES, SEED, SPLIT_SIZES, IMAGE_SIZE, fonts=fonts(), n=n
+    )
 
 
-class Glyphs(tfds.core.GeneratorBasedBuilder):
+class Glyphs(builder_lib.RenderedSplits):
     """TFDS builder for the rendered-glyphs pretraining set (train and test splits)."""
 
     name = "glyphs"
     num_classes = len(CLASSES)
-    # Set explicitly: TFDS would otherwise derive it through importlib_resources, which is not
-    # a declared dependency of tensorflow-datasets and may be missing.
-    code_path = epath.Path(__file__)
-    VERSION = tfds.core.Version(catalog.GENERATED_VERSION)
     RELEASE_NOTES = {
         "1.0.0": "Initial release: 98 classes (52 Latin, 21 symbols, 25 Greek), 200,000 "
         "train, 8,000 test."
     }
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        """Describes the features: a 32x32 RGB image and a 98-way named label."""
-        return builder_lib.image_label_info(
-            self, tfds.features.ClassLabel(names=list(CLASSES)), IMAGE_SIZE, __doc__
-        )
-
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict:
-        """The train and test splits; nothing is downloaded."""
-        del dl_manager
-        return {split: self._generate_examples(split) for split in SPLIT_SIZES}
-
-    def _generate_examples(self, split: str):
-        """Yields (index, example) pairs of one split."""
-        yield from builder_lib.examples(*generate_split(split))
