@@ -9,8 +9,8 @@ Reads the run's latest checkpoint as the demo read a pretrained run directory
   keys sorted (flax.serialization.msgpack_serialize; no head, no optimizer state), which
   `models/pretrained.py` reads as format "flax_msgpack" and checks strictly against the model;
 - demo_small_resnet_letters.json beside it: its sha256 and size, the architecture (model name and
-  kwargs), the pretraining command, config and commit, and the letters accuracy the run reached
-  (its summary.json).
+  kwargs), the pretraining command, config and commit, and the source task's accuracy the run
+  reached (its summary.json; letters or glyphs, the config's data.name).
 --commit: the commit the pretraining ran at (default: this checkout's HEAD). --probe: also the
 linear-probe accuracy per digits domain (`analysis.backbone_richness.linear_probes`, which
 `python -m richft_jax.analysis.backbone_richness` measures too; ~7 min on 2 busy cores).
@@ -153,6 +153,13 @@ def pin(
     return record
 
 
+def accuracy_line(record: dict) -> str:
+    """The source test accuracy as main prints it, named by the run's dataset (the record's
+    keys say letters_ whatever the source: the format readers expect)."""
+    dataset = record["made_by"]["pretrain_config"]["data"]["name"]
+    return f"{dataset} test accuracy {record['quality']['letters_test_accuracy']:.4f}"
+
+
 def _leaves(tree: dict):
     for v in tree.values():
         yield from _leaves(v) if isinstance(v, dict) else (v,)
@@ -169,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     commit = args.commit or _head_commit()
     record = pin(args.pretrained, args.out, commit, args.probe, args.config)
     print(f"{args.out}: {record['size']:,} bytes, sha256 {record['sha256']}")
-    print(f"letters test accuracy {record['quality']['letters_test_accuracy']:.4f}")
+    print(accuracy_line(record))
 
 
 if __name__ == "__main__":

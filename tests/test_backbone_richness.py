@@ -153,9 +153,13 @@ def load_pin_backbone():
     return module
 
 
-def test_a_pinned_file_reads_its_record_and_the_cli_writes_the_record(env, tmp_path):
+def test_a_pinned_file_reads_its_record_and_the_cli_writes_the_record(env, tmp_path, capsys):
     pinned = tmp_path / "assets" / "tiny.msgpack"
-    pinned_record = load_pin_backbone().pin(str(env["pre"]), str(pinned), "0" * 40)
+    pin = load_pin_backbone()
+    pin.main([f"--pretrained={env['pre']}", f"--out={pinned}", "--commit=" + "0" * 40])
+    pinned_record = json.loads(pinned.with_suffix(".json").read_text())
+    accuracy = pinned_record["quality"]["letters_test_accuracy"]
+    assert f"letters test accuracy {accuracy:.4f}" in capsys.readouterr().out.splitlines()
     # The record's command remakes the run's config: its config and the one override it had.
     data_dir = json.loads((env["pre"] / "config.json").read_text())["data"]["data_dir"]
     assert pinned_record["made_by"]["pretrain_command"] == (
@@ -190,6 +194,8 @@ def test_the_pinned_command_names_every_override_of_the_run(tmp_path):
     assert pin.config_spec("demo_pretrain_glyphs_tiny") == "demo_pretrain:glyphs,tiny"
     assert pin.config_spec("demo_pretrain") == "demo_pretrain"
     assert pin.overrides(spec, config) == []  # The shipped one: the config as is.
+    accuracy = shipped["quality"]["letters_test_accuracy"]  # The source's, glyphs here.
+    assert pin.accuracy_line(shipped) == f"glyphs test accuracy {accuracy:.4f}"
     longer = {**config, "num_steps": 6000, "optim": {**config["optim"], "decay_at": [0.3, 0.6]}}
     assert pin.overrides(spec, longer) == [
         "--config.num_steps=6000",
