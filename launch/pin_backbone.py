@@ -1,14 +1,15 @@
 """Exports a finished `demo_pretrain` run's backbone as the file the demo configs ship and load.
 
-  python -m richft_jax.main --config=demo_pretrain --workdir=/tmp/pin/pretrain
+  python -m richft_jax.main --config=demo_pretrain:glyphs --workdir=/tmp/pin/pretrain
   python launch/pin_backbone.py --pretrained=/tmp/pin/pretrain --commit=COMMIT --probe
 
 Reads the run's latest checkpoint as the demo read a pretrained run directory
-(`checkpoints.restore_state_tree`) and writes, by default into richft_jax/assets:
-- demo_small_resnet_letters.msgpack: {"params": {"backbone"}, "batch_stats": {"backbone"}}, float32,
+(`checkpoints.restore_state_tree`) and writes, by default over the shipped file
+(`demo_pretrain.SHIPPED` in richft_jax/assets; --out elsewhere):
+- the .msgpack: {"params": {"backbone"}, "batch_stats": {"backbone"}}, float32,
   keys sorted (flax.serialization.msgpack_serialize; no head, no optimizer state), which
   `models/pretrained.py` reads as format "flax_msgpack" and checks strictly against the model;
-- demo_small_resnet_letters.json beside it: its sha256 and size, the architecture (model name and
+- the .json beside it: its sha256 and size, the architecture (model name and
   kwargs), the pretraining command, config and commit, and the source task's accuracy the run
   reached (its summary.json; letters or glyphs, the config's data.name).
 --commit: the commit the pretraining ran at (default: this checkout's HEAD). --probe: also the
