@@ -121,33 +121,32 @@ def _label_backbones(records: list[RunRecord]) -> list[RunRecord]:
     return [dataclasses.replace(r, backbone_label=label[r.backbone]) for r in records]
 
 
-def _name_backbones(records: list[RunRecord]) -> list[RunRecord]:
-    """A method whose runs hold several pretrained backbones gets one name per backbone
-    ("m [backbone]"): backbones are compared, never selected among like hyper-parameters."""
-    backbones = collections.defaultdict(set)
+def _name_apart(records: list[RunRecord], value, suffix) -> list[RunRecord]:
+    """A method whose runs hold several `value(r)` gets one name per value ("m" + `suffix(r)`,
+    None: its name kept): those are compared, never selected among like hyper-parameters."""
+    values = collections.defaultdict(set)
     for r in records:
-        backbones[r.method].add(r.backbone)
+        values[r.method].add(value(r))
     return [
-        dataclasses.replace(r, method=f"{r.method} [{r.backbone_label}]")
-        if len(backbones[r.method]) > 1
+        dataclasses.replace(r, method=r.method + suffix(r))
+        if len(values[r.method]) > 1 and suffix(r) is not None
         else r
         for r in records
     ]
+
+
+def _name_backbones(records: list[RunRecord]) -> list[RunRecord]:
+    """One name per pretrained backbone: "m [backbone]"."""
+    return _name_apart(records, lambda r: r.backbone, lambda r: f" [{r.backbone_label}]")
 
 
 def _name_rates(records: list[RunRecord]) -> list[RunRecord]:
-    """A method whose runs hold several dropout rates gets one name per rate ("m (p=0.5)",
-    after its backbone's: "m [backbone] (p=0.5)"): rates are compared, never selected among
-    like hyper-parameters."""
-    rates = collections.defaultdict(set)
-    for r in records:
-        rates[r.method].add(r.dropout_rate)
-    return [
-        dataclasses.replace(r, method=f"{r.method} (p={r.dropout_rate:g})")
-        if len(rates[r.method]) > 1 and r.dropout_rate is not None
-        else r
-        for r in records
-    ]
+    """One name per dropout rate, after its backbone's: "m [backbone] (p=0.5)"."""
+    return _name_apart(
+        records,
+        lambda r: r.dropout_rate,
+        lambda r: None if r.dropout_rate is None else f" (p={r.dropout_rate:g})",
+    )
 
 
 def _runs_under(folder: epath.Path) -> list[epath.Path]:
