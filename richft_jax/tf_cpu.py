@@ -22,3 +22,15 @@ def tf():
             # Already initialised or no such device type: nothing of that kind to hide.
             pass
     return tf_module
+
+
+def data_options(**threading):
+    """tf.data options for this project's pipelines: autotuning off (its model thread can hold
+    a finished iterator's deletion for up to ~16 s, measured at the end of demo runs); a map
+    given `tf.data.AUTOTUNE` then runs with the CPU count's parallelism. `threading` sets
+    `options.threading` fields."""
+    options = tf().data.Options()
+    options.autotune.enabled = False
+    for name, value in threading.items():
+        setattr(options.threading, name, value)
+    return options

@@ -318,6 +318,10 @@ def test_train_dataset_with_domainbed_augment_replays_steps(pacs):
             num_steps=4,
             augment="domainbed",
         )
+        # No autotuning: its model thread held the finished iterator's deletion for ~16 s at
+        # the end of one demo run in two (the "teardown" phase).
+        assert ds.options().autotune.enabled is False
+        assert ds.options().threading.max_intra_op_parallelism == 1
         return list(ds.as_numpy_iterator())
 
     full, resumed = batches(0), batches(2)

@@ -15,11 +15,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from richft_jax import tf_cpu
 from richft_jax.data import augment, sources, splits
 from richft_jax.data.catalog import parse_test_domains
-from richft_jax.tf_cpu import tf as _tf
 
-tf = _tf()
+tf = tf_cpu.tf()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,10 +195,9 @@ def train_dataset(
 
     ds = tf.data.Dataset.range(start_step, num_steps)
     ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    options = tf.data.Options()
     # One thread per op: the batch is cheap to make, and the cores belong to XLA. (A private
     # thread pool of size 1 instead deadlocked TF when the finished iterator was deleted.)
-    options.threading.max_intra_op_parallelism = 1
+    options = tf_cpu.data_options(max_intra_op_parallelism=1)
     return ds.with_options(options).prefetch(prefetch)
 
 

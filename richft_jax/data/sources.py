@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from richft_jax import config_checks
+from richft_jax import config_checks, tf_cpu
 from richft_jax.data import catalog, digits_domains, domainbed, glyphs, letters, mnist_family
 from richft_jax.data.catalog import (  # noqa: F401  (re-exported: sources.domains_of, ...)
     OFFICIAL,
@@ -28,9 +28,8 @@ from richft_jax.data.catalog import (  # noqa: F401  (re-exported: sources.domai
     domains_of,
     has_official_splits,
 )
-from richft_jax.tf_cpu import tf as _tf
 
-tf = _tf()
+tf = tf_cpu.tf()
 
 BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
     "digits_domains": digits_domains.DigitsDomains,
@@ -137,6 +136,7 @@ def read_split(
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     ).batch(256)
+    ds = ds.with_options(tf_cpu.data_options())
     if n < 0:
         batches = [(np.empty((0, size, size, 3)), np.empty((0,)))]
         batches += list(ds.as_numpy_iterator())
