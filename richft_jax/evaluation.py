@@ -74,6 +74,38 @@ def evaluate(
     `augment` = (kind, seed), e.g. from `eval_augmentation`: the training domains' splits go
     through that augmentation, keyed by (seed, domain, split); the test domains never do.
     """
+    args = (data, batch_size, mesh, max_examples, augment, train_in_max)
+    return [
+        (split, _values(m, count))
+        for split, m, count in _split_metrics(eval_step, variables, *args)
+    ]
+
+
+def evaluate_models(
+    models_eval_step,
+    variables: Any,
+    num_models: int,
+    data: pipeline.DomainData,
+    batch_size: int,
+    mesh,
+    max_examples: int | None = None,
+    augment: tuple[str, int] = ("none", 0),
+    train_in_max: int | None = None,
+) -> list[list[tuple[pipeline.Split, dict]]]:
+    """`evaluate` for K models in one pass over the data (`steps.make_models_eval_step`; the
+    variables' params stacked): one list of (split, values) per model, in stacking order."""
+    args = (data, batch_size, mesh, max_examples, augment, train_in_max)
+    per_split = _split_metrics(models_eval_step, variables, *args)
+    return [
+        [(split, _values(m, count, model=i)) for split, m, count in per_split]
+        for i in range(num_models)
+    ]
+
+
+def _split_metrics(
+    eval_step, variables, data, batch_size, mesh, max_examples, augment, train_in_max
+):
+    """(split, the merged metrics on the host, examples read) for every split that is read."""
     out = []
     kind, seed = augment
     for split in data.splits:
@@ -86,10 +118,16 @@ def evaluate(
             eval_step(variables, parallel.global_batch(parallel.host_slice(batch), mesh))
             for batch in pipeline.eval_batches(split, batch_size, limit, aug, split_seed)
         ]
-        values = {k: float(v) for k, v in steps.merge_on_host(batch_metrics).compute().items()}
-        values["count"] = min(len(split.labels), limit or len(split.labels))
-        out.append((split, values))
+        merged = steps.merge_on_host(batch_metrics)
+        out.append((split, merged, min(len(split.labels), limit or len(split.labels))))
     return out
+
+
+def _values(merged, count: int, model: int | None = None) -> dict:
+    """A split's values as floats (of one model along a models axis if `model` is given)."""
+    if model is not None:
+        merged = jax.tree.map(lambda x: x[model], merged)
+    return {**{k: float(v) for k, v in merged.compute().items()}, "count": count}
 
 
 def features_on_mesh(model, normalize: str, mesh) -> Callable[[Any, dict], jax.Array]:

@@ -18,6 +18,7 @@ import optax
 from clu import metrics
 
 from richft_jax.data import pipeline
+from richft_jax.methods import weight_space
 
 
 # ----------------------------------------------------------------------------- state & metrics
@@ -211,9 +212,32 @@ def make_eval_step(logits_fn: Callable[[Any, jax.Array], jax.Array], normalize: 
 
     def eval_step(variables, batch):
         images = pipeline.normalize(batch["image"], normalize)
-        logits = logits_fn(variables, images)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-        correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-        return EvalMetrics.single_from_model_output(loss=loss, correct=correct, mask=batch["mask"])
+        return eval_metrics(logits_fn(variables, images), batch)
 
     return eval_step
+
+
+def make_models_eval_step(
+    logits_fn: Callable[[Any, jax.Array], jax.Array], normalize: str, models_per_pass: int = 0
+):
+    """Returns `({"params": K stacked trees, **shared}, batch) -> EvalMetrics` with a leading
+    axis of K: several models that share everything but their parameters (a run's weights and
+    their moving average) evaluated in one pass over the data. `models_per_pass`: 0 vmaps all
+    K at once, N that many at a time (`weight_space.stacked_logits`)."""
+
+    def eval_step(variables, batch):
+        images = pipeline.normalize(batch["image"], normalize)
+        apply = lambda p, x: logits_fn({**variables, "params": p}, x)  # noqa: E731
+        logits = weight_space.stacked_logits(
+            apply, variables["params"], images, models_per_pass or None
+        )
+        return jax.vmap(eval_metrics, in_axes=(0, None))(logits, batch)
+
+    return eval_step
+
+
+def eval_metrics(logits: jax.Array, batch: dict) -> EvalMetrics:
+    """Loss and accuracy of [N, C] logits over the batch's masked examples."""
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+    return EvalMetrics.single_from_model_output(loss=loss, correct=correct, mask=batch["mask"])

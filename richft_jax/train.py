@@ -35,6 +35,7 @@ from richft_jax import schedule as schedule_lib
 from richft_jax import workdir as workdir_lib
 from richft_jax.data import pipeline
 from richft_jax.methods import hooks as hooks_lib
+from richft_jax.methods import weight_space
 
 PARAMETERS = "parameters.txt"  # The parameter table, in every workdir.
 
@@ -189,30 +190,45 @@ def compile_steps(ctx: evaluation.Context, hooks: hooks_lib.Hooks, tx, schedule)
         out_shardings=(rep, rep),
         donate_argnums=(0,),
     )
-    eval_step = jax.jit(
-        steps.make_eval_step(steps.model_logits(ctx.model), normalize), out_shardings=rep
+    logits = steps.model_logits(ctx.model)
+    eval_step = jax.jit(steps.make_eval_step(logits, normalize), out_shardings=rep)
+    per_pass = ctx.config.data.eval_models_per_pass
+    models_eval_step = jax.jit(
+        steps.make_models_eval_step(logits, normalize, per_pass), out_shardings=rep
     )
-    return train_step, eval_step
+    return train_step, (eval_step, models_eval_step)
 
 
-def make_evaluate_and_log(ctx: evaluation.Context, eval_step, writer, meta: dict):
+def make_evaluate_and_log(ctx: evaluation.Context, eval_steps, writer, meta: dict):
     """`(step label, {row method: params}, batch_stats) -> result rows` on every split (the
-    training domains' augmented if config.data.eval_augment says so), also written as scalars."""
+    training domains' augmented if config.data.eval_augment says so), also written as scalars.
+    Weights of one shape go through the data together (`evaluation.evaluate_models`)."""
     c = ctx.config
+    eval_step, models_eval_step = eval_steps
+    kwargs = dict(
+        batch_size=c.data.eval_batch_size,
+        mesh=ctx.mesh,
+        max_examples=c.data.eval_max_examples,
+        train_in_max=c.data.eval_train_in_max_examples,
+    )
 
     def evaluate_and_log(step: int, weights: dict, batch_stats) -> list[dict]:
-        rows = []
-        for method, params in weights.items():
-            evals = evaluation.evaluate(
-                eval_step,
-                {"params": params, "batch_stats": batch_stats},
-                ctx.data,
-                c.data.eval_batch_size,
-                ctx.mesh,
-                max_examples=c.data.eval_max_examples,
-                augment=evaluation.eval_augmentation(c, step),
-                train_in_max=c.data.eval_train_in_max_examples,
+        kwargs["augment"] = evaluation.eval_augmentation(c, step)
+        names, trees = list(weights), list(weights.values())
+        if len(trees) > 1 and same_shapes(trees):
+            stacked = {"params": weight_space.stack(trees), "batch_stats": batch_stats}
+            per_model = evaluation.evaluate_models(
+                models_eval_step, stacked, len(trees), ctx.data, **kwargs
             )
+        else:
+            per_model = [
+                evaluation.evaluate(
+                    eval_step, {"params": p, "batch_stats": batch_stats}, ctx.data, **kwargs
+                )
+                for p in trees
+            ]
+        rows = []
+        for method, evals in zip(names, per_model, strict=True):
             rows += results.eval_rows(evals, step=step, **{**meta, "method": method})
         console.info(console.eval_line(step, rows, meta["method"]))
         writer.write_scalars(
@@ -225,6 +241,12 @@ def make_evaluate_and_log(ctx: evaluation.Context, eval_step, writer, meta: dict
         return rows
 
     return evaluate_and_log
+
+
+def same_shapes(trees: list) -> bool:
+    """Whether the trees have one structure and one shape and dtype per leaf (stackable)."""
+    specs = [jax.tree.map(lambda x: (x.shape, x.dtype), t) for t in trees]
+    return all(s == specs[0] for s in specs[1:])
 
 
 def run_meta(config: ml_collections.ConfigDict, data) -> dict:
@@ -280,7 +302,7 @@ def _train_and_evaluate(
     with phases("setup"):
         mngr = checkpoints.manager(workdir / checkpoints.LATEST, config.keep_checkpoints)
         best_mngr = checkpoints.manager(workdir / checkpoints.BEST, 1)
-        train_step, eval_step = compile_steps(ctx, hooks, tx, schedule)
+        train_step, eval_steps = compile_steps(ctx, hooks, tx, schedule)
         writer = writers.make_writer(workdir, is_main)
     with phases("restore"):
         state = resume(workdir, mngr, state, config)
@@ -289,7 +311,7 @@ def _train_and_evaluate(
         num_train_steps=config.num_steps, writer=writer, every_steps=config.log_every
     )
     progress_line = console.Progress(config.num_steps, start_step)
-    evaluate_and_log = make_evaluate_and_log(ctx, eval_step, writer, meta)
+    evaluate_and_log = make_evaluate_and_log(ctx, eval_steps, writer, meta)
     initial = hooks.initial_weights(state.params)
     if initial and start_step == 0:
         # E.g. LP, LP-FT's step 0 (-1 in "domainbed" labels: before any update).

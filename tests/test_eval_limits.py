@@ -94,3 +94,30 @@ def test_config_defaults_and_checks():
     messages = [str(e) for e in config_checks.config_errors(c)]
     assert any("config.data.eval_train_in_max_examples=-1 must be >= 0" in m for m in messages)
     assert any("config.data.eval_max_examples=-2 must be >= 0" in m for m in messages)
+
+
+@pytest.mark.parametrize("per_pass", [0, 1, 2])
+def test_models_in_one_pass_give_each_models_own_rows(setup, per_pass):
+    """A round's models stacked (the run's weights and their moving average) give each model
+    the values of its own evaluation, with the same limits, in stacking order."""
+    data, w, _, mesh = setup
+    rng = np.random.default_rng(1)
+    trees = [w, w + 0.5 * jnp.asarray(rng.normal(size=w.shape), jnp.float32), -w]
+    logits = lambda v, x: _logits(v["params"], x) + v["shift"]  # noqa: E731  (a shared leaf)
+    shift = jnp.zeros(5)
+    single = steps.make_eval_step(logits, "minus_one_one")
+    many = steps.make_models_eval_step(logits, "minus_one_one", per_pass)
+    stacked = {"params": jnp.stack(trees), "shift": shift}
+    got = evaluation.evaluate_models(many, stacked, 3, data, BATCH, mesh, train_in_max=RIGHT)
+    assert len(got) == 3
+    accuracies = set()
+    for tree, evals in zip(trees, got, strict=True):
+        own = evaluation.evaluate(
+            single, {"params": tree, "shift": shift}, data, BATCH, mesh, train_in_max=RIGHT
+        )
+        assert [s for s, _ in evals] == [s for s, _ in own]
+        for (_, m), (_, o) in zip(evals, own, strict=True):
+            assert m["count"] == o["count"] and m["accuracy"] == o["accuracy"]
+            assert m["loss"] == pytest.approx(o["loss"], rel=1e-5)
+        accuracies.add(tuple(m["accuracy"] for _, m in evals))
+    assert len(accuracies) == 3  # Three different models, three different sets of rows.
