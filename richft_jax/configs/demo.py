@@ -38,6 +38,7 @@ def build(tiny: bool = False) -> ml_collections.ConfigDict:
     # The training domains' in splits (read by no selection, ID or OOD number): 500 examples
     # each per round, not all 5,438 (58% of an evaluation round).
     c.data.eval_train_in_max_examples = 500
+    c.data.eval_batch_size = 128  # Rounds 0.9x the time of 512's on a 2-core CPU.
     c.model.name = "small_resnet"
     c.model.kwargs.widths = (8, 8, 16, 16) if tiny else (16, 32, 64, 128)
     c.model.kwargs.blocks = (1, 1, 1, 1)
