@@ -55,6 +55,14 @@ def demo_variables(config):
     return v["params"], v["batch_stats"]
 
 
+def flat(tree: dict, prefix: str = "") -> dict:
+    """{"a.b": value} of a nested config dict."""
+    out = {}
+    for k, v in tree.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
 def test_the_shipped_file_is_the_recorded_one_and_in_the_package():
     assert FILE.parent == pathlib.Path(run.__file__).parent / "assets"
     assert RECORD["file"] == FILE.name and RECORD["size"] == FILE.stat().st_size
@@ -62,8 +70,13 @@ def test_the_shipped_file_is_the_recorded_one_and_in_the_package():
     made_by = RECORD["made_by"]
     assert made_by["commit"]
     # The recipe the demo configs name (pretrained.pretrain_config) is the one that made it.
-    recipe = config_lib.load_config_file(demo_pretrain.SHIPPED_CONFIG).to_json()
-    assert made_by["pretrain_config"] == json.loads(recipe)
+    recipe = flat(json.loads(config_lib.load_config_file(demo_pretrain.SHIPPED_CONFIG).to_json()))
+    recorded = flat(made_by["pretrain_config"])
+    # Keys added to the configs since: at base_config's default (what the code did before).
+    defaults = flat(json.loads(config_lib.base_config().to_json()))
+    added = set(recipe) - set(recorded)
+    assert {k: recipe[k] for k in added} == {k: defaults[k] for k in added}
+    assert {k: v for k, v in recipe.items() if k not in added} == recorded
     assert f"--config={demo_pretrain.SHIPPED_CONFIG} " in made_by["pretrain_command"]
     assert 0.5 < RECORD["quality"]["letters_test_accuracy"] <= 1
     root = pathlib.Path(__file__).parents[1]
