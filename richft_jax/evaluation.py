@@ -82,20 +82,12 @@ def evaluate(
 
 
 def evaluate_models(
-    models_eval_step,
-    variables: Any,
-    num_models: int,
-    data: pipeline.DomainData,
-    batch_size: int,
-    mesh,
-    max_examples: int | None = None,
-    augment: tuple[str, int] = ("none", 0),
-    train_in_max: int | None = None,
+    models_eval_step, variables: Any, num_models: int, *args, **kwargs
 ) -> list[list[tuple[pipeline.Split, dict]]]:
-    """`evaluate` for K models in one pass over the data (`steps.make_models_eval_step`; the
-    variables' params stacked): one list of (split, values) per model, in stacking order."""
-    args = (data, batch_size, mesh, max_examples, augment, train_in_max)
-    per_split = _split_metrics(models_eval_step, variables, *args)
+    """`evaluate` (the same arguments after `variables`) for K models in one pass over the data
+    (`steps.make_models_eval_step`; the variables' params stacked): one list of (split, values)
+    per model, in stacking order."""
+    per_split = _split_metrics(models_eval_step, variables, *args, **kwargs)
     return [
         [(split, _values(m, count, model=i)) for split, m, count in per_split]
         for i in range(num_models)
@@ -103,7 +95,14 @@ def evaluate_models(
 
 
 def _split_metrics(
-    eval_step, variables, data, batch_size, mesh, max_examples, augment, train_in_max
+    eval_step,
+    variables,
+    data,
+    batch_size,
+    mesh,
+    max_examples=None,
+    augment=("none", 0),
+    train_in_max=None,
 ):
     """(split, the merged metrics on the host, examples read) for every split that is read."""
     out = []
