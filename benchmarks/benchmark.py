@@ -38,7 +38,6 @@ from richft_jax.models import registry
 
 DEMO_MODELS = ("small_resnet", "small_vit")
 NUM_CLASSES = 10
-SCHEDULE_STEPS = 1000  # Length of the optimizer's schedule: only its first steps are taken.
 TORCH_VARIANTS = ("eager", "channels_last", "compile")
 
 
@@ -137,7 +136,7 @@ class Bench:
     config: ml_collections.ConfigDict
     model: Any
     mesh: jax.sharding.Mesh
-    step: Callable  # jitted (state, batch, rate) -> (state, metrics); donates the state.
+    step: Callable  # jitted (state, batch, rate, lr) -> (state, metrics); donates the state.
     host_batch: dict
     dev_batch: dict
     variables: dict  # θ0 as numpy: never donated, so every measurement can start from it.
@@ -145,8 +144,13 @@ class Bench:
 
     def run_step(self, rate: float) -> None:
         """One blocking train step at feature-dropout `rate`, from the newest state."""
-        self.state, m = self.step(self.state, self.dev_batch, jnp.float32(rate))
+        self.state, m = self.step(self.state, self.dev_batch, jnp.float32(rate), self.lr)
         jax.block_until_ready(m)
+
+    @property
+    def lr(self) -> jax.Array:
+        """The learning rate of every benchmarked step: the config's base rate."""
+        return jnp.float32(self.config.optim.lr)
 
 
 def setup(
@@ -165,7 +169,7 @@ def setup(
         config.model.kwargs = {**config.model.kwargs, **kwargs}
     mesh = parallel.make_mesh(jax.devices()[:devices] if devices else None)
     model = run.build_model(config, NUM_CLASSES)
-    tx = steps.make_optimizer(config.optim, SCHEDULE_STEPS)
+    tx = steps.make_optimizer(config.optim)
     init_key, root = run.keys(config)
     shape = (1, image_size, image_size, 3)
     init = jax.jit(lambda key: model.init(key, jnp.zeros(shape), train=False))
@@ -178,10 +182,9 @@ def setup(
         "image": rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8),
         "label": rng.integers(0, NUM_CLASSES, batch).astype(np.int32),
     }
-    schedule = steps.make_schedule(config.optim, SCHEDULE_STEPS)
     step = jax.jit(
-        steps.make_train_step(model, tx, schedule, config.data.normalize),
-        in_shardings=(rep, shard, rep),
+        steps.make_train_step(model, tx, config.data.normalize),
+        in_shardings=(rep, shard, rep, rep),
         out_shardings=(rep, rep),
         donate_argnums=(0,),
     )
@@ -207,7 +210,7 @@ def header(bench: Bench, remat: bool) -> dict:
 # ----------------------------------------------------------------------------- measurements
 def compiled_step(bench: Bench) -> tuple[dict, dict]:
     """XLA's GFLOP and compiled memory of the train step, nothing run; and the raw costs."""
-    costs = compiled_costs(bench.step, bench.state, bench.dev_batch, jnp.float32(0.9))
+    costs = compiled_costs(bench.step, bench.state, bench.dev_batch, jnp.float32(0.9), bench.lr)
     out = {"train_step_gflops": costs["flops"] / 1e9}
     if costs["peak_bytes"] is not None:
         out["jax_compiled_memory_mb"] = costs["peak_bytes"] / 2**20

@@ -57,11 +57,11 @@ def shapes(bench: benchmark.Bench) -> dict:
 
 def first_loss(bench: benchmark.Bench, variables: dict) -> float:
     """Loss of one step from `variables` (the other side's θ0, so both start equal)."""
-    tx = steps.make_optimizer(bench.config.optim, benchmark.SCHEDULE_STEPS)
+    tx = steps.make_optimizer(bench.config.optim)
     state = steps.create_train_state(
         variables["params"], variables["batch_stats"], tx, np.asarray(bench.state.rng)
     )
-    _, metrics = bench.step(jax.device_put(state), bench.dev_batch, np.float32(0.0))
+    _, metrics = bench.step(jax.device_put(state), bench.dev_batch, np.float32(0.0), bench.lr)
     return float(metrics.compute()["loss"])
 
 

@@ -14,6 +14,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from clu import metrics
 
@@ -104,20 +105,44 @@ def param_labels(params: Any) -> Any:
     )
 
 
-def make_optimizer(
-    optim: ml_collections.ConfigDict, num_steps: int
-) -> optax.GradientTransformation:
-    """SGD with momentum and coupled weight decay (as torch), or AdamW; head lr x factor."""
-    schedule = make_schedule(optim, num_steps)
+def learning_rates(optim: ml_collections.ConfigDict, num_steps: int) -> np.ndarray:
+    """The base learning rate of each update (index: the updates done before it), float32 on
+    the host. The loop gives each to the step as an argument, so the schedule's constants stay
+    out of the compiled step: runs of other lengths or rates share one compiled step."""
+    schedule = jax.jit(jax.vmap(make_schedule(optim, num_steps)))
+    return np.asarray(schedule(jnp.arange(num_steps)), np.float32)
+
+
+def scale_by_learning_rate_argument(factor: float = 1.0) -> optax.GradientTransformationExtraArgs:
+    """Updates times -(learning_rate x factor), the learning rate given to each `update` call
+    (`tx.update(grads, state, params, learning_rate=lr)`), as optax's scale_by_learning_rate
+    does with a schedule of its own."""
+
+    def update(updates, state, params=None, *, learning_rate, **extra_args):
+        del params, extra_args
+        step_size = -(learning_rate * factor)
+        return jax.tree.map(lambda g: jnp.asarray(step_size, g.dtype) * g, updates), state
+
+    return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
+
+
+def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:
+    """SGD with momentum and coupled weight decay (as torch), or AdamW; head lr x factor. Each
+    update takes its base learning rate as an argument (`learning_rates`): optax's sgd and
+    adamw with the learning-rate scaling last, as theirs."""
 
     def one(factor: float) -> optax.GradientTransformation:
-        lr = lambda step: schedule(step) * factor  # noqa: E731
+        scale = scale_by_learning_rate_argument(factor)
         if optim.name == "sgd":
             return optax.chain(
-                optax.add_decayed_weights(optim.weight_decay), optax.sgd(lr, optim.momentum)
+                optax.add_decayed_weights(optim.weight_decay),
+                optax.trace(decay=optim.momentum),
+                scale,
             )
         if optim.name == "adamw":
-            return optax.adamw(lr, weight_decay=optim.weight_decay)
+            return optax.chain(
+                optax.scale_by_adam(), optax.add_decayed_weights(optim.weight_decay), scale
+            )
         raise ValueError(f"config.optim.name: unknown optimizer {optim.name!r} (sgd | adamw).")
 
     return optax.multi_transform(
@@ -133,19 +158,21 @@ def _no_post_update(params: Any, extras: Any, step: jax.Array) -> tuple[Any, Any
 def make_train_step(
     model,
     tx: optax.GradientTransformation,
-    schedule: optax.Schedule,
     normalize: str,
     label_transform: Callable | None = None,
     post_update: Callable = _no_post_update,
 ):
-    """Returns the pure step `(state, batch, rates) -> (state, TrainMetrics)`.
+    """Returns the pure step `(state, batch, rates, learning_rate) -> (state, TrainMetrics)`.
 
     `rates` is the feature-dropout rate, or a dict of rates ("feature" and the backbone's own,
-    e.g. "drop_path_rate"). Method hooks: `label_transform(logits, labels, step) -> (labels,
-    example weights)` and `post_update(params, extras, steps_done) -> (params, extras)`.
+    e.g. "drop_path_rate"); `learning_rate` the update's base rate (`learning_rates`). Method
+    hooks: `label_transform(logits, labels, step) -> (labels, example weights)` and
+    `post_update(params, extras, steps_done) -> (params, extras)`.
     """
 
-    def train_step(state: TrainState, batch: dict, rates: jax.Array | dict):
+    def train_step(
+        state: TrainState, batch: dict, rates: jax.Array | dict, learning_rate: jax.Array
+    ):
         key = jax.random.fold_in(state.rng, state.step)
         images = pipeline.normalize(batch["image"], normalize)
         rates = dict(rates) if isinstance(rates, dict) else {"feature": rates}
@@ -171,7 +198,9 @@ def make_train_step(
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params
         )
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        updates, opt_state = tx.update(
+            grads, state.opt_state, state.params, learning_rate=learning_rate
+        )
         params = optax.apply_updates(state.params, updates)
         params, extras = post_update(params, state.extras, state.step + 1)
         new_state = state.replace(
@@ -186,7 +215,7 @@ def make_train_step(
             correct=(jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32),
             grad_norm=optax.tree.norm(grads),
             param_norm=optax.tree.norm(params),
-            learning_rate=schedule(state.step),
+            learning_rate=learning_rate,
         )
         return new_state, m
 

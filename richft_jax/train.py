@@ -109,7 +109,8 @@ def check_finite(m, step: int, ckpt_dir: epath.Path, mngr) -> dict:
 
 
 def setup(config: ml_collections.ConfigDict, mesh, workdir: epath.Path, phases: timing.Phases):
-    """(context, hooks, optimizer, schedule, replicated initial state, θ0 on the host or None)."""
+    """(context, hooks, optimizer, each update's learning rate, replicated initial state, θ0 on
+    the host or None)."""
     with phases("data"):
         data = run.load_data(config)
     console.info(
@@ -126,8 +127,8 @@ def setup(config: ml_collections.ConfigDict, mesh, workdir: epath.Path, phases: 
     model = run.build_model(config, data.num_classes)
     ctx = evaluation.Context(config, model, data, mesh)
     hooks = hooks_lib.build(config, model, data.splits[0].images.shape[1:])
-    tx = steps.make_optimizer(config.optim, config.num_steps)
-    schedule = steps.make_schedule(config.optim, config.num_steps)
+    tx = steps.make_optimizer(config.optim)
+    learning_rates = steps.learning_rates(config.optim, config.num_steps)
     with phases("init"):
         theta0 = run.init_variables(config, model, data, mesh)
     params, batch_stats = theta0["params"], theta0["batch_stats"]
@@ -138,7 +139,7 @@ def setup(config: ml_collections.ConfigDict, mesh, workdir: epath.Path, phases: 
     state = jax.device_put(state, parallel.replicated(mesh))
     if jax.process_index() == 0:
         write_parameter_table(workdir, config.model.name, state.params)
-    return ctx, hooks, tx, schedule, state, pretrained
+    return ctx, hooks, tx, learning_rates, state, pretrained
 
 
 def write_parameter_table(workdir: epath.Path, model_name: str, params) -> None:
@@ -178,15 +179,13 @@ def resume(
     return state
 
 
-def compile_steps(ctx: evaluation.Context, hooks: hooks_lib.Hooks, tx, schedule):
+def compile_steps(ctx: evaluation.Context, hooks: hooks_lib.Hooks, tx):
     """The train step (state donated, batch sharded over the mesh) and the eval step, jitted."""
     rep, shard = parallel.replicated(ctx.mesh), parallel.batch_sharded(ctx.mesh)
     normalize = ctx.config.data.normalize
     train_step = jax.jit(
-        steps.make_train_step(
-            ctx.model, tx, schedule, normalize, hooks.label_transform, hooks.post_update
-        ),
-        in_shardings=(rep, shard, rep),
+        steps.make_train_step(ctx.model, tx, normalize, hooks.label_transform, hooks.post_update),
+        in_shardings=(rep, shard, rep, rep),
         out_shardings=(rep, rep),
         donate_argnums=(0,),
     )
@@ -295,14 +294,14 @@ def _train_and_evaluate(
 
     # -- mesh, data, model, θ0 and the train state (methods' state in state.extras).
     mesh = parallel.make_mesh()
-    ctx, hooks, tx, schedule, state, pretrained = setup(config, mesh, workdir, phases)
+    ctx, hooks, tx, learning_rates, state, pretrained = setup(config, mesh, workdir, phases)
     data, meta = ctx.data, run_meta(config, ctx.data)
 
     # -- checkpoint managers, the steps (compiled once), writers; resume if there is a checkpoint.
     with phases("setup"):
         mngr = checkpoints.manager(workdir / checkpoints.LATEST, config.keep_checkpoints)
         best_mngr = checkpoints.manager(workdir / checkpoints.BEST, 1)
-        train_step, eval_steps = compile_steps(ctx, hooks, tx, schedule)
+        train_step, eval_steps = compile_steps(ctx, hooks, tx)
         writer = writers.make_writer(workdir, is_main)
     with phases("restore"):
         state = resume(workdir, mngr, state, config)
@@ -327,7 +326,7 @@ def _train_and_evaluate(
     for batch in phases.timed_iter(device_batches, "input"):
         with phases("train_steps"):
             rates = {k: np.float32(v) for k, v in hooks.rates(start_step).items()}
-            state, m = train_step(state, batch, rates)
+            state, m = train_step(state, batch, rates, learning_rates[start_step])
             pending.append(m)
             step = start_step = start_step + 1
             progress(step)

@@ -11,7 +11,6 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 import torch
 from absl import flags
@@ -137,9 +136,9 @@ def test_torch_step_computes_the_jax_step(name):
     """Same weights, batch and optimizer at dropout 0: the same losses over three steps (so the
     updates, momentum, weight decay and the head's lr factor agree too) and parameters."""
     config, model, params, stats, torch_model = _jax_and_torch(name, lr=0.05)
-    tx = steps.make_optimizer(config.optim, 10)
+    tx = steps.make_optimizer(config.optim)
     state = steps.create_train_state(params, stats, tx, jax.random.PRNGKey(0))
-    step = jax.jit(steps.make_train_step(model, tx, optax.constant_schedule(0.05), "minus_one_one"))
+    step = jax.jit(steps.make_train_step(model, tx, "minus_one_one"))
     opt = torch_twins.make_optimizer(
         torch_model, 0.05, config.optim.momentum, config.optim.weight_decay, 10.0
     )
@@ -149,7 +148,9 @@ def test_torch_step_computes_the_jax_step(name):
     for _ in range(3):
         images = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
         labels = rng.integers(0, 10, 6).astype(np.int32)
-        state, m = step(state, {"image": images, "label": labels}, jnp.float32(0.0))
+        state, m = step(
+            state, {"image": images, "label": labels}, jnp.float32(0), jnp.float32(0.05)
+        )
         jax_losses.append(float(m.compute()["loss"]))
         x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
         torch_losses.append(float(torch_step(x, torch.from_numpy(labels.astype(np.int64)))))

@@ -239,7 +239,8 @@ def _train(radii_fn, steps=4, lr=0.5):
     model = Classifier(SmallResNet(widths=(8, 8, 8, 8), feature_dim=16), 10, freeze_bn=True)
     optim = config_lib.base_config().optim
     optim.lr, optim.momentum = lr, 0.0
-    tx = steps_lib.make_optimizer(optim, steps)
+    tx = steps_lib.make_optimizer(optim)
+    lrs = steps_lib.learning_rates(optim, steps)
     variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
     params = variables["params"]
     radii = radii_fn(model, params)
@@ -263,22 +264,22 @@ def _train(radii_fn, steps=4, lr=0.5):
         steps_lib.make_train_step(
             model,
             tx,
-            steps_lib.make_schedule(optim, steps),
             "minus_one_one",
             label_transform=sl.make_label_transform(cfg),
             post_update=post_update,
         ),
-        in_shardings=(rep, shard, rep),
+        in_shardings=(rep, shard, rep, rep),
         out_shardings=(rep, rep),
     )
     rng = np.random.default_rng(0)
     state = jax.device_put(state, rep)
-    for _ in range(steps):
+    for i in range(steps):
         batch = {
             "image": rng.integers(0, 256, (32, 32, 32, 3), dtype=np.uint8),
             "label": rng.integers(0, 10, 32).astype(np.int32),
         }
-        state, m = step_fn(state, parallel.global_batch(batch, mesh), {"feature": jnp.float32(0)})
+        batch = parallel.global_batch(batch, mesh)
+        state, m = step_fn(state, batch, {"feature": jnp.float32(0)}, lrs[i])
         assert np.isfinite(float(m.compute()["loss"]))
     return jax.device_get(params), jax.device_get(state.params), radii
 

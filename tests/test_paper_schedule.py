@@ -81,16 +81,17 @@ def test_the_optimizer_applies_that_rate_at_each_update():
     """Plain SGD on a constant gradient of 1: each update moves the weights by its rate."""
     c = config_lib.load_config_file("resnet50_dropout")
     c.optim.momentum, c.optim.weight_decay = 0.0, 0.0
-    tx = steps_lib.make_optimizer(c.optim, c.num_steps)
+    tx = steps_lib.make_optimizer(c.optim)
     params = {"backbone": jnp.zeros(()), "head": jnp.zeros(())}
     ones = jax.tree.map(jnp.ones_like, params)
 
-    def update(carry, _):
+    def update(carry, learning_rate):
         p, s = carry
-        delta, s = tx.update(ones, s, p)
+        delta, s = tx.update(ones, s, p, learning_rate=learning_rate)
         return (optax.apply_updates(p, delta), s), -delta["backbone"]
 
-    _, moved = jax.lax.scan(update, (params, tx.init(params)), None, length=c.num_steps)
+    lrs_of_the_loop = steps_lib.learning_rates(c.optim, c.num_steps)  # What train.py passes.
+    _, moved = jax.lax.scan(update, (params, tx.init(params)), lrs_of_the_loop)
     _, lrs = trainv2_schedule(10001, 300, 1e-3, [5000, 10000])
     np.testing.assert_allclose(np.asarray(moved), lrs, rtol=1e-6)
     assert float(moved[-1]) == pytest.approx(1e-5)  # The 10,001st update: x0.01.

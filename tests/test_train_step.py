@@ -17,7 +17,8 @@ def _run(devices, steps=10, rate=0.9, freeze_bn=True, seed=0):
     optim = config_lib.base_config().optim
     optim.lr = 0.05
     optim.head_lr_factor = 10.0
-    tx = steps_lib.make_optimizer(optim, steps)
+    tx = steps_lib.make_optimizer(optim)
+    lrs = steps_lib.learning_rates(optim, steps)
     variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
     state = steps_lib.create_train_state(
         variables["params"], variables["batch_stats"], tx, jax.random.PRNGKey(seed)
@@ -25,20 +26,19 @@ def _run(devices, steps=10, rate=0.9, freeze_bn=True, seed=0):
     rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     state = jax.device_put(state, rep)
     step_fn = jax.jit(
-        steps_lib.make_train_step(
-            model, tx, steps_lib.make_schedule(optim, steps), "minus_one_one"
-        ),
-        in_shardings=(rep, shard, rep),
+        steps_lib.make_train_step(model, tx, "minus_one_one"),
+        in_shardings=(rep, shard, rep, rep),
         out_shardings=(rep, rep),
     )
     rng = np.random.default_rng(0)
     losses = []
-    for _ in range(steps):
+    for i in range(steps):
         batch = {
             "image": rng.integers(0, 256, (48, 32, 32, 3), dtype=np.uint8),
             "label": rng.integers(0, 10, 48).astype(np.int32),
         }
-        state, m = step_fn(state, parallel.global_batch(batch, mesh), jnp.float32(rate))
+        batch = parallel.global_batch(batch, mesh)
+        state, m = step_fn(state, batch, jnp.float32(rate), lrs[i])
         losses.append(float(m.compute()["loss"]))
     return jax.device_get(state.params), jax.device_get(state.batch_stats), losses
 
@@ -79,18 +79,43 @@ def test_same_seed_is_bit_identical_and_frozen_bn_stays_frozen():
 def test_head_learning_rate_factor_and_step_decay():
     optim = config_lib.base_config().optim
     optim.lr, optim.weight_decay, optim.momentum, optim.head_lr_factor = 0.1, 0.0, 0.0, 10.0
-    tx = steps_lib.make_optimizer(optim, num_steps=10)
+    tx = steps_lib.make_optimizer(optim)
     params = {"head": {"kernel": jnp.ones(2)}, "backbone": {"w": jnp.ones(2)}}
     grads = jax.tree.map(jnp.ones_like, params)
     opt_state = tx.init(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
+    lrs = steps_lib.learning_rates(optim, 10)
+    updates, opt_state = tx.update(grads, opt_state, params, learning_rate=lrs[0])
     np.testing.assert_allclose(updates["backbone"]["w"], -0.1)
     np.testing.assert_allclose(updates["head"]["kernel"], -1.0)
     schedule = steps_lib.make_schedule(optim, 10)
     np.testing.assert_allclose(
         [schedule(4), schedule(5), schedule(9)], [0.1, 0.01, 0.01], rtol=1e-6
     )
+    np.testing.assert_allclose(lrs, [schedule(i) for i in range(10)], rtol=1e-7)
+    assert lrs.dtype == np.float32 and lrs.shape == (10,)
     assert isinstance(tx, optax.GradientTransformation)
+
+
+def test_runs_of_other_lengths_and_rates_compile_one_step():
+    """The learning rate is the step's argument: the compiled step (what the persistent cache
+    keys on) is the same for every schedule, length and base rate."""
+    model = Classifier(SmallResNet(widths=(8, 8, 8, 8), feature_dim=16), 10, freeze_bn=True)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    batch = {"image": jnp.zeros((4, 32, 32, 3), jnp.uint8), "label": jnp.zeros(4, jnp.int32)}
+    texts = set()
+    for lr, decay_at, num_steps in ((0.05, (0.5,), 10), (0.003, (0.3, 0.6), 900)):
+        optim = config_lib.base_config().optim
+        optim.lr, optim.decay_at = lr, decay_at
+        tx = steps_lib.make_optimizer(optim)
+        state = steps_lib.create_train_state(
+            variables["params"], variables["batch_stats"], tx, jax.random.PRNGKey(0)
+        )
+        lrs = steps_lib.learning_rates(optim, num_steps)
+        last = lr * optim.decay_factor ** len(decay_at)
+        np.testing.assert_allclose([lrs[0], lrs[-1]], [lr, last], rtol=1e-6)
+        step = jax.jit(steps_lib.make_train_step(model, tx, "minus_one_one"))
+        texts.add(step.lower(state, batch, jnp.float32(0.9), lrs[0]).as_text())
+    assert len(texts) == 1
 
 
 def test_summary_reads_as_the_runs_result(tmp_path):

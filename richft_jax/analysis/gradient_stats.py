@@ -67,8 +67,8 @@ def run_once(config: ml_collections.ConfigDict, rate: float, args: dict) -> dict
     # the loop's own step; only the dropout rates follow the early schedule given here.
     data = run.load_data(config)
     model = run.build_model(config, data.num_classes)
-    tx = steps.make_optimizer(config.optim, args["steps"])
-    schedule = steps.make_schedule(config.optim, args["steps"])
+    tx = steps.make_optimizer(config.optim)
+    learning_rates = steps.learning_rates(config.optim, args["steps"])
     theta0 = run.init_variables(config, model, data)
     params, batch_stats = theta0["params"], theta0["batch_stats"]
     hooks = hooks_lib.build(config, model, data.splits[0].images.shape[1:])
@@ -76,7 +76,7 @@ def run_once(config: ml_collections.ConfigDict, rate: float, args: dict) -> dict
     state = steps.create_train_state(params, batch_stats, tx, root, hooks.init_extras(params))
     norm = config.data.normalize
     step_fn = jax.jit(
-        steps.make_train_step(model, tx, schedule, norm, hooks.label_transform, hooks.post_update)
+        steps.make_train_step(model, tx, norm, hooks.label_transform, hooks.post_update)
     )
 
     # BatchNorm in training mode (from-scratch runs, model.freeze_bn=False) normalises with
@@ -133,7 +133,7 @@ def run_once(config: ml_collections.ConfigDict, rate: float, args: dict) -> dict
                 for i, b in enumerate(probe_batches)
             ]
             measurements.append({"step": step, **direction_stats(mini, full)})
-        state, _ = step_fn(state, batch, jnp.float32(rate_of(step)))
+        state, _ = step_fn(state, batch, jnp.float32(rate_of(step)), learning_rates[step])
     total, count = 0.0, 0.0
     for b in full_batches:
         loss, n = loss_and_count(state.params, b, jnp.float32(0.0), jax.random.key(0))
