@@ -96,12 +96,19 @@ def restore_latest(mngr: ocp.CheckpointManager, target: Any) -> tuple[Any, dict]
                 "--workdir, or delete that run's checkpoints to start over."
             )
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    restored = mngr.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
-        ),
-    )
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+    try:
+        restored = mngr.restore(step, args=args)
+    except ValueError as e:
+        if "do not match" not in str(e):
+            raise
+        raise ValueError(
+            f"Cannot resume from {step_dir}: its optimizer state is not this run's optimizer's "
+            "(another config.optim, or a checkpoint of richft_jax before the learning rate "
+            "became the train step's argument, whose optimizer state counted updates). Finish "
+            "it with the code and config that started it, or use a new --workdir. Orbax: "
+            f"{e}"
+        ) from None
     return restored["state"], dict(restored["meta"] or {})
 
 

@@ -6,8 +6,10 @@ import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+import pytest
 
-from richft_jax import checkpoints, parallel
+from richft_jax import checkpoints, config_lib, parallel, steps
 
 
 def test_one_process_writes_replicated_arrays_without_slicing_them(tmp_path):
@@ -36,3 +38,23 @@ def test_one_process_writes_replicated_arrays_without_slicing_them(tmp_path):
     restored = checkpoints.restore_state_tree(tmp_path / "ckpt")
     for name, value in state.items():
         np.testing.assert_array_equal(restored[name], np.asarray(value))
+
+
+def test_resuming_with_another_optimizer_state_is_a_clear_error(tmp_path):
+    """A checkpoint whose optimizer state has another structure (e.g. written before the
+    learning rate became the step's argument: optax's sgd counted updates) names the step
+    directory and what to do, not only Orbax's tree diff."""
+    optim = config_lib.base_config().optim
+    params = {"backbone": {"w": jnp.ones(3)}, "head": {"kernel": jnp.ones(2)}}
+    counting = optax.multi_transform(
+        {k: optax.sgd(steps.make_schedule(optim, 10), 0.9) for k in ("backbone", "head")},
+        steps.param_labels,
+    )
+    old = steps.create_train_state(params, {}, counting, jax.random.PRNGKey(0))
+    mngr = checkpoints.manager(tmp_path / "latest", keep=1)
+    checkpoints.save(mngr, 3, old, {"step": 3})
+    mngr.wait_until_finished()
+    new = steps.create_train_state(params, {}, steps.make_optimizer(optim), jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match=r"Cannot resume from .*latest/3: its optimizer state"):
+        checkpoints.restore_latest(mngr, new)
+    mngr.close()
