@@ -107,6 +107,14 @@ def config_errors(config: ml_collections.ConfigDict) -> list[ValueError]:
             errors.append(
                 ValueError(f"config.data.{key}={value} must be >= 0 (or None: every example).")
             )
+    per_pass = config.data.get("eval_models_per_pass", 0)
+    if per_pass < 0:
+        errors.append(
+            ValueError(
+                f"config.data.eval_models_per_pass={per_pass} must be >= 0 (0: a round's "
+                "models all in one pass; N: N at a time)."
+            )
+        )
     return errors
 
 

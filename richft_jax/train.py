@@ -212,17 +212,17 @@ def make_evaluate_and_log(ctx: evaluation.Context, eval_steps, writer, meta: dic
     )
 
     def evaluate_and_log(step: int, weights: dict, batch_stats) -> list[dict]:
-        kwargs["augment"] = evaluation.eval_augmentation(c, step)
+        kw = {**kwargs, "augment": evaluation.eval_augmentation(c, step)}
         names, trees = list(weights), list(weights.values())
         if len(trees) > 1 and same_shapes(trees):
             stacked = {"params": weight_space.stack(trees), "batch_stats": batch_stats}
             per_model = evaluation.evaluate_models(
-                models_eval_step, stacked, len(trees), ctx.data, **kwargs
+                models_eval_step, stacked, len(trees), ctx.data, **kw
             )
         else:
             per_model = [
                 evaluation.evaluate(
-                    eval_step, {"params": p, "batch_stats": batch_stats}, ctx.data, **kwargs
+                    eval_step, {"params": p, "batch_stats": batch_stats}, ctx.data, **kw
                 )
                 for p in trees
             ]

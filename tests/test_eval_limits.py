@@ -91,9 +91,12 @@ def test_config_defaults_and_checks():
     c = config_lib.base_config()
     c.data.eval_train_in_max_examples = -1
     c.data.eval_max_examples = -2
+    c.data.eval_models_per_pass = -1
     messages = [str(e) for e in config_checks.config_errors(c)]
     assert any("config.data.eval_train_in_max_examples=-1 must be >= 0" in m for m in messages)
     assert any("config.data.eval_max_examples=-2 must be >= 0" in m for m in messages)
+    assert any("config.data.eval_models_per_pass=-1 must be >= 0" in m for m in messages)
+    assert config_lib.base_config().data.eval_models_per_pass == 0  # All at once.
 
 
 @pytest.mark.parametrize("per_pass", [0, 1, 2])
