@@ -103,11 +103,11 @@ def restore_latest(mngr: ocp.CheckpointManager, target: Any) -> tuple[Any, dict]
         if "do not match" not in str(e):
             raise
         raise ValueError(
-            f"Cannot resume from {step_dir}: its optimizer state is not this run's optimizer's "
-            "(another config.optim, or a checkpoint of richft_jax before the learning rate "
-            "became the train step's argument, whose optimizer state counted updates). Finish "
-            "it with the code and config that started it, or use a new --workdir. Orbax: "
-            f"{e}"
+            f"Cannot resume from {step_dir}: its train state has another structure than this "
+            "run's (the paths below): the optimizer state of another config.optim, or of "
+            "richft_jax before the learning rate became the train step's argument (its state "
+            "counted updates), or the methods' state of another method config. Finish it with "
+            f"the code and config that started it, or use a new --workdir. Orbax: {e}"
         ) from None
     return restored["state"], dict(restored["meta"] or {})
 

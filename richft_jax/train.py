@@ -214,7 +214,7 @@ def make_evaluate_and_log(ctx: evaluation.Context, eval_steps, writer, meta: dic
     def evaluate_and_log(step: int, weights: dict, batch_stats) -> list[dict]:
         kw = {**kwargs, "augment": evaluation.eval_augmentation(c, step)}
         names, trees = list(weights), list(weights.values())
-        if len(trees) > 1 and same_shapes(trees):
+        if len(trees) > 1 and weight_space.stackable(trees):
             stacked = {"params": weight_space.stack(trees), "batch_stats": batch_stats}
             per_model = evaluation.evaluate_models(
                 models_eval_step, stacked, len(trees), ctx.data, **kw
@@ -240,12 +240,6 @@ def make_evaluate_and_log(ctx: evaluation.Context, eval_steps, writer, meta: dic
         return rows
 
     return evaluate_and_log
-
-
-def same_shapes(trees: list) -> bool:
-    """Whether the trees have one structure and one shape and dtype per leaf (stackable)."""
-    specs = [jax.tree.map(lambda x: (x.shape, x.dtype), t) for t in trees]
-    return all(s == specs[0] for s in specs[1:])
 
 
 def run_meta(config: ml_collections.ConfigDict, data) -> dict:

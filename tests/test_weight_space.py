@@ -30,6 +30,10 @@ def test_incompatible_trees_name_the_first_differing_path():
     missing = {"backbone": {"w": jnp.zeros((2, 3))}}
     with pytest.raises(ValueError, match=r"\['head'\]\['b'\] is missing"):
         ws.stack([tree(1), missing])
+    # The same question as a yes / no (the eval round stacks only trees that say yes).
+    assert ws.stackable([tree(1), tree(2), tree(3)])
+    assert not ws.stackable([tree(1), bad]) and not ws.stackable([tree(1), missing])
+    assert not ws.stackable([tree(1), jax.tree.map(lambda x: x.astype(jnp.bfloat16), tree(1))])
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -80,6 +80,13 @@ def greedy_soup(
     return soup, kept
 
 
+def stackable(trees: Sequence[PyTree]) -> bool:
+    """Whether `stack` can take the trees: one structure, one shape and dtype per leaf (the
+    question `check_compatible` answers with an error naming the difference)."""
+    specs = [jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), t) for t in trees]
+    return all(s == specs[0] for s in specs[1:])
+
+
 def stack(trees: Sequence[PyTree]) -> PyTree:
     """K trees to one tree whose leaves have a leading axis of size K (for vmapped ensembles)."""
     check_compatible(trees)
