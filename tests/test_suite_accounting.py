@@ -1,0 +1,45 @@
+"""The suite-time accounting: its sitecustomize records a process's life and JAX's compile
+events by test, without importing JAX itself; the summary adds them up per test file."""
+
+import json
+import os
+import subprocess
+import sys
+
+from benchmarks.suite_accounting import summarize
+
+COMPILE = summarize.COMPILE
+
+
+def test_summary_adds_up_processes_and_compile_seconds_per_file():
+    records = [
+        {"test": "tests/test_a.py::t1", "seconds": 4.0, "events": {}},
+        {
+            "test": "tests/test_a.py::t2",
+            "seconds": 2.0,
+            "events": {f"tests/test_a.py::t2|{COMPILE}": 1.0},
+        },
+        {"test": "", "seconds": 99.0, "events": {f"tests/test_b.py::t|{COMPILE}": 9.0}},
+    ]
+    table = summarize.summarize(records).splitlines()
+    assert table[2] == "| tests/test_b.py | 0 | 0 | 9 | 0 | 0 |"  # The most seconds first.
+    assert table[3] == "| tests/test_a.py | 2 | 6 | 1 | 0 | 0 |"
+    assert table[4] == "| total | 2 | 6 | 10 | 0 | 0 |"  # The worker's own life is not counted.
+
+
+def test_a_process_is_recorded_with_its_compiles_and_without_importing_jax(tmp_path):
+    env = dict(
+        os.environ, RICHFT_SUITE_ACCOUNTING=str(tmp_path), PYTHONPATH="benchmarks/suite_accounting"
+    )
+    env["PYTEST_CURRENT_TEST"] = "tests/test_x.py::t (call)"
+    code = "import sys; print('jax' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr
+    code = "import jax; jax.jit(lambda x: x * 2 + 1)(1.0)"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
+    first, second = [
+        json.loads(line) for line in (tmp_path / "processes.jsonl").read_text().splitlines()
+    ]
+    assert first["test"] == second["test"] == "tests/test_x.py::t"
+    assert not first["jax"] and not first["events"] and second["jax"]
+    assert second["events"][f"tests/test_x.py::t|{COMPILE}"] > 0
