@@ -34,7 +34,7 @@ def summarize(records: list[dict]) -> str:
     order = sorted(per, key=lambda f: -(per[f]["process_s"] + per[f]["compile_s"]))
     total = sum((per[f] for f in per), collections.Counter())
     for name, row in [*((f, per[f]) for f in order), ("total", total)]:
-        lines.append(f"| {name} | " + " | ".join(f"{row[c]:.0f}" for c in cols) + " |")
+        lines.append(f"| {name} | " + " | ".join(str(round(row[c]) + 0) for c in cols) + " |")
     return "\n".join(lines)
 
 
