@@ -13,18 +13,24 @@ COMPILE = summarize.COMPILE
 
 def test_summary_adds_up_processes_and_compile_seconds_per_file():
     records = [
-        {"test": "tests/test_a.py::t1", "seconds": 4.0, "events": {}},
+        {"test": "tests/test_a.py::t1", "seconds": 4.0, "tensorflow": True, "events": {}},
         {
             "test": "tests/test_a.py::t2",
             "seconds": 2.0,
+            "tensorflow": False,
             "events": {f"tests/test_a.py::t2|{COMPILE}": 1.0},
         },
-        {"test": "", "seconds": 99.0, "events": {f"tests/test_b.py::t|{COMPILE}": 9.0}},
+        {
+            "test": "",
+            "seconds": 99.0,
+            "tensorflow": True,
+            "events": {f"tests/test_b.py::t|{COMPILE}": 9.0},
+        },
     ]
     table = summarize.summarize(records).splitlines()
-    assert table[2] == "| tests/test_b.py | 0 | 0 | 9 | 0 | 0 |"  # The most seconds first.
-    assert table[3] == "| tests/test_a.py | 2 | 6 | 1 | 0 | 0 |"
-    assert table[4] == "| total | 2 | 6 | 10 | 0 | 0 |"  # The worker's own life is not counted.
+    assert table[2] == "| tests/test_b.py | 0 | 0 | 0 | 9 | 0 | 0 |"  # The most seconds first.
+    assert table[3] == "| tests/test_a.py | 2 | 1 | 6 | 1 | 0 | 0 |"
+    assert table[4] == "| total | 2 | 1 | 6 | 10 | 0 | 0 |"  # The worker's own life is not counted.
 
 
 def test_a_process_is_recorded_with_its_compiles_and_without_importing_jax(tmp_path):

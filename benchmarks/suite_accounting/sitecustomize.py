@@ -14,6 +14,7 @@ that check a command imports neither TensorFlow nor JAX still pass.
 import atexit
 import collections
 import importlib.abc
+import importlib.util
 import json
 import os
 import pathlib
@@ -68,7 +69,5 @@ def _write() -> None:
 
 
 if OUT:
-    import importlib.util  # noqa: E402
-
     sys.meta_path.insert(0, _AfterJax())
     atexit.register(_write)

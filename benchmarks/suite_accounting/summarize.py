@@ -1,5 +1,6 @@
-"""Prints what sitecustomize.py recorded for a test-suite run: per test file, the seconds its
-subprocesses lived and the workers' and subprocesses' JAX compile and cache-load seconds.
+"""Prints what sitecustomize.py recorded for a test-suite run: per test file, its subprocesses
+(how many, how many imported TensorFlow, the seconds they lived) and the JAX compile and
+cache-load seconds of the workers and subprocesses.
 
     python -m benchmarks.suite_accounting.summarize DIR
 """
@@ -22,14 +23,15 @@ def summarize(records: list[dict]) -> str:
     per = collections.defaultdict(collections.Counter)
     for r in records:
         if r["test"]:  # A process a test started (the xdist workers have no test at exit).
-            per[r["test"].split("::")[0]].update(processes=1, process_s=r["seconds"])
+            row = per[r["test"].split("::")[0]]
+            row.update(processes=1, process_s=r["seconds"], tensorflow=int(r["tensorflow"]))
         for key, seconds in r["events"].items():
             test, event = key.split("|", 1)
             row = per[test.split("::")[0] or "(collection)"]
             row["compile_s"] += seconds if event == COMPILE else 0
             row["trace_lower_s"] += seconds if event in TRACE else 0
             row["cache_saved_s"] += seconds if event == SAVED else 0
-    cols = ("processes", "process_s", "compile_s", "trace_lower_s", "cache_saved_s")
+    cols = ("processes", "tensorflow", "process_s", "compile_s", "trace_lower_s", "cache_saved_s")
     lines = ["| file | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     order = sorted(per, key=lambda f: -(per[f]["process_s"] + per[f]["compile_s"]))
     total = sum((per[f] for f in per), collections.Counter())
