@@ -50,9 +50,19 @@ def in_process_config(data_dir):
 
 
 def env_with_devices(n: int) -> dict:
+    """This process's environment (its XLA flags too: the runs are compared) with n devices."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n}"
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f]
+    env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={n}"])
     return env
+
+
+def failure_excerpt(log: str, limit: int = 3000) -> str:
+    """The log's tail, and where the process crashed natively its "Fatal Python error" lines
+    (faulthandler prints them before a long list of extension modules that would fill the tail)."""
+    fatal = log.find("Fatal Python error")
+    head = log[fatal : fatal + limit] + "\n...\n" if fatal >= 0 else ""
+    return head + log[-limit:]
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +93,7 @@ def runs(data_dir, tmp_path_factory):
             if proc.poll() is None:
                 proc.kill()
     for name, proc in procs.items():
-        assert proc.returncode == 0, f"{name}: {logs[name][-3000:]}"
+        assert proc.returncode == 0, f"{name}: {failure_excerpt(logs[name])}"
     return one, two, logs
 
 
