@@ -1,6 +1,7 @@
 """Validation on augmented images (config.data.eval_augment, DomainBed's default): the training
 domains' splits go through the training augmentation with fixed keys, the test domain never."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -32,7 +33,7 @@ def setup():
             labels = np.asarray(jnp.argmax(_logits(w, x), -1), np.int32)
             splits.append(pipeline.Split(domain, split, domain == "c", images, labels))
     data = pipeline.DomainData("synthetic", ("a", "b", "c"), ("c",), 5, tuple(splits))
-    eval_step = steps.make_eval_step(_logits, "minus_one_one")
+    eval_step = jax.jit(steps.make_eval_step(_logits, "minus_one_one"))
     return data, w, eval_step, parallel.make_mesh()
 
 

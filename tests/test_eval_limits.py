@@ -1,6 +1,7 @@
 """How much of each split an evaluation round reads: config.data.eval_max_examples for every
 split, config.data.eval_train_in_max_examples for the training domains' "in" splits only."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -31,7 +32,7 @@ def setup():
             labels[RIGHT:] = (labels[RIGHT:] + 1) % 5  # Wrong from RIGHT on.
             splits.append(pipeline.Split(domain, split, domain == "c", images, labels))
     data = pipeline.DomainData("synthetic", ("a", "b", "c"), ("c",), 5, tuple(splits))
-    return data, w, steps.make_eval_step(_logits, "minus_one_one"), parallel.make_mesh()
+    return data, w, jax.jit(steps.make_eval_step(_logits, "minus_one_one")), parallel.make_mesh()
 
 
 def _evaluate(setup, max_examples=None, train_in_max=None):
@@ -108,8 +109,8 @@ def test_models_in_one_pass_give_each_models_own_rows(setup, per_pass):
     trees = [w, w + 0.5 * jnp.asarray(rng.normal(size=w.shape), jnp.float32), -w]
     logits = lambda v, x: _logits(v["params"], x) + v["shift"]  # noqa: E731  (a shared leaf)
     shift = jnp.zeros(5)
-    single = steps.make_eval_step(logits, "minus_one_one")
-    many = steps.make_models_eval_step(logits, "minus_one_one", per_pass)
+    single = jax.jit(steps.make_eval_step(logits, "minus_one_one"))
+    many = jax.jit(steps.make_models_eval_step(logits, "minus_one_one", per_pass))
     stacked = {"params": jnp.stack(trees), "shift": shift}
     got = evaluation.evaluate_models(many, stacked, 3, data, BATCH, mesh, train_in_max=RIGHT)
     assert len(got) == 3
