@@ -13,7 +13,7 @@ Reads the run's latest checkpoint as the demo read a pretrained run directory
   kwargs), the pretraining command, config and commit, and the source task's accuracy the run
   reached (its summary.json; letters or glyphs, the config's data.name).
 --commit: the commit the pretraining ran at (default: this checkout's HEAD). --probe: also the
-linear-probe accuracy per digits domain (`analysis.backbone_richness.linear_probes`, which
+linear-probe accuracy per digits domain (`analysis.richness.linear_probes`, which
 `python -m richft_jax.analysis.backbone_richness` measures too; ~7 min on 2 busy cores).
 """
 
@@ -31,7 +31,7 @@ import numpy as np
 from etils import epath
 
 from richft_jax import checkpoints, config_lib
-from richft_jax.analysis import backbone_richness
+from richft_jax.analysis import richness
 from richft_jax.configs import demo_pretrain
 from richft_jax.models import hub
 
@@ -142,12 +142,12 @@ def pin(
             ),
             "pretrain_config": config,
         },
-        "quality": backbone_richness.letters_accuracy(run),
+        "quality": richness.letters_accuracy(run),
     }
     if probe:
         record["quality"]["linear_probe"] = {
-            "how": backbone_richness.PROBE_HOW,
-            **backbone_richness.linear_probes(str(out_path), model=record["model"]),
+            "how": richness.PROBE_HOW,
+            **richness.linear_probes(str(out_path), model=record["model"]),
         }
     record_path = out_path.parent / (out_path.stem + ".json")
     record_path.write_text(json.dumps(record, indent=1) + "\n")

@@ -15,7 +15,7 @@ import pytest
 from absl import flags
 
 from richft_jax import config_lib, results, train
-from richft_jax.analysis import backbone_richness, linear_regime
+from richft_jax.analysis import backbone_richness, regime, richness
 from richft_jax.configs import demo_pretrain
 
 MAX = 64  # Examples per split for the runs' evaluations and the Taylor / distortion part.
@@ -59,7 +59,7 @@ def env(tmp_path_factory, data_dir, pretraining_data_dir):
 
 def test_every_part_is_what_its_function_measures(env):
     runs = [str(env["runs"]["erm"]), str(env["runs"]["dropout"])]
-    record = backbone_richness.measure(
+    record = richness.measure(
         str(env["pre"]), runs, config=probe_config(env["data_dir"]), max_examples=MAX
     )
     assert record["omitted"] == {}
@@ -74,9 +74,7 @@ def test_every_part_is_what_its_function_measures(env):
     assert letters["step"] == 30 and {r["domain"] for r in letters["rows"]} == {"train", "test"}
     # Probes: per digits domain, what linear_probes returns for the same inputs.
     probes = record["linear_probe"]
-    again = backbone_richness.linear_probes(
-        env["pre"], str(env["data_dir"]), probe_config(env["data_dir"])
-    )
+    again = richness.linear_probes(env["pre"], str(env["data_dir"]), probe_config(env["data_dir"]))
     assert probes["domains"] == again and set(again) == DOMAINS
     assert probes["c_grid"] == list(C_GRID)
     for v in again.values():
@@ -84,18 +82,18 @@ def test_every_part_is_what_its_function_measures(env):
         assert v["c"] in C_GRID
     tests = [v["test_accuracy"] for v in again.values()]
     assert probes["mean_test_accuracy"] == pytest.approx(np.mean(tests))
-    # Runs: the Taylor summary and the distortion analysis.linear_regime measures.
+    # Runs: the Taylor summary and the distortion analysis.regime measures.
     assert [r["run"] for r in record["runs"]] == runs
-    mesh = backbone_richness.parallel.make_mesh()
+    mesh = richness.parallel.make_mesh()
     for got in record["runs"]:
-        run = linear_regime.load(got["run"])
-        want = linear_regime.summarize(linear_regime.taylor(run, mesh, MAX), run.step)
+        run = regime.load(got["run"])
+        want = regime.summarize(regime.taylor(run, mesh, MAX), run.step)
         assert got["taylor"] == want and got["step"] == run.step
         assert 0 <= want["agreement"]["id"] <= 1 and 0 <= want["agreement"]["ood"] <= 1
         logged = results.read_rows(got["run"])
         ood = [r["accuracy"] for r in logged if r["step"] == run.step and results.is_ood(r)]
         assert want["network_accuracy"]["ood"] == pytest.approx(np.mean(ood), abs=1e-6)
-        assert got["feature_distortion"] == linear_regime.distortion(run, MAX)
+        assert got["feature_distortion"] == regime.distortion(run, MAX)
     erm, drop = record["runs"]
     assert (erm["dropout_rate"], drop["dropout_rate"]) == (0.0, 0.9)
     delta = record["erm_vs_dropout"]["dropout_minus_erm"]
@@ -111,7 +109,7 @@ def test_every_part_is_what_its_function_measures(env):
 
 
 def test_a_missing_input_leaves_its_part_out(env, tmp_path):
-    record = backbone_richness.measure(str(env["pre"]), probe=False)
+    record = richness.measure(str(env["pre"]), probe=False)
     assert "linear_probe" not in record and "runs" not in record
     assert "erm_vs_dropout" not in record
     assert set(record["omitted"]) == {"linear_probe", "runs"}
@@ -120,10 +118,10 @@ def test_a_missing_input_leaves_its_part_out(env, tmp_path):
     bare = tmp_path / "bare"
     shutil.copytree(env["pre"], bare)
     (bare / "summary.json").unlink()
-    record = backbone_richness.measure(str(bare), probe=False)
+    record = richness.measure(str(bare), probe=False)
     assert "letters" not in record and "summary.json" in record["omitted"]["letters"]
     # One run only: no ERM-vs-dropout comparison, and the record says why.
-    record = backbone_richness.measure(
+    record = richness.measure(
         str(env["pre"]), [str(env["runs"]["erm"])], probe=False, max_examples=MAX
     )
     assert len(record["runs"]) == 1 and "erm_vs_dropout" not in record
@@ -133,16 +131,16 @@ def test_a_missing_input_leaves_its_part_out(env, tmp_path):
 def test_bad_inputs_are_refused_naming_them(env, tmp_path):
     missing = tmp_path / "no_such_run"
     with pytest.raises(FileNotFoundError, match=str(missing)):
-        backbone_richness.measure(str(env["pre"]), [str(missing)], probe=False)
+        richness.measure(str(env["pre"]), [str(missing)], probe=False)
     with pytest.raises(FileNotFoundError, match="no_such_backbone"):
-        backbone_richness.measure(str(tmp_path / "no_such_backbone"), probe=False)
+        richness.measure(str(tmp_path / "no_such_backbone"), probe=False)
     not_a_run = tmp_path / "empty"
     not_a_run.mkdir()
     with pytest.raises(FileNotFoundError, match=f"{not_a_run} has no config.json"):
-        backbone_richness.measure(str(env["pre"]), [str(not_a_run)], probe=False)
+        richness.measure(str(env["pre"]), [str(not_a_run)], probe=False)
     # A run fine-tuned from another backbone: its θ0 is not this one, so it is refused.
     with pytest.raises(ValueError, match=f"{env['runs']['erm']} was fine-tuned from"):
-        backbone_richness.measure("shipped", [str(env["runs"]["erm"])], probe=False)
+        richness.measure("shipped", [str(env["runs"]["erm"])], probe=False)
 
 
 def load_pin_backbone():
@@ -173,14 +171,14 @@ def test_a_pinned_file_reads_its_record_and_the_cli_writes_the_record(env, tmp_p
     returned = backbone_richness.measure_flags(fv)
     record = json.loads(out.read_text())
     assert record == json.loads(json.dumps(returned))
-    assert record["backbone"]["sha256"] == backbone_richness.hub.file_sha256(pinned)
-    from_dir = backbone_richness.measure(str(env["pre"]), probe=False)
+    assert record["backbone"]["sha256"] == richness.hub.file_sha256(pinned)
+    from_dir = richness.measure(str(env["pre"]), probe=False)
     assert record["backbone"]["model"] == from_dir["backbone"]["model"]
     for key in ("letters_test_accuracy", "letters_validation_accuracy", "step", "rows"):
         assert record["letters"][key] == from_dir["letters"][key]
     # The runs were fine-tuned from the directory, not from this file: refused.
     with pytest.raises(ValueError, match="not from the backbone measured"):
-        backbone_richness.measure(str(pinned), [str(env["runs"]["erm"])], probe=False)
+        richness.measure(str(pinned), [str(env["runs"]["erm"])], probe=False)
 
 
 def test_the_pinned_command_names_every_override_of_the_run(tmp_path):
@@ -209,10 +207,10 @@ def test_the_pinned_command_names_every_override_of_the_run(tmp_path):
 
 
 def test_shipped_names_the_demos_file():
-    path = backbone_richness.backbone_path(backbone_richness.SHIPPED)
+    path = richness.backbone_path(richness.SHIPPED)
     assert str(path) == demo_pretrain.shipped_backbone()
-    assert backbone_richness.architecture(path)["kwargs"]["feature_dim"] == 512
-    letters, source = backbone_richness.letters_of(path)
+    assert richness.architecture(path)["kwargs"]["feature_dim"] == 512
+    letters, source = richness.letters_of(path)
     assert 0.5 < letters["letters_test_accuracy"] <= 1 and source.endswith(".json")
 
 

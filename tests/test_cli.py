@@ -211,3 +211,20 @@ def test_flag_only_commands_refuse_positional_arguments(module, required, tmp_pa
     assert out.returncode != 0
     assert "Unexpected arguments ['stray']: every input is a --flag." in out.stderr, out.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_analysis_commands_parse_their_flags_before_importing_jax_or_tensorflow():
+    """The analysis commands are light fronts (their libraries are imported after the flags
+    parse), so --help and a mistyped flag answer in a fraction of a second, as main's do."""
+    code = (
+        "import sys\n"
+        "from absl import flags\n"
+        "from richft_jax.analysis import backbone_richness, gradient_stats, linear_regime\n"
+        "for command in (backbone_richness, gradient_stats, linear_regime):\n"
+        "    command.define_flags(flags.FlagValues())\n"
+        "heavy = ('tensorflow', 'tensorflow_datasets', 'jax', 'flax', 'orbax', 'clu')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    out = python("-c", code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

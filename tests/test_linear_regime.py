@@ -11,7 +11,7 @@ import pytest
 from absl import flags
 
 from richft_jax import checkpoints, config_lib, results, train
-from richft_jax.analysis import interpolation, linear_finetune, linear_regime
+from richft_jax.analysis import interpolation, linear_finetune, linear_regime, regime
 from richft_jax.models import registry
 
 MAX = 64  # Examples per split, for the runs' evaluations and the analyses alike.
@@ -65,7 +65,7 @@ def leaves_close(a, b, **kw):
 
 
 def test_theta0_is_the_runs_initial_state(env):
-    run = linear_regime.load(str(env["frozen"]))
+    run = regime.load(str(env["frozen"]))
     # The run's state after 2 steps at lr 0 is its initial state: θ0 rebuilt must equal it.
     leaves_close(run.v0["params"], run.v_ft["params"], rtol=0, atol=0)
     leaves_close(run.v0["batch_stats"], run.v_ft["batch_stats"], rtol=0, atol=0)
@@ -74,14 +74,14 @@ def test_theta0_is_the_runs_initial_state(env):
 
 
 def test_taylor_measurements_match_the_runs_evaluation(env):
-    run = linear_regime.load(str(env["run"]))
+    run = regime.load(str(env["run"]))
     mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
-    at_theta0 = linear_regime.taylor(run, mesh, MAX, v=run.v0)
+    at_theta0 = regime.taylor(run, mesh, MAX, v=run.v0)
     assert len(at_theta0) == 8
     for r in at_theta0:
         assert r["agreement"] == 1.0 and r["num_examples"] == MAX
         assert r["logits_relative_distance"] < 1e-5 and r["features_relative_distance"] < 1e-5
-    rows = linear_regime.taylor(run, mesh, MAX)
+    rows = regime.taylor(run, mesh, MAX)
     logged = {
         (r["domain"], r["split"]): r["accuracy"]
         for r in results.read_rows(env["run"])
@@ -90,19 +90,19 @@ def test_taylor_measurements_match_the_runs_evaluation(env):
     for r in rows:  # The network side is the run's own evaluation of that checkpoint.
         assert r["network_accuracy"] == pytest.approx(logged[(r["domain"], r["split"])], abs=1e-6)
         assert 0.0 <= r["agreement"] <= 1.0 and r["logits_relative_distance"] > 0
-    traj = linear_regime.trajectory(run, mesh, MAX)
+    traj = regime.trajectory(run, mesh, MAX)
     assert [p["step"] for p in traj] == [0, 10, 20]
     assert traj[0]["agreement"] == {"id": 1.0, "ood": 1.0}
 
 
 def test_interpolation_endpoints_are_the_two_networks(env):
-    run = linear_regime.load(str(env["run"]))
+    run = regime.load(str(env["run"]))
     mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
-    rows = linear_regime.interpolate(run, [0.0, 0.5, 1.0], mesh, MAX)
+    rows = regime.interpolate(run, [0.0, 0.5, 1.0], mesh, MAX)
     acc = {(r["kind"], r["alpha"], r["domain"], r["split"]): r["accuracy"] for r in rows}
     theta0 = {
         (r["domain"], r["split"]): r["taylor_accuracy"]
-        for r in linear_regime.taylor(run, mesh, MAX, v=run.v0)
+        for r in regime.taylor(run, mesh, MAX, v=run.v0)
     }
     logged = {
         (r["domain"], r["split"]): r["accuracy"]
@@ -134,9 +134,9 @@ def test_interpolated_logits_at_the_ends_and_between():
 
 
 def test_linear_finetune_learns_and_sums_equal_widths(env):
-    run = linear_regime.load(str(env["run"]))
+    run = regime.load(str(env["run"]))
     mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
-    parts = linear_regime.extract_parts(run, mesh, 256)
+    parts = regime.extract_parts(run, mesh, 256)
     assert parts[0]["features"]["stage4_block1_pooled"].shape[1] == 16
     out = linear_finetune.train_linear_finetune(
         parts, 10, dropout_rate=0.5, num_steps=300, eval_every=100, lr=0.05
@@ -184,7 +184,7 @@ def test_cli_writes_every_figure_with_its_numbers(env):
     moved = summary["very_large_dropout"]["feature_distortion"]
     assert moved["id"]["relative_l2"] > 1e-3 and moved["ood"]["relative_l2"] > 1e-3
     assert {r["split"] for r in moved["splits"]} == {"in", "out"}
-    only = linear_regime.analyze(
+    only = regime.analyze(
         [str(env["frozen"])], str(out / "new" / "dir"), analyses=["feature_distortion"]
     )
     assert set(only["figures"]) == set()
@@ -192,4 +192,4 @@ def test_cli_writes_every_figure_with_its_numbers(env):
     lft = frozen["linear_finetune"]
     assert lft["finetune"]["step"] == 2 and 0 <= lft["linear_finetune"]["id_accuracy"] <= 1
     with pytest.raises(ValueError, match="unknown"):
-        linear_regime.analyze([str(env["run"])], str(out), analyses=["taylor", "curvature"])
+        regime.analyze([str(env["run"])], str(out), analyses=["taylor", "curvature"])

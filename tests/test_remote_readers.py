@@ -224,19 +224,19 @@ def test_the_weights_cache_is_local_only(monkeypatch, tmp_path):
 
 def test_linear_regime_runs_and_figures_on_a_bucket(gs):
     pytest.importorskip("matplotlib")
-    from richft_jax.analysis import linear_regime, plots
+    from richft_jax.analysis import plots, regime
 
     for name in ("erm", "vld", "vld2"):
         epath.Path(f"gs://bucket/sweep/{name}/config.json").write_text("{}")
-    runs = linear_regime.expand_runs(["gs://bucket/sweep/vld*", "gs://bucket/sweep/erm"])
+    runs = regime.expand_runs(["gs://bucket/sweep/vld*", "gs://bucket/sweep/erm"])
     assert [str(r) for r in runs] == [
         "gs://bucket/sweep/vld",
         "gs://bucket/sweep/vld2",
         "gs://bucket/sweep/erm",
     ]
     with pytest.raises(FileNotFoundError, match=r"--runs: 'gs://bucket/sweep/x\*' matches no"):
-        linear_regime.expand_runs(["gs://bucket/sweep/x*"])
-    assert linear_regime._resolved("gs://bucket/backbone") == "gs://bucket/backbone"
+        regime.expand_runs(["gs://bucket/sweep/x*"])
+    assert regime._resolved("gs://bucket/backbone") == "gs://bucket/backbone"
     fig = plots.plt.figure()
     png = plots.save(fig, {"x": [1, 2]}, "gs://bucket/analysis/figure")
     assert str(png) == "gs://bucket/analysis/figure.png"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from richft_jax import checkpoints, combine, config_lib, results, run, train
-from richft_jax.analysis import linear_regime
+from richft_jax.analysis import regime
 from richft_jax.data import pipeline
 from richft_jax.models import registry
 
@@ -133,10 +133,10 @@ def test_combine_individual_rows_are_the_runs_logged_rows(runs):
 
 def test_linear_regime_sees_the_runs_accuracies(runs):
     trained, frozen = runs["root"] / "trained", runs["root"] / "frozen"
-    analysed = linear_regime.load(str(trained))
+    analysed = regime.load(str(trained))
     assert analysed.data.splits[0].images.shape[1:] == (32, 32, 3)
     mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
-    rows = linear_regime.interpolate(analysed, [0.0, 1.0], mesh)
+    rows = regime.interpolate(analysed, [0.0, 1.0], mesh)
     weight = lambda alpha: {  # noqa: E731
         (r["domain"], r["split"]): r["accuracy"]
         for r in rows
@@ -144,7 +144,7 @@ def test_linear_regime_sees_the_runs_accuracies(runs):
     }
     assert weight(0.0) == logged(trained, analysed.step)  # α = 0: θ_ft, the run's own rows.
     assert weight(1.0) == logged(frozen, 2)  # α = 1: θ0, where the frozen run stayed.
-    at_ft = linear_regime.taylor(analysed, mesh)
+    at_ft = regime.taylor(analysed, mesh)
     want = logged(trained, analysed.step)
     for r in at_ft:  # The network side of the Taylor comparison is θ_ft itself.
         assert r["network_accuracy"] == pytest.approx(want[(r["domain"], r["split"])], abs=1e-6)

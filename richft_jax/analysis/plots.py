@@ -1,6 +1,6 @@
 """Figures of the linear-regime analyses: each saved as PNG with its numbers as JSON beside it.
 
-Every function takes the JSON-able results of `richft_jax.analysis.linear_regime` and writes
+Every function takes the JSON-able results of `richft_jax.analysis.regime` and writes
 PATH.png and PATH.json, so a figure can always be checked against (or redrawn from) its data.
 """
 
