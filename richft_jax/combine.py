@@ -182,12 +182,9 @@ def combine_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dic
     per_pass = config.models_per_pass or (1 if jax.default_backend() == "cpu" else None)
     for combine in ("sum_logits", "mean_probs"):
         if f"ensemble_{combine}" in combos:
-            step_fn = jax.jit(
-                steps.make_eval_step(
-                    lambda v, x, c=combine: ws.ensemble_logits(logits, v, x, c, per_pass),
-                    base.data.normalize,
-                )
-            )
+            members = lambda v, x, c=combine: ws.ensemble_logits(logits, v, x, c, per_pass)  # noqa: E731
+            ensemble = parallel.per_device(members, mesh)  # Each device its share of the batch.
+            step_fn = jax.jit(steps.make_eval_step(ensemble, base.data.normalize))
             add(f"ensemble_{combine}", evaluate(step_fn, ws.stack(variables)))
     if "interpolation" in combos and len(variables) >= 2:
         for alpha in config.interpolation_alphas:

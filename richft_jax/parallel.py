@@ -5,6 +5,8 @@ jit(shard_map) since JAX 0.10). The same code runs on one CPU, 8 simulated CPU
 devices, a GPU, or every chip of a multi-host TPU pod.
 """
 
+from collections.abc import Callable
+
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
@@ -28,6 +30,16 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharded(mesh: Mesh) -> NamedSharding:
     """Sharding of batches: the leading axis split over the devices."""
     return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def per_device(fn: Callable, mesh: Mesh, out_batch_axis: int = 0) -> Callable:
+    """`fn(tree, batch_array)` run on each device's share of the batch (`jax.shard_map`), `tree`
+    replicated; the output's axis `out_batch_axis` is the batch's. For programs XLA's SPMD
+    partitioner shards badly: K models vmapped over one batch become grouped convolutions, and
+    it all-gathered the whole batch onto every device before each one (two demo ResNets on 8
+    simulated CPU devices: 195 ms a batch, 34 ms per device; one model 29 ms)."""
+    out = P(*([None] * out_batch_axis), DATA_AXIS)
+    return jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=out)
 
 
 def host_slice(batch: dict) -> dict:

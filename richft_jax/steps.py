@@ -18,6 +18,7 @@ import numpy as np
 import optax
 from clu import metrics
 
+from richft_jax import parallel
 from richft_jax.data import pipeline
 from richft_jax.methods import weight_space
 
@@ -247,19 +248,28 @@ def make_eval_step(logits_fn: Callable[[Any, jax.Array], jax.Array], normalize: 
 
 
 def make_models_eval_step(
-    logits_fn: Callable[[Any, jax.Array], jax.Array], normalize: str, models_per_pass: int = 0
+    logits_fn: Callable[[Any, jax.Array], jax.Array],
+    normalize: str,
+    models_per_pass: int = 0,
+    mesh: jax.sharding.Mesh | None = None,
 ):
     """Returns `({"params": K stacked trees, **shared}, batch) -> EvalMetrics` with a leading
     axis of K: several models that share everything but their parameters (a run's weights and
     their moving average) evaluated in one pass over the data. `models_per_pass`: 0 vmaps all
-    K at once, N that many at a time (`weight_space.stacked_logits`)."""
+    K at once, N that many at a time (`weight_space.stacked_logits`). With the batch's `mesh`,
+    each device runs the K models on its own share (`parallel.per_device`)."""
 
-    def eval_step(variables, batch):
-        images = pipeline.normalize(batch["image"], normalize)
+    def stacked_logits(variables, images):
         apply = lambda p, x: logits_fn({**variables, "params": p}, x)  # noqa: E731
-        logits = weight_space.stacked_logits(
+        return weight_space.stacked_logits(
             apply, variables["params"], images, models_per_pass or None
         )
+
+    if mesh is not None:
+        stacked_logits = parallel.per_device(stacked_logits, mesh, out_batch_axis=1)
+
+    def eval_step(variables, batch):
+        logits = stacked_logits(variables, pipeline.normalize(batch["image"], normalize))
         return jax.vmap(eval_metrics, in_axes=(0, None))(logits, batch)
 
     return eval_step

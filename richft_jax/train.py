@@ -193,7 +193,7 @@ def compile_steps(ctx: evaluation.Context, hooks: hooks_lib.Hooks, tx):
     eval_step = jax.jit(steps.make_eval_step(logits, normalize), out_shardings=rep)
     per_pass = ctx.config.data.eval_models_per_pass
     models_eval_step = jax.jit(
-        steps.make_models_eval_step(logits, normalize, per_pass), out_shardings=rep
+        steps.make_models_eval_step(logits, normalize, per_pass, ctx.mesh), out_shardings=rep
     )
     return train_step, (eval_step, models_eval_step)
 

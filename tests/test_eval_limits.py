@@ -1,6 +1,9 @@
 """How much of each split an evaluation round reads: config.data.eval_max_examples for every
 split, config.data.eval_train_in_max_examples for the training domains' "in" splits only."""
 
+import re
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -100,17 +103,20 @@ def test_config_defaults_and_checks():
     assert config_lib.base_config().data.eval_models_per_pass == 0  # All at once.
 
 
+@pytest.mark.parametrize("on_mesh", [False, True])
 @pytest.mark.parametrize("per_pass", [0, 1, 2])
-def test_models_in_one_pass_give_each_models_own_rows(setup, per_pass):
+def test_models_in_one_pass_give_each_models_own_rows(setup, per_pass, on_mesh):
     """A round's models stacked (the run's weights and their moving average) give each model
-    the values of its own evaluation, with the same limits, in stacking order."""
+    the values of its own evaluation, with the same limits, in stacking order (also run per
+    device on the batch's mesh, as the loop does)."""
     data, w, _, mesh = setup
     rng = np.random.default_rng(1)
     trees = [w, w + 0.5 * jnp.asarray(rng.normal(size=w.shape), jnp.float32), -w]
     logits = lambda v, x: _logits(v["params"], x) + v["shift"]  # noqa: E731  (a shared leaf)
     shift = jnp.zeros(5)
     single = jax.jit(steps.make_eval_step(logits, "minus_one_one"))
-    many = jax.jit(steps.make_models_eval_step(logits, "minus_one_one", per_pass))
+    many_mesh = mesh if on_mesh else None
+    many = jax.jit(steps.make_models_eval_step(logits, "minus_one_one", per_pass, many_mesh))
     stacked = {"params": jnp.stack(trees), "shift": shift}
     got = evaluation.evaluate_models(many, stacked, 3, data, BATCH, mesh, train_in_max=RIGHT)
     assert len(got) == 3
@@ -125,3 +131,33 @@ def test_models_in_one_pass_give_each_models_own_rows(setup, per_pass):
             assert m["loss"] == pytest.approx(o["loss"], rel=1e-5)
         accuracies.add(tuple(m["accuracy"] for _, m in evals))
     assert len(accuracies) == 3  # Three different models, three different sets of rows.
+
+
+def test_stacked_convolutional_models_run_each_devices_share_of_the_batch():
+    """Vmapped over stacked models, convolutions become grouped ones, and XLA's partitioner
+    gathered the whole batch onto every device before each (every device computing all of
+    it). On the batch's mesh the models eval step gathers nothing and each convolution sees the
+    device's share, with the same metrics as without the mesh."""
+    mesh = parallel.make_mesh()
+    model = nn.Sequential(
+        [nn.Conv(4, (3, 3)), nn.relu, nn.Conv(4, (3, 3)), lambda x: x.mean((1, 2))]
+    )
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (BATCH, 8, 8, 3), dtype=np.uint8)
+    batch = {"image": images, "label": np.arange(BATCH) % 4, "mask": np.ones(BATCH, bool)}
+    batch = parallel.global_batch(batch, mesh)
+    keys = jax.random.split(jax.random.key(0), 2)
+    params = jax.vmap(lambda k: model.init(k, jnp.zeros((1, 8, 8, 3)))["params"])(keys)
+    variables = jax.device_put({"params": params}, parallel.replicated(mesh))
+    logits = lambda v, x: model.apply(v, x)  # noqa: E731
+    plain, per_device = (
+        jax.jit(steps.make_models_eval_step(logits, "minus_one_one", 0, m)) for m in (None, mesh)
+    )
+    text = per_device.lower(variables, batch).compile().as_text()
+    assert "all-gather" not in text
+    share = BATCH // len(jax.devices())
+    convolutions = re.findall(r"= f32\[(\d+),[^]]*\][^ ]* convolution\(", text)
+    assert convolutions and set(convolutions) == {str(share)}, convolutions
+    want, got = plain(variables, batch), per_device(variables, batch)  # Per model: a K axis.
+    jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-6), got, want)
+    assert np.asarray(got.loss.count).tolist() == [BATCH, BATCH]
