@@ -6,8 +6,8 @@
 
 Train steps at 224 px, batch 96 (the paper's 3 x 32) and 256, bf16 and fp32 (TF32 matmuls on
 both sides), ViT-B/16 also with rematerialisation (config.model.kwargs.remat): the JAX step
-(benchmark.setup: the library's model, optimizer and jitted step) against the PyTorch twin in
-eager mode, channels-last (ResNet) and torch.compile (benchmark.time_torch). Per row: step
+(throughput.setup: the library's model, optimizer and jitted step) against the PyTorch twin in
+eager mode, channels-last (ResNet) and torch.compile (throughput.time_torch). Per row: step
 ms, images/s, MFU against this GPU's measured bf16 matmul peak (a jitted 8192² matmul), peak
 memory (JAX: memory_stats()["peak_bytes_in_use"]; torch: max_memory_allocated), the ratios to
 torch.compile and to torch eager, and pass/fail against the goals. Then the embedded demo end
@@ -247,9 +247,9 @@ def measure_peak(opts: Options) -> float:
     """This device's bf16 matmul peak, FLOP/s: a jitted --peak_size² matmul (harness)."""
     import jax.numpy as jnp  # noqa: PLC0415
 
-    from benchmarks import benchmark  # noqa: PLC0415 (imports JAX and TensorFlow)
+    from benchmarks import throughput  # noqa: PLC0415 (imports JAX and TensorFlow)
 
-    return benchmark.matmul_peak(opts.peak_size, 50 if not opts.tiny else 3, jnp.bfloat16)
+    return throughput.matmul_peak(opts.peak_size, 50 if not opts.tiny else 3, jnp.bfloat16)
 
 
 class JaxPeak:
@@ -275,15 +275,15 @@ PROCESS_PEAK = JaxPeak()  # This process's allocator readings.
 
 def jax_row(bench: Any, row: dict, opts: Options, peak: float, tracker: JaxPeak) -> dict:
     """The JAX step: compiled once (compiled_step), timed at dropout 0.9, FLOPs and memory."""
-    from benchmarks import benchmark  # noqa: PLC0415
+    from benchmarks import throughput  # noqa: PLC0415
 
     batch = row["batch"]
-    compiled, costs = benchmark.compiled_step(bench)  # The jitted step reuses this compile.
-    timing = benchmark.time_train_step(bench, opts.steps)
+    compiled, costs = throughput.compiled_step(bench)  # The jitted step reuses this compile.
+    timing = throughput.time_train_step(bench, opts.steps)
     images_per_s = timing["train_images_per_s_dropout0.9"]
     flops = costs["lowered_flops"] or costs["flops"]
-    util = benchmark.flop_utilisation(flops, images_per_s, batch, peak)
-    gib, source = tracker(benchmark.step_memory(bench, costs["peak_bytes"]), costs["peak_bytes"])
+    util = throughput.flop_utilisation(flops, images_per_s, batch, peak)
+    gib, source = tracker(throughput.step_memory(bench, costs["peak_bytes"]), costs["peak_bytes"])
     return row | {
         "status": "ok",
         "images_per_s": images_per_s,
@@ -314,14 +314,14 @@ def short(error: BaseException) -> str:
 
 
 def torch_rows(bench: Any, rows: list[dict], opts: Options, group: Group, info: dict) -> list:
-    """The torch twin's variants on the JAX benchmark's batch (benchmark.time_torch); the
+    """The torch twin's variants on the JAX benchmark's batch (throughput.time_torch); the
     allocator's cache is handed back afterwards, for the JAX step that follows."""
     reason = torch_unavailable(info)
     if reason:
         return [r | {"status": "skipped", "note": reason} for r in rows]
     import torch  # noqa: PLC0415 (optional dependency)
 
-    from benchmarks import benchmark  # noqa: PLC0415
+    from benchmarks import throughput  # noqa: PLC0415
 
     if info["platform"] == "gpu":
         torch.set_float32_matmul_precision("high")  # fp32 as XLA's default: TF32 matmuls.
@@ -329,7 +329,7 @@ def torch_rows(bench: Any, rows: list[dict], opts: Options, group: Group, info: 
     compile_ = group.dtype in opts.compile_dtypes
     twin = opts.model(group.model).twin
     try:
-        out = benchmark.time_torch(bench, opts.steps, compile_, math.nan, twin)
+        out = throughput.time_torch(bench, opts.steps, compile_, math.nan, twin)
     except Exception as e:  # noqa: BLE001 (reported in the rows, the run goes on)
         return [r | {"status": "error", "note": short(e)} for r in rows]
     finally:
@@ -360,12 +360,12 @@ def config_rows(
     opts: Options, group: Group, batch: int, peak: float, info: dict, tracker: JaxPeak
 ) -> list[dict]:
     """One batch size of a group: torch first (it hands its memory back), then JAX."""
-    from benchmarks import benchmark  # noqa: PLC0415
+    from benchmarks import throughput  # noqa: PLC0415
 
     model = opts.model(group.model)
     rows = [row_base(opts, group, batch, fw, mode) for fw, mode in modes(opts, group)]
     try:
-        bench = benchmark.setup(
+        bench = throughput.setup(
             model.jax, batch, opts.image_size, group.dtype, group.remat, 1, model.kwargs
         )
     except Exception as e:  # noqa: BLE001

@@ -5,7 +5,7 @@ loaded machine (both sides see the same load, interleaved).
       [--a='{}'] [--b='{"KWARG": VALUE}'] [--batch=128] [--image_size=32]
       [--repeats=7] [--steps=3]
 
-Both sides are the benchmark's train step (benchmark.setup: the demo config with `--model`,
+Both sides are the benchmark's train step (throughput.setup: the demo config with `--model`,
 config.model.kwargs = `--kwargs` updated by `--a` / `--b`), from the same θ0. It checks the
 two parameter trees have the same names and shapes and that one step from θ0 gives the same
 loss (prints the difference), then times `--repeats` rounds of `--steps` blocking steps per
@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from benchmarks import benchmark
+from benchmarks import throughput
 from richft_jax import steps, xla_cpu
 
 FLAGS = flags.DEFINE_string("model", "resnet18", "Registry backbone name.")
@@ -40,14 +40,14 @@ STEPS = flags.DEFINE_integer("steps", 3, "Blocking train steps per side per roun
 RATE = flags.DEFINE_float("rate", 0.9, "Feature-dropout rate of the timed steps.")
 
 
-def build(kwargs: dict) -> benchmark.Bench:
+def build(kwargs: dict) -> throughput.Bench:
     """The benchmark's train step of `--model` with these kwargs."""
-    return benchmark.setup(
+    return throughput.setup(
         FLAGS.value, BATCH.value, IMAGE_SIZE.value, "float32", False, None, kwargs
     )
 
 
-def shapes(bench: benchmark.Bench) -> dict:
+def shapes(bench: throughput.Bench) -> dict:
     """Parameter and batch-statistics paths -> shapes."""
     return {
         jax.tree_util.keystr(k): v.shape
@@ -55,7 +55,7 @@ def shapes(bench: benchmark.Bench) -> dict:
     }
 
 
-def first_loss(bench: benchmark.Bench, variables: dict) -> float:
+def first_loss(bench: throughput.Bench, variables: dict) -> float:
     """Loss of one step from `variables` (the other side's θ0, so both start equal)."""
     tx = steps.make_optimizer(bench.config.optim)
     state = steps.create_train_state(
@@ -65,7 +65,7 @@ def first_loss(bench: benchmark.Bench, variables: dict) -> float:
     return float(metrics.compute()["loss"])
 
 
-def time_steps(bench: benchmark.Bench, n: int) -> float:
+def time_steps(bench: throughput.Bench, n: int) -> float:
     """Seconds per blocking step over n steps."""
     start = time.perf_counter()
     for _ in range(n):

@@ -15,7 +15,7 @@ import pytest
 import torch
 from absl import flags
 
-from benchmarks import benchmark, measure, torch_twins
+from benchmarks import benchmark, measure, throughput, torch_twins
 from richft_jax import config_lib, run, steps
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -175,7 +175,7 @@ def test_profile_ops_names_the_ops_of_a_jitted_step():
     x = jnp.ones((512, 512), jnp.float32)
     f = jax.jit(lambda a: jnp.tanh(a @ a) @ a)
     f(x).block_until_ready()
-    ops = dict(benchmark.profile_ops(lambda: f(x).block_until_ready(), 3))
+    ops = dict(throughput.profile_ops(lambda: f(x).block_until_ready(), 3))
     assert any("dot" in kind for kind in ops), ops
     assert all(ms >= 0 for ms in ops.values()) and sum(ops.values()) > 0
     assert not [k for k in ops if k.startswith(("ThunkExecutor", "$"))]
@@ -183,17 +183,17 @@ def test_profile_ops_names_the_ops_of_a_jitted_step():
 
 def test_compile_only_reports_flops_and_memory_without_timing(monkeypatch):
     monkeypatch.setattr(
-        benchmark, "benchmark_config", _tiny_config(benchmark.benchmark_config, "small_resnet")
+        throughput, "benchmark_config", _tiny_config(throughput.benchmark_config, "small_resnet")
     )
-    row = benchmark.benchmark_backbone("small_resnet", 8, 1, 1, compile_only=True)
+    row = throughput.benchmark_backbone("small_resnet", 8, 1, 1, compile_only=True)
     assert row["train_step_gflops"] > 0 and row["jax_compiled_memory_mb"] > 0
     assert "train_images_per_s_dropout0.9" not in row and row["remat"] is False
 
 
 def test_remat_is_refused_for_backbones_without_it():
     with pytest.raises(ValueError, match="--remat: only the published-layout ViTs"):
-        benchmark.benchmark_config("small_resnet", "float32", remat=True)
-    config = benchmark.benchmark_config("vit_b16", "float32", remat=True)
+        throughput.benchmark_config("small_resnet", "float32", remat=True)
+    config = throughput.benchmark_config("vit_b16", "float32", remat=True)
     assert config.model.kwargs.remat is True
 
 

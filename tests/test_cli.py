@@ -214,15 +214,17 @@ def test_flag_only_commands_refuse_positional_arguments(module, required, tmp_pa
 
 
 def test_analysis_commands_parse_their_flags_before_importing_jax_or_tensorflow():
-    """The analysis commands are light fronts (their libraries are imported after the flags
-    parse), so --help and a mistyped flag answer in a fraction of a second, as main's do."""
+    """The analysis commands and the benchmark are light fronts (their libraries are imported
+    after the flags parse), so --help and a mistyped flag answer in a fraction of a second, as
+    main's do."""
     code = (
         "import sys\n"
         "from absl import flags\n"
+        "from benchmarks import benchmark\n"
         "from richft_jax.analysis import backbone_richness, gradient_stats, linear_regime\n"
-        "for command in (backbone_richness, gradient_stats, linear_regime):\n"
+        "for command in (backbone_richness, gradient_stats, linear_regime, benchmark):\n"
         "    command.define_flags(flags.FlagValues())\n"
-        "heavy = ('tensorflow', 'tensorflow_datasets', 'jax', 'flax', 'orbax', 'clu')\n"
+        "heavy = ('tensorflow', 'tensorflow_datasets', 'jax', 'flax', 'orbax', 'clu', 'torch')\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
     out = python("-c", code)
