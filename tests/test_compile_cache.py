@@ -16,8 +16,8 @@ print("JAX_CACHE_DIR", jax.config.jax_compilation_cache_dir)
 if sys.argv[1:] == ["no_compile"]:
     sys.exit()
 
-def f(x):
-    for i in range(40):
+def f(x):  # Compiles in ~0.6 s at the tests' -O0: above the cache's 0.2 s floor (40: 0.21 s).
+    for i in range(120):
         x = jnp.tanh(x @ x.T + i)
     return x
 

@@ -158,6 +158,7 @@ def test_notebook_runs_on_a_new_colab_runtime(tmp_path, pretraining_data_dir, mo
             # this test loads what the notebook compiled, most of its time on a CPU.
             if key != "RICHFT_COMPILATION_CACHE":
                 monkeypatch.delenv(key)
+    monkeypatch.delenv("NPROC", raising=False)  # The pool of the 8 simulated devices' (xla_cpu).
     for key, value in env.items():
         monkeypatch.setenv(key, value)  # The kernel inherits the environment.
     nb = nbformat.read(NOTEBOOK, as_version=4)
