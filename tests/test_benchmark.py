@@ -26,7 +26,12 @@ TINY = {
 }
 
 
-def test_benchmark_reports_all_measurements(tmp_path, data_dir):
+def test_benchmark_reports_all_measurements(tmp_path, data_dir, monkeypatch):
+    """The command's every measurement, through its flags, on the demo ResNet at tiny widths
+    (the same code path: its JAX and PyTorch steps are built from the same config)."""
+    monkeypatch.setattr(
+        throughput, "benchmark_config", _tiny_config(throughput.benchmark_config, "small_resnet")
+    )
     out = tmp_path / "bench.json"
     args = ["--batch", "24", "--steps", "2", "--k", "2", "--out", str(out), "--torch"]
     flag_values = flags.FlagValues()
