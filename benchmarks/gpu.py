@@ -275,20 +275,24 @@ PROCESS_PEAK = JaxPeak()  # This process's allocator readings.
 
 def jax_row(bench: Any, row: dict, opts: Options, peak: float, tracker: JaxPeak) -> dict:
     """The JAX step: compiled once (compiled_step), timed at dropout 0.9, FLOPs and memory."""
+    import jax.numpy as jnp  # noqa: PLC0415
+
     from benchmarks import throughput  # noqa: PLC0415
 
     batch = row["batch"]
-    compiled, costs = throughput.compiled_step(bench)  # The jitted step reuses this compile.
+    _, costs = throughput.compiled_step(bench)  # The jitted step reuses this compile.
     timing = throughput.time_train_step(bench, opts.steps)
     images_per_s = timing["train_images_per_s_dropout0.9"]
-    flops = costs["lowered_flops"] or costs["flops"]
+    flops = throughput.model_flops(
+        bench.step, bench.state, bench.dev_batch, jnp.float32(0.9), bench.lr
+    )
     util = throughput.flop_utilisation(flops, images_per_s, batch, peak)
     gib, source = tracker(throughput.step_memory(bench, costs["peak_bytes"]), costs["peak_bytes"])
     return row | {
         "status": "ok",
         "images_per_s": images_per_s,
         "gflops_per_step": flops / 1e9,
-        "xla_compiled_gflops_per_step": compiled["train_step_gflops"],
+        "xla_gflops_per_step": (costs["lowered_flops"] or costs["flops"]) / 1e9,
         "hfu_pct": 100 * util["mfu"],
         "peak_memory_gib": gib,
         "memory_source": source,
@@ -533,6 +537,8 @@ def run_demo(mode: str, timeout_s: float) -> dict:
         return row | {"status": "skipped", "note": "--demo=none"}
     if timeout_s < DEMO_MIN_S:
         return row | {"status": "skipped", "note": "time budget (--budget_s)"}
+    if missing := missing_packages(DEMO_REQUIRED):
+        return row | {"status": "skipped", "note": f"this Python lacks {', '.join(missing)}"}
     with tempfile.TemporaryDirectory(prefix="richft_gpu_demo_") as workdir:
         start = time.monotonic()
         try:
@@ -769,9 +775,11 @@ def notes(opts: Options) -> list[str]:
         f"{opts.image_size} px, {opts.steps} timed steps after warm-up, one device; the demo "
         "config's step (SGD momentum, frozen BatchNorm, dropout 0.9 on the penultimate "
         "features). JAX steps are timed one blocking call at a time, torch steps back to back.",
-        "MFU: model FLOPs (XLA's count of the JAX step's HLO before optimisation; remat rows "
-        "use the plain step's, without the recomputation; torch rows the same count) x "
-        "images/s / batch / the measured bf16 matmul peak. fp32: TF32 matmuls on both sides.",
+        "MFU: model FLOPs (2 x the multiply-adds of the JAX step's matmuls and convolutions, "
+        "counted in its jaxpr, backward included: the same on every backend, where XLA's "
+        "GPU count leaves out cuDNN/cuBLAS calls; remat rows use the plain step's, without "
+        "the recomputation; torch rows the same count) x images/s / batch / the measured "
+        "bf16 matmul peak. fp32: TF32 matmuls on both sides.",
         "Peak memory: JAX `memory_stats()['peak_bytes_in_use']` of its own process (on a CPU: "
         "state + batch + resident-memory growth in a step), torch `max_memory_allocated`.",
         "× torch eager: against the faster of NCHW and channels-last. torch on a GPU: "
@@ -783,12 +791,14 @@ def notes(opts: Options) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- running it all
-REQUIRED = ("jax", "flax", "optax", "ml_collections", "tensorflow", "tensorflow_datasets", "clu")
+# The train steps import no TensorFlow (data/pixels.py); the demo reads its data with tf.data.
+REQUIRED = ("jax", "flax", "optax", "ml_collections", "clu")
+DEMO_REQUIRED = ("tensorflow", "tensorflow_datasets")
 
 
-def missing_packages() -> list[str]:
-    """The library's dependencies this Python lacks (the run needs them all)."""
-    return [m for m in REQUIRED if importlib.util.find_spec(m) is None]
+def missing_packages(names: tuple[str, ...] = REQUIRED) -> list[str]:
+    """Which of `names` (default: what the train steps need) this Python lacks."""
+    return [m for m in names if importlib.util.find_spec(m) is None]
 
 
 def run_all(opts: Options, command: str) -> dict:
@@ -836,6 +846,8 @@ def dry_run(opts: Options) -> str:
     stem = pathlib.Path(opts.out_dir) / opts.stem
     lines += [f"{rows} rows -> {stem}.json and {stem}.md", f"Goals: {GOALS_TEXT}."]
     lines.append(f"Missing packages: {', '.join(missing_packages()) or 'none'}")
+    if demo_missing := missing_packages(DEMO_REQUIRED):
+        lines.append(f"The demo will be skipped: this Python lacks {', '.join(demo_missing)}")
     return "\n".join(lines)
 
 

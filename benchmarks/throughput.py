@@ -11,6 +11,7 @@ in PyTorch (torch_twins.py: eager, channels-last, torch.compile) timed in the sa
 
 import collections
 import dataclasses
+import math
 import pathlib
 import re
 import tempfile
@@ -23,10 +24,10 @@ import ml_collections
 import numpy as np
 
 from benchmarks.measure import peak_rss_growth, timeit
-from richft_jax import config_lib, parallel, run, steps
-from richft_jax.analysis import linearization
-from richft_jax.data import pipeline
+from richft_jax import config_lib, parallel, steps
+from richft_jax.data import pixels
 from richft_jax.methods import weight_space as ws
+from richft_jax.models import registry
 
 DEMO_MODELS = ("small_resnet", "small_vit")
 NUM_CLASSES = 10
@@ -63,6 +64,49 @@ def compiled_costs(jitted, *args) -> dict:
             - mem.alias_size_in_bytes
         )
     return out
+
+
+def model_flops(fn: Callable, *args) -> float:
+    """FLOPs of one call of `fn`: 2 x the multiply-adds of every matmul and convolution in its
+    jaxpr (forward and backward; scan bodies times their length, the costliest branch of a
+    cond). Unlike XLA's cost analysis, the same on every backend: a GPU's count leaves out
+    the cuDNN / cuBLAS calls its convolutions and matmuls become."""
+    return _jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def _jaxpr_flops(jaxpr: Any) -> float:
+    """model_flops of one (open) jaxpr."""
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        name, out = eqn.primitive.name, eqn.outvars[0].aval
+        if name == "dot_general":
+            (contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval
+            total += 2.0 * math.prod(out.shape) * math.prod(lhs.shape[d] for d in contract)
+        elif name == "conv_general_dilated":
+            rhs, spec = eqn.invars[1].aval, eqn.params["dimension_numbers"].rhs_spec
+            per_output = math.prod(rhs.shape[d] for d in spec[1:])  # in-features x window
+            holes = math.prod(eqn.params["lhs_dilation"])  # A strided conv's input gradient.
+            groups = eqn.params["batch_group_count"]
+            total += 2.0 * math.prod(out.shape) * per_output / holes / groups
+        subs = [_jaxpr_flops(j) for j in _subjaxprs(eqn.params)]
+        if name == "cond":
+            total += max(subs, default=0.0)
+        else:
+            total += sum(subs) * (eqn.params.get("length", 1) if name == "scan" else 1)
+    return total
+
+
+def _subjaxprs(params: dict) -> list:
+    """The jaxprs among an equation's parameters (pjit, remat, custom_vjp, scan, cond)."""
+    found = []
+    for value in params.values():
+        for v in value if isinstance(value, tuple | list) else (value,):
+            if isinstance(v, jax.extend.core.ClosedJaxpr):
+                found.append(v.jaxpr)
+            elif isinstance(v, jax.extend.core.Jaxpr):
+                found.append(v)
+    return found
 
 
 def profile_ops(fn: Callable[[], object], steps: int) -> list[tuple[str, float]]:
@@ -160,9 +204,9 @@ def setup(
     if kwargs:
         config.model.kwargs = {**config.model.kwargs, **kwargs}
     mesh = parallel.make_mesh(jax.devices()[:devices] if devices else None)
-    model = run.build_model(config, NUM_CLASSES)
+    model = registry.build_classifier(config.model, NUM_CLASSES)
     tx = steps.make_optimizer(config.optim)
-    init_key, root = run.keys(config)
+    init_key, root = steps.keys(config)
     shape = (1, image_size, image_size, 3)
     init = jax.jit(lambda key: model.init(key, jnp.zeros(shape), train=False))
     variables = jax.device_get(init(init_key))
@@ -296,6 +340,9 @@ def time_input_pipeline(
     config: ml_collections.ConfigDict, batch: int, data_dir: str | None
 ) -> dict:
     """Images/s of the demo's real tf.data path on the embedded digits data (run.load_data)."""
+    from richft_jax import run  # noqa: PLC0415 (TensorFlow: only this measurement reads data)
+    from richft_jax.data import pipeline  # noqa: PLC0415
+
     data = run.load_data(config, data_dir)
     per_domain = batch // len(data.train_domains)
     it = pipeline.train_dataset(
@@ -321,7 +368,7 @@ def ensemble_members(bench: Bench, k: int) -> list[dict]:
 
 def eval_images(bench: Bench) -> jax.Array:
     """The benchmark batch's images as the model sees them."""
-    return pipeline.normalize(jnp.asarray(bench.host_batch["image"]), bench.config.data.normalize)
+    return pixels.normalize(jnp.asarray(bench.host_batch["image"]), bench.config.data.normalize)
 
 
 def time_ensemble(bench: Bench, members: list[dict]) -> dict:
@@ -343,6 +390,8 @@ def time_ensemble(bench: Bench, members: list[dict]) -> dict:
 
 def time_taylor(bench: Bench, members: list[dict]) -> dict:
     """A Taylor-model evaluation (one jvp around the first member) against a forward pass."""
+    from richft_jax.analysis import linearization  # noqa: PLC0415 (imports the data pipeline)
+
     logits, images = steps.model_logits(bench.model), eval_images(bench)
     bs = members[0]["batch_stats"]
     apply = lambda p, x: logits({"params": p, "batch_stats": bs}, x)  # noqa: E731
@@ -383,7 +432,9 @@ def benchmark_backbone(
     if profile:
         out |= profile_step(bench, num_steps, profile)
     compiled, costs = compiled_step(bench)
-    out |= compiled | flop_utilisation(costs["flops"], jax_rate, batch)
+    flops = model_flops(bench.step, bench.state, bench.dev_batch, jnp.float32(0.9), bench.lr)
+    out |= compiled | {"model_gflops_per_step": flops / 1e9}
+    out |= flop_utilisation(flops, jax_rate, batch)
     out |= step_memory(bench, costs["peak_bytes"])
     if torch:
         out |= time_torch(bench, num_steps, torch_compile, jax_rate)

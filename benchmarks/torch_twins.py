@@ -333,7 +333,7 @@ def make_optimizer(
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 -> [-1, 1], as pipeline.normalize("minus_one_one"); keeps the memory format."""
+    """uint8 -> [-1, 1], as pixels.normalize("minus_one_one"); keeps the memory format."""
     return images.float() / 255.0 * 2.0 - 1.0
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from richft_jax import config_checks, parallel, steps
 from richft_jax.analysis import feature_distortion, noise_stability
-from richft_jax.data import pipeline
+from richft_jax.data import pipeline, pixels
 from richft_jax.data.splits import seed_hash
 from richft_jax.methods import self_labeling
 
@@ -180,7 +180,7 @@ def measure_noise_stability(ctx: Context, pretrained: dict, final: dict) -> dict
     out = {}
     for name, splits in (("id", ctx.data.id_splits()), ("ood", ctx.data.ood_splits())):
         images = np.concatenate([s.images[: c.measure.max_examples or None] for s in splits])
-        x = pipeline.normalize(jnp.asarray(images), c.data.normalize)
+        x = pixels.normalize(jnp.asarray(images), c.data.normalize)
         out[name] = {
             f"{target}_sigma_{sigma:g}": noise_stability.noise_stability(
                 logits_fn, final, x, sigma, key, target

@@ -18,7 +18,7 @@ import ml_collections
 from absl import logging
 from etils import epath
 
-from richft_jax import checkpoints, evaluation, parallel, paths
+from richft_jax import checkpoints, evaluation, parallel, paths, steps
 from richft_jax.config_checks import pretrained_checkpoint, pretrained_path, published_weights
 from richft_jax.data import pipeline
 from richft_jax.methods import hooks as hooks_lib
@@ -46,12 +46,6 @@ def load_data(config: ml_collections.ConfigDict, data_dir: str | None = None):
 def build_model(config: ml_collections.ConfigDict, num_classes: int):
     """The classifier (backbone + feature dropout + linear head) of `config.model`."""
     return registry.build_classifier(config.model, num_classes)
-
-
-def keys(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
-    """(init key, root key of the train state), both from config.seed."""
-    init_key, root = jax.random.split(jax.random.PRNGKey(config.seed))
-    return init_key, root
 
 
 def resolve_pretrained(config: ml_collections.ConfigDict) -> epath.Path | None:
@@ -113,7 +107,7 @@ def init_variables(
 ) -> dict:
     """θ0: the pretrained backbone with the run's own initial head (the model's init with the
     run's init key, then the methods' changes, e.g. LP-FT's linear-probe head)."""
-    init_key, _ = keys(config)
+    init_key, _ = steps.keys(config)
     image_shape = data.splits[0].images.shape[1:]
     variables = jax.jit(
         lambda k: model.init(k, jnp.zeros((1, *image_shape), jnp.float32), train=False)

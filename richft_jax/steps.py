@@ -19,7 +19,7 @@ import optax
 from clu import metrics
 
 from richft_jax import parallel
-from richft_jax.data import pipeline
+from richft_jax.data import pixels
 from richft_jax.methods import weight_space
 
 
@@ -49,6 +49,12 @@ class TrainMetrics(metrics.Collection):
 class EvalMetrics(metrics.Collection):
     loss: metrics.Average.from_output("loss")
     accuracy: metrics.Average.from_output("correct")
+
+
+def keys(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
+    """(init key, root key of the train state), both from config.seed."""
+    init_key, root = jax.random.split(jax.random.PRNGKey(config.seed))
+    return init_key, root
 
 
 def create_train_state(
@@ -175,7 +181,7 @@ def make_train_step(
         state: TrainState, batch: dict, rates: jax.Array | dict, learning_rate: jax.Array
     ):
         key = jax.random.fold_in(state.rng, state.step)
-        images = pipeline.normalize(batch["image"], normalize)
+        images = pixels.normalize(batch["image"], normalize)
         rates = dict(rates) if isinstance(rates, dict) else {"feature": rates}
         feature_rate = rates.pop("feature")
 
@@ -230,7 +236,7 @@ def model_logits(model) -> Callable[[dict, jax.Array], jax.Array]:
 
 def model_features(model, normalize: str) -> Callable[[dict, jax.Array], jax.Array]:
     """`(variables, raw images) -> penultimate features` in eval mode."""
-    return lambda v, x: model.apply(v, pipeline.normalize(x, normalize), train=False)[1]["features"]
+    return lambda v, x: model.apply(v, pixels.normalize(x, normalize), train=False)[1]["features"]
 
 
 def make_eval_step(logits_fn: Callable[[Any, jax.Array], jax.Array], normalize: str):
@@ -241,7 +247,7 @@ def make_eval_step(logits_fn: Callable[[Any, jax.Array], jax.Array], normalize: 
     """
 
     def eval_step(variables, batch):
-        images = pipeline.normalize(batch["image"], normalize)
+        images = pixels.normalize(batch["image"], normalize)
         return eval_metrics(logits_fn(variables, images), batch)
 
     return eval_step
@@ -269,7 +275,7 @@ def make_models_eval_step(
         stacked_logits = parallel.per_device(stacked_logits, mesh, out_batch_axis=1)
 
     def eval_step(variables, batch):
-        logits = stacked_logits(variables, pipeline.normalize(batch["image"], normalize))
+        logits = stacked_logits(variables, pixels.normalize(batch["image"], normalize))
         return jax.vmap(eval_metrics, in_axes=(0, None))(logits, batch)
 
     return eval_step

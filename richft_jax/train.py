@@ -134,7 +134,7 @@ def setup(config: ml_collections.ConfigDict, mesh, workdir: epath.Path, phases: 
     params, batch_stats = theta0["params"], theta0["batch_stats"]
     # Host copy of θ0 for the end-of-run evaluators (they compare backbones; the head is new).
     pretrained = jax.device_get(theta0) if evaluation.chosen_evaluators(config) else None
-    _, root = run.keys(config)
+    _, root = steps.keys(config)
     state = steps.create_train_state(params, batch_stats, tx, root, hooks.init_extras(params))
     state = jax.device_put(state, parallel.replicated(mesh))
     if jax.process_index() == 0:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from richft_jax import config_lib, evaluation, parallel, steps
-from richft_jax.data import pipeline
+from richft_jax.data import pipeline, pixels
 from richft_jax.tf_cpu import tf as _tf
 
 tf = _tf()
@@ -29,7 +29,7 @@ def setup():
     for domain in ("a", "b", "c"):
         for split in ("in", "out"):
             images = rng.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
-            x = pipeline.normalize(jnp.asarray(images), "minus_one_one")
+            x = pixels.normalize(jnp.asarray(images), "minus_one_one")
             labels = np.asarray(jnp.argmax(_logits(w, x), -1), np.int32)
             splits.append(pipeline.Split(domain, split, domain == "c", images, labels))
     data = pipeline.DomainData("synthetic", ("a", "b", "c"), ("c",), 5, tuple(splits))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from richft_jax import config_checks, config_lib, evaluation, parallel, results, steps
-from richft_jax.data import pipeline
+from richft_jax.data import pipeline, pixels
 
 BATCH = 16  # A multiple of the 8 simulated devices.
 N, RIGHT = 40, 10  # Examples per split; the model gets exactly the first RIGHT of each right.
@@ -30,7 +30,7 @@ def setup():
     for domain in ("a", "b", "c"):
         for split in ("in", "out"):
             images = rng.integers(0, 256, (N, 8, 8, 3), dtype=np.uint8)
-            x = pipeline.normalize(jnp.asarray(images), "minus_one_one")
+            x = pixels.normalize(jnp.asarray(images), "minus_one_one")
             labels = np.array(jnp.argmax(_logits(w, x), -1), np.int32)
             labels[RIGHT:] = (labels[RIGHT:] + 1) % 5  # Wrong from RIGHT on.
             splits.append(pipeline.Split(domain, split, domain == "c", images, labels))

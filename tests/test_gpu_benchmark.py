@@ -236,3 +236,46 @@ def test_ratios_and_goals_of_a_measured_configuration():
     assert set(vit.values()) == {"not measured"}
     eager = next(r for r in report["rows"] if r["mode"] == "eager")
     assert eager["vs_torch_compile"] == pytest.approx(800 / 900) and eager["goal_mfu"] == "—"
+
+
+# As on the GPU image, which has JAX, flax, optax and torch but no TensorFlow or TFDS: importing
+# either raises ModuleNotFoundError and importlib.util.find_spec returns None.
+NO_TENSORFLOW = (
+    "import sys\nfor name in ('tensorflow', 'tensorflow_datasets'):\n    sys.modules[name] = None\n"
+)
+STEP_WITHOUT_TF = """
+import sys
+from benchmarks import gpu, throughput
+bench = throughput.setup("vit_b16", 2, 32, "float32", False, 1, gpu.TINY_VIT)
+bench.run_step(0.9)
+assert sys.modules["tensorflow"] is None and sys.modules["tensorflow_datasets"] is None
+print("missing:", gpu.missing_packages(), gpu.missing_packages(gpu.DEMO_REQUIRED))
+"""
+
+
+def test_train_steps_run_on_a_python_without_tensorflow(tmp_path):
+    """The model, optimizer and jitted step import no TensorFlow (data/pixels.py holds the one
+    image transform they need), so the benchmark runs on a GPU image without it."""
+    (tmp_path / "sitecustomize.py").write_text(NO_TENSORFLOW)
+    env = {**gpu.os.environ, "PYTHONPATH": f"{tmp_path}:{REPO}"}
+    proc = subprocess.run(
+        [sys.executable, "-c", STEP_WITHOUT_TF], cwd=REPO, env=env, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "missing: [] ['tensorflow', 'tensorflow_datasets']" in proc.stdout
+    plan = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu", "--dry_run"], cwd=REPO, env=env,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert "Missing packages: none" in plan.stdout
+    assert "demo will be skipped: this Python lacks tensorflow, tensorflow_datasets" in plan.stdout
+
+
+def test_demo_is_skipped_and_says_so_without_its_packages(monkeypatch):
+    monkeypatch.setattr(gpu, "DEMO_REQUIRED", ("tensorflow", "no_such_package_richft"))
+    monkeypatch.setattr(gpu, "demo_command", lambda mode, wd: pytest.fail("demo started"))
+    row = gpu.run_demo("tiny", 100)
+    assert row["status"] == "skipped"
+    assert row["note"] == "this Python lacks no_such_package_richft"

@@ -74,7 +74,7 @@ def test_classifier_taylor_model_on_logits_and_features():
 
 def test_taylor_sums_over_a_masked_batch_match_a_direct_computation():
     from richft_jax.analysis.linearization import classifier_outputs, make_taylor_sums, ratios
-    from richft_jax.data.pipeline import normalize
+    from richft_jax.data.pixels import normalize
     from richft_jax.models.classifier import Classifier
     from richft_jax.models.demo import SmallResNet
 

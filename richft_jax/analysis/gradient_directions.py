@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from richft_jax import run, steps
-from richft_jax.data import pipeline
+from richft_jax.data import pipeline, pixels
 from richft_jax.methods import feature_dropout
 from richft_jax.methods import hooks as hooks_lib
 
@@ -53,7 +53,7 @@ def run_once(config: ml_collections.ConfigDict, rate: float, args: dict) -> dict
     theta0 = run.init_variables(config, model, data)
     params, batch_stats = theta0["params"], theta0["batch_stats"]
     hooks = hooks_lib.build(config, model, data.splits[0].images.shape[1:])
-    _, root = run.keys(config)
+    _, root = steps.keys(config)
     state = steps.create_train_state(params, batch_stats, tx, root, hooks.init_extras(params))
     norm = config.data.normalize
     step_fn = jax.jit(
@@ -67,7 +67,7 @@ def run_once(config: ml_collections.ConfigDict, rate: float, args: dict) -> dict
     def loss_sum(params, batch, rate, key):
         out = model.apply(
             {"params": params, "batch_stats": batch_stats},
-            pipeline.normalize(batch["image"], norm),
+            pixels.normalize(batch["image"], norm),
             train=True,
             dropout_rate=rate,
             rngs={"dropout": key},

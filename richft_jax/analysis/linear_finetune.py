@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from richft_jax import parallel, results
-from richft_jax.data import pipeline
+from richft_jax.data import pipeline, pixels
 from richft_jax.methods.feature_dropout import feature_dropout
 
 DEFAULT_SITES = ("stage3_block1_pooled", "stage4_block1_pooled", "features")
@@ -56,7 +56,7 @@ def site_fn(model, sites: tuple[str, ...], normalize: str):
     key = (repr(model), sites, normalize)
     if key not in _SITE_FNS:
         _SITE_FNS[key] = jax.jit(
-            lambda v, x: site_outputs(model, v, pipeline.normalize(x, normalize), sites)
+            lambda v, x: site_outputs(model, v, pixels.normalize(x, normalize), sites)
         )
     return _SITE_FNS[key]
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from richft_jax import parallel
-from richft_jax.data import pipeline
+from richft_jax.data import pipeline, pixels
 
 PyTree = Any
 
@@ -59,7 +59,7 @@ def make_taylor_sums(model, normalize: str) -> Callable[[dict, dict, dict], dict
     """
 
     def sums(v0: dict, v: dict, batch: dict) -> dict:
-        images = pipeline.normalize(batch["image"], normalize)
+        images = pixels.normalize(batch["image"], normalize)
         mask = batch["mask"].astype(jnp.float32)
 
         def fn(p, x, stats):

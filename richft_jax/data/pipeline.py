@@ -11,8 +11,6 @@ replays exactly the batches of an uninterrupted one.
 import dataclasses
 from collections.abc import Iterator, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from richft_jax import tf_cpu
@@ -236,15 +234,3 @@ def eval_batches(
             key = tf.constant([seed, index], tf.int64)
             images = _augment_eval(tf.constant(images), augment, key).numpy()
         yield {"image": images, "label": labels, "mask": mask}
-
-
-def normalize(images: jax.Array, kind: str) -> jax.Array:
-    """uint8 images to float32 as the backbone expects; runs inside the jitted steps."""
-    x = images.astype(jnp.float32) / 255.0
-    if kind == "minus_one_one":
-        return x * 2.0 - 1.0
-    if kind == "imagenet":
-        mean = jnp.array([0.485, 0.456, 0.406], jnp.float32)
-        std = jnp.array([0.229, 0.224, 0.225], jnp.float32)
-        return (x - mean) / std
-    raise ValueError(f"config.data.normalize: unknown normalisation {kind!r}.")
