@@ -3,7 +3,7 @@ loaded machine (both sides see the same load, interleaved).
 
   python -m benchmarks.model_ab [--model=resnet18] [--kwargs='{"width": 16}']
       [--a='{}'] [--b='{"KWARG": VALUE}'] [--batch=128] [--image_size=32]
-      [--repeats=7] [--steps=3]
+      [--repeats=7] [--steps=3] [--dtype=bfloat16]
 
 Both sides are the benchmark's train step (throughput.setup: the demo config with `--model`,
 config.model.kwargs = `--kwargs` updated by `--a` / `--b`), from the same θ0. It checks the
@@ -38,12 +38,13 @@ IMAGE_SIZE = flags.DEFINE_integer("image_size", 32, "Image side.")
 REPEATS = flags.DEFINE_integer("repeats", 7, "Interleaved rounds.")
 STEPS = flags.DEFINE_integer("steps", 3, "Blocking train steps per side per round.")
 RATE = flags.DEFINE_float("rate", 0.9, "Feature-dropout rate of the timed steps.")
+DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 
 
 def build(kwargs: dict) -> throughput.Bench:
     """The benchmark's train step of `--model` with these kwargs."""
     return throughput.setup(
-        FLAGS.value, BATCH.value, IMAGE_SIZE.value, "float32", False, None, kwargs
+        FLAGS.value, BATCH.value, IMAGE_SIZE.value, DTYPE.value, False, None, kwargs
     )
 
 

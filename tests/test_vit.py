@@ -107,3 +107,18 @@ def test_blocks_match_flax_layers():
             return nn.Dense(x.shape[-1], name="Dense_1")(y)
 
     _same_init_and_function(vit.MlpBlock(48), FlaxMlp(), x, lambda y: y)
+
+
+def test_attention_implementations_compute_the_same_function():
+    """`attention="xla"` (jax.nn.dot_product_attention) is the einsum path's function with the
+    same parameters; an unknown implementation is refused by name."""
+    import pytest  # noqa: PLC0415
+
+    from richft_jax.models.vit import ATTENTION  # noqa: PLC0415
+
+    assert ATTENTION == ("xla", "cudnn")
+    x = jax.random.uniform(jax.random.key(5), (2, 32, 32, 3), minval=-1.0, maxval=1.0)
+    kw = {**TINY, "num_classes": 5}
+    _same_init_and_function(ViT(**kw, attention="xla"), ViT(**kw), x)
+    with pytest.raises(ValueError, match="attention='flash'.*einsum"):
+        ViT(**kw, attention="flash").init(jax.random.key(0), x)

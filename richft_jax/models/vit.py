@@ -105,6 +105,9 @@ class _DenseParams(nn.Module):
         return kernel, bias
 
 
+ATTENTION = ("xla", "cudnn")  # jax.nn.dot_product_attention's implementations.
+
+
 class MultiHeadAttention(nn.Module):
     """Self-attention with nn.MultiHeadDotProductAttention's parameters (`query`, `key`,
     `value`: kernel (D, heads, head_dim), bias (heads, head_dim); `out`: kernel (heads,
@@ -112,10 +115,13 @@ class MultiHeadAttention(nn.Module):
 
     q, k and v are one matmul of the (batch * tokens, D) rows with the concatenated kernels,
     the output projection another; heads stay in the token-major layout the matmuls produce.
+    `attention`: "einsum" (the two einsums and the softmax, written out: fastest on the CPU)
+    or a `jax.nn.dot_product_attention` implementation, "xla" or "cudnn" (fused on a GPU).
     """
 
     num_heads: int
     dtype: jnp.dtype = jnp.float32
+    attention: str = "einsum"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -129,10 +135,17 @@ class MultiHeadAttention(nn.Module):
         rows = x.astype(self.dtype).reshape(n * t, d)
         qkv = rows @ kernel.astype(self.dtype) + bias.astype(self.dtype)
         qkv = qkv.reshape(n, t, 3, heads, head_dim)
-        q = qkv[:, :, 0] / jnp.sqrt(head_dim).astype(self.dtype)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, qkv[:, :, 1])
-        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        y = jnp.einsum("bhqk,bkhd->bqhd", weights, qkv[:, :, 2]).reshape(n * t, d)
+        if self.attention == "einsum":
+            q = qkv[:, :, 0] / jnp.sqrt(head_dim).astype(self.dtype)
+            logits = jnp.einsum("bqhd,bkhd->bhqk", q, qkv[:, :, 1])
+            weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+            y = jnp.einsum("bhqk,bkhd->bqhd", weights, qkv[:, :, 2])
+        elif self.attention in ATTENTION:
+            q, k, v = (qkv[:, :, i] for i in range(3))
+            y = jax.nn.dot_product_attention(q, k, v, implementation=self.attention)
+        else:
+            raise ValueError(f"ViT attention={self.attention!r}: one of einsum, {ATTENTION}.")
+        y = y.reshape(n * t, d)
         y = y @ out_kernel.reshape(d, d).astype(self.dtype) + out_bias.astype(self.dtype)
         return y.reshape(n, t, d)
 
@@ -167,6 +180,7 @@ class EncoderBlock(nn.Module):
     mlp_dim: int
     num_heads: int
     dtype: jnp.dtype = jnp.float32
+    attention: str = "einsum"
 
     @nn.compact
     def __call__(self, x: jax.Array, block_rate, path_rate) -> jax.Array:
@@ -181,7 +195,10 @@ class EncoderBlock(nn.Module):
             return x + y
 
         y = LayerNorm(1e-6, self.dtype, name="LayerNorm_0")(x)
-        y = MultiHeadAttention(self.num_heads, self.dtype, name="MultiHeadDotProductAttention_1")(y)
+        attention = MultiHeadAttention(
+            self.num_heads, self.dtype, self.attention, name="MultiHeadDotProductAttention_1"
+        )
+        y = attention(y)
         x = residual(x, dropout(y))
         y = LayerNorm(1e-6, self.dtype, name="LayerNorm_2")(x)
         y = MlpBlock(self.mlp_dim, self.dtype, name="MlpBlock_3")(y, dropout)
@@ -200,6 +217,7 @@ class Encoder(nn.Module):
     num_heads: int
     dtype: jnp.dtype = jnp.float32
     remat: bool = False
+    attention: str = "einsum"
 
     @nn.compact
     def __call__(self, x: jax.Array, dropout, block_rate, path_rates) -> jax.Array:
@@ -207,7 +225,9 @@ class Encoder(nn.Module):
         x = dropout(x + pos.astype(self.dtype))
         block_cls = nn.remat(EncoderBlock) if self.remat else EncoderBlock
         for i in range(self.depth):
-            block = block_cls(self.mlp_dim, self.num_heads, self.dtype, name=f"encoderblock_{i}")
+            block = block_cls(
+                self.mlp_dim, self.num_heads, self.dtype, self.attention, name=f"encoderblock_{i}"
+            )
             x = block(x, block_rate, None if path_rates is None else path_rates[i])
         return LayerNorm(1e-6, self.dtype, name="encoder_norm")(x)
 
@@ -243,6 +263,7 @@ class ViT(nn.Module):
     representation_size: int | None = None
     dtype: jnp.dtype = jnp.float32
     remat: bool = False  # Recompute each block in the backward pass (Encoder).
+    attention: str = "einsum"  # MultiHeadAttention's: einsum, or xla / cudnn (GPU).
 
     @nn.nowrap
     def stages(self) -> list[tuple[str, tuple[str, ...]]]:
@@ -287,9 +308,11 @@ class ViT(nn.Module):
         x = x.reshape(n, h * w, c)
         cls = self.param("cls", nn.initializers.zeros, (1, 1, c))
         x = jnp.concatenate([jnp.tile(cls.astype(self.dtype), (n, 1, 1)), x], axis=1)
-        x = Encoder(
-            self.depth, self.mlp_dim, self.num_heads, self.dtype, self.remat, name="Transformer"
-        )(x, dropout, block_dropout_rate, path_rates)
+        encoder = Encoder(
+            *(self.depth, self.mlp_dim, self.num_heads, self.dtype, self.remat, self.attention),
+            name="Transformer",
+        )
+        x = encoder(x, dropout, block_dropout_rate, path_rates)
         x = x[:, 0]
         if self.representation_size:
             x = nn.tanh(nn.Dense(self.representation_size, dtype=self.dtype, name="pre_logits")(x))
