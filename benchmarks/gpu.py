@@ -351,6 +351,7 @@ def torch_rows(bench: Any, rows: list[dict], opts: Options, group: Group, info: 
                 "images_per_s": images_per_s,
                 "peak_memory_gib": None if mb is None else mb / 1024,
                 "memory_source": out.get("torch_memory_source"),
+                "wall_s": out.get(f"torch_{r['mode']}_wall_s"),
                 "note": f"torch {out['torch_version']} on {out['torch_device']}",
             }
         else:
@@ -368,17 +369,22 @@ def config_rows(
 
     model = opts.model(group.model)
     rows = [row_base(opts, group, batch, fw, mode) for fw, mode in modes(opts, group)]
+    start = time.monotonic()
     try:
         bench = throughput.setup(
             model.jax, batch, opts.image_size, group.dtype, group.remat, 1, model.kwargs
         )
     except Exception as e:  # noqa: BLE001
         return [r | {"status": "error", "note": short(e)} for r in rows]
+    setup_s = time.monotonic() - start
     torch = torch_rows(bench, rows[1:], opts, group, info) if len(rows) > 1 else []
+    start = time.monotonic()
     try:
         jax = jax_row(bench, rows[0], opts, peak, tracker)
     except Exception as e:  # noqa: BLE001 (e.g. out of memory: this row only)
         jax = rows[0] | {"status": "error", "note": short(e)}
+    # Seconds each row took (compilation included), for planning a GPU session's budget.
+    jax |= {"setup_s": setup_s, "wall_s": time.monotonic() - start}
     return [jax, *torch]
 
 
@@ -810,7 +816,7 @@ def run_all(opts: Options, command: str) -> dict:
     meta |= {"goals": GOALS_TEXT, "notes": notes(opts), "elapsed_s": 0.0}
     rows: list[dict] = []
     for part in plan(opts):
-        left = deadline - time.monotonic()
+        left, before = deadline - time.monotonic(), len(rows)
         if part == "demo":
             rows.append(run_demo(opts.demo, min(opts.demo_timeout_s, left)))
         else:
@@ -819,10 +825,24 @@ def run_all(opts: Options, command: str) -> dict:
         report = finalize(rows, meta, opts)
         json_path, _ = write_outputs(report, opts)
         done = sum(r["status"] == "ok" for r in rows)
-        print(f"[{meta['elapsed_s']:4.0f} s] {describe(opts, part)}: {done}/{len(rows)} rows ok")
+        took = seconds_taken(rows[before:])
+        print(
+            f"[{meta['elapsed_s']:4.0f} s] {describe(opts, part)}: {done}/{len(rows)} rows ok{took}"
+        )
     print(markdown(report))
     print(f"Wrote {json_path} and {json_path.with_suffix('.md')}")
     return report
+
+
+def seconds_taken(rows: list[dict]) -> str:
+    """Where a part's time went, e.g. ` (setup 9 s, JAX jit 31 s, torch.compile 58 s)`."""
+    parts = [f"setup {r['setup_s']:.0f} s" for r in rows if r.get("setup_s") is not None]
+    parts += [
+        f"{MODE_LABELS.get(r['mode'], r['mode'])} {r['wall_s']:.0f} s"
+        for r in rows
+        if r.get("wall_s") is not None and r["mode"] != "demo"
+    ]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def dry_run(opts: Options) -> str:

@@ -437,6 +437,7 @@ def benchmark(
         variants.append("compile")
     out = {"torch_device": str(device), "torch_version": torch.__version__}
     for variant in variants:
+        start = time.perf_counter()
         backbone = build_backbone(name, kwargs, image_size)
         model = Classifier(backbone, feature_dim_of(backbone, image_size), num_classes, freeze_bn)
         model.dropout_rate = dropout_rate
@@ -462,4 +463,5 @@ def benchmark(
             None if memory["bytes"] is None else memory["bytes"] / 2**20
         )
         out["torch_memory_source"] = memory["source"]
+        out[f"torch_{variant}_wall_s"] = time.perf_counter() - start  # Compilation included.
     return out

@@ -76,6 +76,10 @@ def test_tiny_run_writes_every_row_field_and_goal(tmp_path, monkeypatch):
             assert math.isfinite(r[key]) and r[key] > 0, (key, r)
         assert r["step_ms"] == pytest.approx(1000 * r["batch"] / r["images_per_s"])
         assert r["vs_torch_compile"] is None  # No torch.compile row measured.
+        assert r["wall_s"] > 0, r  # What each measurement took, for planning a GPU's time.
+        assert (r["setup_s"] > 0) if r["mode"] == "jit" else ("setup_s" not in r), r
+    took = gpu.seconds_taken([r for r in rows if r["model"] == "vit_b16" and not r["remat"]])
+    assert took.startswith(" (setup ") and " s, JAX jit " in took and "torch eager " in took
 
     peak = report["meta"]["peak_bf16_tflops"] * 1e12
     by_mode = {(r["model"], r["mode"], r["remat"]): r for r in rows}
