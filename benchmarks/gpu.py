@@ -5,7 +5,8 @@
   bash benchmarks/gpu.sh --dry_run                 # the plan and the goals, nothing run
 
 Train steps at 224 px, batch 96 (the paper's 3 x 32) and 256, bf16 and fp32 (TF32 matmuls on
-both sides), ViT-B/16 also with rematerialisation (config.model.kwargs.remat): the JAX step
+both sides), ViT-B/16 also with rematerialisation (config.model.kwargs.remat) and, in bf16,
+with jax.nn.dot_product_attention (--vit_attention, default cudnn; --tiny: xla): the JAX step
 (throughput.setup: the library's model, optimizer and jitted step) against the PyTorch twin in
 eager mode, channels-last (ResNet) and torch.compile (throughput.time_torch). Per row: step
 ms, images/s, MFU against this GPU's measured bf16 matmul peak (a jitted 8192² matmul), peak
@@ -45,7 +46,8 @@ GOALS_TEXT = (
 )
 MIN_GROUP_S = 30  # A group is not started with less of the budget left.
 DEMO_MIN_S = 10  # Nor the demo.
-MODES = ("jit", "compile", "eager", "channels_last")  # Table order within a configuration.
+# Table order within a configuration; jit_<impl>: the ViT with jax.nn.dot_product_attention.
+MODES = ("jit", "jit_cudnn", "jit_xla", "compile", "eager", "channels_last")
 UNMEASURED = {"images_per_s": None, "peak_memory_gib": None, "memory_source": None}
 
 
@@ -113,6 +115,7 @@ class Options:
     allow_cpu: bool
     out_dir: str
     stem: str
+    attention: tuple[str, ...] = ()  # ViT rows with jax.nn.dot_product_attention (bf16).
 
     def model(self, key: str) -> Model:
         """The backbone `key` (resnet50, vit_b16) at this run's size."""
@@ -150,11 +153,14 @@ def plan(opts: Options) -> list[Group | str]:
 
 
 def modes(opts: Options, group: Group) -> list[tuple[str, str]]:
-    """(framework, mode) of a group's rows at one batch: JAX, then the torch variants."""
+    """(framework, mode) of a group's rows at one batch: JAX (the ViT in bf16 also with each
+    --vit_attention implementation), then the torch variants."""
     if group.remat:
         return [("jax", "jit")]
-    torch = ["compile", "eager", *(["channels_last"] if opts.model(group.model).convnet else [])]
-    return [("jax", "jit"), *[("torch", m) for m in torch]]
+    convnet = opts.model(group.model).convnet
+    fused = [] if convnet or group.dtype != "bfloat16" else [f"jit_{a}" for a in opts.attention]
+    torch = ["compile", "eager", *(["channels_last"] if convnet else [])]
+    return [("jax", m) for m in ("jit", *fused)] + [("torch", m) for m in torch]
 
 
 def row_base(opts: Options, group: Group, batch: int, framework: str, mode: str) -> dict:
@@ -364,28 +370,56 @@ def torch_rows(bench: Any, rows: list[dict], opts: Options, group: Group, info: 
 def config_rows(
     opts: Options, group: Group, batch: int, peak: float, info: dict, tracker: JaxPeak
 ) -> list[dict]:
-    """One batch size of a group: torch first (it hands its memory back), then JAX."""
+    """One batch size of a group: torch first (it hands its memory back), then JAX, the plain
+    step and then each attention variant, one train state on the device at a time."""
     from benchmarks import throughput  # noqa: PLC0415
 
     model = opts.model(group.model)
     rows = [row_base(opts, group, batch, fw, mode) for fw, mode in modes(opts, group)]
-    start = time.monotonic()
-    try:
-        bench = throughput.setup(
-            model.jax, batch, opts.image_size, group.dtype, group.remat, 1, model.kwargs
+    jax_rows = [r for r in rows if r["framework"] == "jax"]
+    torch_rows_ = [r for r in rows if r["framework"] == "torch"]
+
+    def bench_of(mode: str) -> Any:
+        kwargs = model.kwargs | ({"attention": mode[4:]} if mode != "jit" else {})
+        return throughput.setup(
+            model.jax, batch, opts.image_size, group.dtype, group.remat, 1, kwargs
         )
+
+    try:
+        start = time.monotonic()
+        bench, setup_s = bench_of("jit"), time.monotonic() - start
     except Exception as e:  # noqa: BLE001
         return [r | {"status": "error", "note": short(e)} for r in rows]
-    setup_s = time.monotonic() - start
-    torch = torch_rows(bench, rows[1:], opts, group, info) if len(rows) > 1 else []
-    start = time.monotonic()
+    torch = torch_rows(bench, torch_rows_, opts, group, info) if torch_rows_ else []
+    measured = [timed_jax_row(lambda: bench, setup_s, jax_rows[0], opts, peak, tracker)]
+    bench = None  # Its state leaves the device before the next variant's.
+    for row in jax_rows[1:]:
+        measured.append(
+            timed_jax_row(lambda m=row["mode"]: bench_of(m), None, row, opts, peak, tracker)
+        )
+    return [*measured, *torch]
+
+
+def timed_jax_row(
+    make_bench: Callable[[], Any],
+    setup_s: float | None,
+    row: dict,
+    opts: Options,
+    peak: float,
+    tracker: JaxPeak,
+) -> dict:
+    """jax_row with the seconds its setup (`setup_s`, or make_bench's) and measuring took, for
+    planning a GPU session's budget; an error (out of memory, an attention implementation the
+    device lacks) stays in this row."""
     try:
-        jax = jax_row(bench, rows[0], opts, peak, tracker)
-    except Exception as e:  # noqa: BLE001 (e.g. out of memory: this row only)
-        jax = rows[0] | {"status": "error", "note": short(e)}
-    # Seconds each row took (compilation included), for planning a GPU session's budget.
-    jax |= {"setup_s": setup_s, "wall_s": time.monotonic() - start}
-    return [jax, *torch]
+        start = time.monotonic()
+        bench = make_bench()
+        setup_s = time.monotonic() - start if setup_s is None else setup_s
+        start = time.monotonic()
+        out = jax_row(bench, row, opts, peak, tracker)
+    except Exception as e:  # noqa: BLE001
+        return row | {"status": "error", "note": short(e)}
+    return out | {"setup_s": setup_s, "wall_s": time.monotonic() - start}
 
 
 def run_group(
@@ -610,7 +644,7 @@ def derive(row: dict, config: dict[str, dict], peak: float | None, opts: Options
     out["vs_torch_compile"] = ips / compile_["images_per_s"] if ips and compile_ else None
     out["vs_torch_eager"] = ips / max(eager) if ips and eager else None
     goals = {"goal_vs_compile": "—", "goal_vs_eager": "—", "goal_mfu": "—"}
-    if row["framework"] == "jax" and row["mode"] == "jit" and not row["remat"]:
+    if row["framework"] == "jax" and not row["remat"]:
         mfu_goal = opts.model(row["model"]).mfu_goal
         goals["goal_vs_compile"] = verdict(out["vs_torch_compile"], GOALS["vs_compile"])
         goals["goal_vs_eager"] = verdict(out["vs_torch_eager"], GOALS["vs_eager"])
@@ -624,7 +658,9 @@ def goal_summary(rows: list[dict], opts: Options) -> list[dict]:
     summary = []
     for key in opts.models:
         model = opts.model(key)
-        jax_rows = [r for r in rows if r["model"] == key and r["mode"] == "jit" and not r["remat"]]
+        jax_rows = [
+            r for r in rows if r["model"] == key and r["framework"] == "jax" and not r["remat"]
+        ]
         for goal, field, target in (
             ("goal_vs_compile", "vs_torch_compile", GOALS["vs_compile"]),
             ("goal_vs_eager", "vs_torch_eager", GOALS["vs_eager"]),
@@ -634,7 +670,10 @@ def goal_summary(rows: list[dict], opts: Options) -> list[dict]:
             status = "not measured" if not judged else "pass"
             if any(r[goal] == "FAIL" for r in judged):
                 status = "FAIL"
-            measured = {f"{r['dtype']} batch {r['batch']}": r[field] for r in judged}
+            measured = {
+                f"{r['dtype']} batch {r['batch']}{ATTENTION_NOTE.get(r['mode'], '')}": r[field]
+                for r in judged
+            }
             summary.append(
                 {"model": model.label, "goal": field, "target": target}
                 | {"measured": measured, "status": status}
@@ -686,11 +725,16 @@ GOAL_LABELS = {
 }
 MODE_LABELS = {
     "jit": "JAX jit",
+    "jit_cudnn": "JAX jit (cuDNN attention)",
+    "jit_xla": "JAX jit (xla attention)",
     "compile": "torch.compile",
     "eager": "torch eager",
     "channels_last": "torch eager (channels-last)",
     "demo": "JAX, demo end to end",
 }
+
+
+ATTENTION_NOTE = {"jit_cudnn": " (cuDNN attention)", "jit_xla": " (xla attention)"}
 
 
 def num(value: float | None, spec: str, suffix: str = "") -> str:
@@ -835,10 +879,11 @@ def run_all(opts: Options, command: str) -> dict:
 
 
 def seconds_taken(rows: list[dict]) -> str:
-    """Where a part's time went, e.g. ` (setup 9 s, JAX jit 31 s, torch.compile 58 s)`."""
-    parts = [f"setup {r['setup_s']:.0f} s" for r in rows if r.get("setup_s") is not None]
-    parts += [
-        f"{MODE_LABELS.get(r['mode'], r['mode'])} {r['wall_s']:.0f} s"
+    """Where a part's time went, e.g. ` (JAX jit 9 s setup + 31 s, torch.compile 58 s)`."""
+    parts = [
+        f"{MODE_LABELS.get(r['mode'], r['mode'])} "
+        + (f"{r['setup_s']:.0f} s setup + " if r.get("setup_s") is not None else "")
+        + f"{r['wall_s']:.0f} s"
         for r in rows
         if r.get("wall_s") is not None and r["mode"] != "demo"
     ]
@@ -880,6 +925,7 @@ SIZES = {
     "peak_size": (8192, 512),
     "torch_compile_dtypes": ("bfloat16", ""),
     "name": ("gpu_benchmark", "gpu_benchmark_tiny"),
+    "vit_attention": ("cudnn", "xla"),
 }
 
 
@@ -894,6 +940,13 @@ def define_flags(flag_values: Any = None) -> None:
     flags.DEFINE_string("batch", None, "Comma-separated batch sizes." + sized("batch"), **fv)
     flags.DEFINE_list("dtype", ["bfloat16", "float32"], "Compute dtypes.", **fv)
     flags.DEFINE_list("remat_dtypes", ["bfloat16"], "Dtypes with a remat row (ViT).", **fv)
+    flags.DEFINE_string(
+        "vit_attention",
+        None,
+        "ViT bf16 rows also with these jax.nn.dot_product_attention implementations (xla, "
+        "cudnn; empty: none)." + sized("vit_attention"),
+        **fv,
+    )
     flags.DEFINE_string(
         "torch_compile_dtypes",
         None,
@@ -930,6 +983,9 @@ def resolve(f: Any) -> Options:
     bad = [d for d in (*f.dtype, *f.remat_dtypes) if d not in ("bfloat16", "float32")]
     if unknown or bad:
         raise app.UsageError(f"--model {unknown} not in {list(MODELS)}, or dtypes {bad}.")
+    attention = names(pick("vit_attention"))
+    if bad_attention := [a for a in attention if f"jit_{a}" not in MODES]:
+        raise app.UsageError(f"--vit_attention {bad_attention}: xla and cudnn are known.")
     try:
         batches = tuple(int(b) for b in names(pick("batch")))
     except ValueError as e:
@@ -951,6 +1007,7 @@ def resolve(f: Any) -> Options:
         allow_cpu=f.allow_cpu,
         out_dir=f.out_dir,
         stem=pick("name"),
+        attention=attention,
     )
 
 

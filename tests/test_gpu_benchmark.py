@@ -61,7 +61,9 @@ def test_tiny_run_writes_every_row_field_and_goal(tmp_path, monkeypatch):
     assert sorted(map(gpu.row_key, rows)) == sorted(
         map(gpu.row_key, [*expected, gpu.demo_row("tiny")])
     )
-    assert len(rows) == 9  # ResNet: JAX, compile, eager, channels-last; ViT: 3, remat; demo
+    # ResNet: JAX, compile, eager, channels-last; ViT: JAX, JAX with jax.nn attention (xla),
+    # compile, eager, remat; the demo.
+    assert len(rows) == 10
     for r in rows:
         assert set(FIELDS) <= set(r), set(FIELDS) - set(r)
         assert {r["goal_vs_compile"], r["goal_vs_eager"], r["goal_mfu"]} <= VERDICTS, r
@@ -77,9 +79,10 @@ def test_tiny_run_writes_every_row_field_and_goal(tmp_path, monkeypatch):
         assert r["step_ms"] == pytest.approx(1000 * r["batch"] / r["images_per_s"])
         assert r["vs_torch_compile"] is None  # No torch.compile row measured.
         assert r["wall_s"] > 0, r  # What each measurement took, for planning a GPU's time.
-        assert (r["setup_s"] > 0) if r["mode"] == "jit" else ("setup_s" not in r), r
+        assert (r["setup_s"] > 0) if r["framework"] == "jax" else ("setup_s" not in r), r
     took = gpu.seconds_taken([r for r in rows if r["model"] == "vit_b16" and not r["remat"]])
-    assert took.startswith(" (setup ") and " s, JAX jit " in took and "torch eager " in took
+    assert took.startswith(" (JAX jit ") and " s setup + " in took, took
+    assert "JAX jit (xla attention) " in took and "torch eager " in took, took
 
     peak = report["meta"]["peak_bf16_tflops"] * 1e12
     by_mode = {(r["model"], r["mode"], r["remat"]): r for r in rows}
@@ -99,6 +102,18 @@ def test_tiny_run_writes_every_row_field_and_goal(tmp_path, monkeypatch):
         plain["mfu_pct"] * remat["images_per_s"] / plain["images_per_s"]
     )
     assert remat["goal_vs_eager"] == "—"
+    # The ViT with jax.nn.dot_product_attention: its own row, judged against the same torch
+    # rows, its MFU from the plain step's FLOPs (the same function).
+    fused = by_mode[("vit_b16", "jit_xla", False)]
+    assert fused["vs_torch_eager"] == pytest.approx(
+        plain["vs_torch_eager"] * fused["images_per_s"] / plain["images_per_s"]
+    )
+    assert fused["mfu_pct"] == pytest.approx(
+        plain["mfu_pct"] * fused["images_per_s"] / plain["images_per_s"]
+    )
+    assert fused["goal_vs_eager"] in ("pass", "FAIL")
+    vit_eager = [g for g in report["goals"] if g["goal"] == "vs_torch_eager"][-1]
+    assert set(vit_eager["measured"]) == {"bfloat16 batch 4", "bfloat16 batch 4 (xla attention)"}
     assert [(g["model"], g["goal"]) for g in report["goals"]] == [
         (gpu.TINY_MODELS[m].label, goal)
         for m in ("resnet50", "vit_b16")
@@ -131,13 +146,14 @@ def test_gpu_sh_help_and_dry_run_exit_0():
     for line in (
         " 1. ResNet-50 bfloat16, batch 96: JAX jit, torch.compile, torch eager, torch eager "
         "(channels-last) [own process]",
-        " 2. ViT-B/16 bfloat16, batch 96: JAX jit, torch.compile, torch eager [own process]",
+        " 2. ViT-B/16 bfloat16, batch 96: JAX jit, JAX jit (cuDNN attention), torch.compile, "
+        "torch eager [own process]",
         " 4. ViT-B/16 bfloat16, batch 256:",
         " 6. ViT-B/16 bfloat16 remat, batch 256: JAX jit [own process]",
         " 7. demo: python -m richft_jax.main --config=demo:tiny",
         " 8. ResNet-50 float32, batch 96: JAX jit, torch.compile (not run)",
         "11. ViT-B/16 float32, batch 256:",
-        "31 rows -> /tmp/nowhere/gpu_benchmark.json and /tmp/nowhere/gpu_benchmark.md",
+        "33 rows -> /tmp/nowhere/gpu_benchmark.json and /tmp/nowhere/gpu_benchmark.md",
         "Missing packages: none",
     ):
         assert line in plan.stdout, (line, plan.stdout)
@@ -190,7 +206,7 @@ def test_torch_missing_or_without_cuda_is_said_in_its_rows():
     assert gpu.torch_unavailable({**cpu_torch, "platform": "cpu"}) is None
     opts = options("--tiny")
     group = gpu.Group("vit_b16", "bfloat16", False, (4,))
-    rows = gpu.expected_rows(opts, group)[1:]
+    rows = [r for r in gpu.expected_rows(opts, group) if r["framework"] == "torch"]
     skipped = gpu.torch_rows(None, rows, opts, group, cpu_torch)
     assert [r["status"] for r in skipped] == ["skipped", "skipped"]
     assert all("has no CUDA" in r["note"] for r in skipped)
