@@ -45,6 +45,11 @@ LABEL_NOISE_KINDS = ("none", "symmetric", "pairwise")  # methods/label_noise.py
 EVAL_AUGMENT = ("none", "training_domains")  # evaluation.eval_augmentation
 
 
+# The published-layout ViT's attention (models/vit.py): written out, or one of
+# jax.nn.dot_product_attention's implementations.
+VIT_ATTENTION = ("einsum", "xla", "cudnn")
+
+
 def not_one_of(key: str, value: object, valid: tuple) -> ValueError:
     """The error of config.KEY=VALUE outside its valid values, naming them."""
     return ValueError(f"config.{key}={value!r} is not one of {valid}.")
@@ -85,6 +90,9 @@ def config_errors(config: ml_collections.ConfigDict) -> list[ValueError]:
         section, name = key.split(".")
         if config[section][name] not in valid:
             errors.append(not_one_of(key, config[section][name], valid))
+    attention = config.model.kwargs.get("attention")
+    if attention is not None and attention not in VIT_ATTENTION:
+        errors.append(not_one_of("model.kwargs.attention", attention, VIT_ATTENTION))
     checks = [validate_pretrained] if config.pretrained.get("path") else []
     if config.model.name in BACKBONE_RATES:  # The methods' checks look the backbone up.
         checks.insert(0, validate_methods)

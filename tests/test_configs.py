@@ -14,7 +14,7 @@ import zipfile
 import pytest
 from absl import flags
 
-from richft_jax import config_lib
+from richft_jax import config_checks, config_lib
 from richft_jax.configs import demo_pretrain
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -355,7 +355,7 @@ WHEEL_CHECK = """
 import json, pathlib, sys
 from absl import flags
 import richft_jax
-from richft_jax import config_lib
+from richft_jax import config_checks, config_lib
 
 argv = ["prog", "--config=demo_rsl:tiny,noisy", "--config.num_steps=60"]
 flag_values = flags.FlagValues()
@@ -418,3 +418,17 @@ def test_configs_load_by_name_from_an_installed_wheel(tmp_path):
     assert got["clone_path"] == "demo_tiny" and got["pretrain"] == "demo_pretrain_tiny"
     installed = pathlib.Path(got["demo_backbone"])  # The installed demo loads the shipped file.
     assert installed == site / "richft_jax" / "assets" / asset.name and installed.is_file()
+
+
+def test_the_vits_speed_switches_are_config_keys_the_command_line_sets():
+    """remat and attention (same parameters, same function) are keys of the ViT configs, so
+    a GPU run sets them as flags; a bad attention is reported before anything runs."""
+    c = parse_flags("--config=vit_b16_dropout", "--config.model.kwargs.attention=cudnn")
+    assert (c.model.kwargs.attention, c.model.kwargs.remat) == ("cudnn", False)
+    c = parse_flags("--config=vit_b16_erm", "--config.model.kwargs.remat=True")
+    assert (c.model.kwargs.attention, c.model.kwargs.remat) == ("einsum", True)
+    c = parse_flags("--config=vit_b16_dropout", "--config.model.kwargs.attention=flash")
+    errors = [str(e) for e in config_checks.config_errors(c)]
+    assert "config.model.kwargs.attention='flash' is not one of ('einsum', 'xla', 'cudnn')." in (
+        errors
+    )

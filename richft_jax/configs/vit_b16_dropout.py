@@ -36,6 +36,10 @@ def build(
     c.data.normalize = "minus_one_one"  # augreg ViTs take [-1, 1].
     c.model.name = "vit_b16"
     c.model.freeze_bn = False  # No BatchNorm.
+    # Speed and memory switches of the ViT (same parameters and function), on the command line
+    # as --config.model.kwargs.remat=True / --config.model.kwargs.attention=cudnn:
+    c.model.kwargs.remat = False  # Recompute each block in the backward pass: less memory.
+    c.model.kwargs.attention = "einsum"  # cudnn: jax.nn.dot_product_attention's fused GPU kernel.
     c.pretrained.path = "vit_b16"  # Registered name: downloaded once (models/hub.py).
     return c
 

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from richft_jax.config_checks import VIT_ATTENTION
 from richft_jax.models.layers import depth_rates, drop_path, feature_dropout
 
 # Table 2 of Steiner et al. 2021 ("How to train your ViT"); patch size 16.
@@ -105,7 +106,7 @@ class _DenseParams(nn.Module):
         return kernel, bias
 
 
-ATTENTION = ("xla", "cudnn")  # jax.nn.dot_product_attention's implementations.
+ATTENTION = VIT_ATTENTION[1:]  # jax.nn.dot_product_attention's implementations.
 
 
 class MultiHeadAttention(nn.Module):
