@@ -48,6 +48,9 @@ EVAL_AUGMENT = ("none", "training_domains")  # evaluation.eval_augmentation
 # The published-layout ViT's attention (models/vit.py): written out, or one of
 # jax.nn.dot_product_attention's implementations.
 VIT_ATTENTION = ("einsum", "xla", "cudnn")
+# The torchvision-layout ResNets' 1x1 convolutions (models/resnet.py): auto, XLA convolutions or
+# matmuls.
+RESNET_CONV1X1 = ("auto", "conv", "dot")
 
 
 def not_one_of(key: str, value: object, valid: tuple) -> ValueError:
@@ -93,6 +96,9 @@ def config_errors(config: ml_collections.ConfigDict) -> list[ValueError]:
     attention = config.model.kwargs.get("attention")
     if attention is not None and attention not in VIT_ATTENTION:
         errors.append(not_one_of("model.kwargs.attention", attention, VIT_ATTENTION))
+    conv1x1 = config.model.kwargs.get("conv1x1")
+    if conv1x1 is not None and conv1x1 not in RESNET_CONV1X1:
+        errors.append(not_one_of("model.kwargs.conv1x1", conv1x1, RESNET_CONV1X1))
     checks = [validate_pretrained] if config.pretrained.get("path") else []
     if config.model.name in BACKBONE_RATES:  # The methods' checks look the backbone up.
         checks.insert(0, validate_methods)

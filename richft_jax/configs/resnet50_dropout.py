@@ -108,6 +108,9 @@ def build(
     c.data.normalize = "imagenet"  # torchvision's mean/std.
     c.model.name = "resnet50"
     c.model.freeze_bn = True  # Running statistics frozen (eval mode), affine params trained.
+    # 1x1 convolutions as matmuls (same parameters and function): auto = on a CPU only;
+    # --config.model.kwargs.conv1x1=conv|dot forces one.
+    c.model.kwargs.conv1x1 = "auto"
     c.pretrained.path = "resnet50"  # Registered name: downloaded once (models/hub.py).
     return c
 
