@@ -670,10 +670,10 @@ def goal_summary(rows: list[dict], opts: Options) -> list[dict]:
             status = "not measured" if not judged else "pass"
             if any(r[goal] == "FAIL" for r in judged):
                 status = "FAIL"
-            measured = {
-                f"{r['dtype']} batch {r['batch']}{ATTENTION_NOTE.get(r['mode'], '')}": r[field]
-                for r in judged
-            }
+            measured = {}
+            for r in judged:  # "bfloat16 batch 96", + " (cuDNN attention)" for a variant.
+                variant = MODE_LABELS[r["mode"]][len("JAX jit") :]
+                measured[f"{r['dtype']} batch {r['batch']}{variant}"] = r[field]
             summary.append(
                 {"model": model.label, "goal": field, "target": target}
                 | {"measured": measured, "status": status}
@@ -732,9 +732,6 @@ MODE_LABELS = {
     "channels_last": "torch eager (channels-last)",
     "demo": "JAX, demo end to end",
 }
-
-
-ATTENTION_NOTE = {"jit_cudnn": " (cuDNN attention)", "jit_xla": " (xla attention)"}
 
 
 def num(value: float | None, spec: str, suffix: str = "") -> str:

@@ -279,7 +279,9 @@ def profile_step(bench: Bench, num_steps: int, top: int) -> dict:
 def flop_utilisation(
     flops: float, images_per_s: float, batch: int, peak: float | None = None
 ) -> dict:
-    """The step's model FLOP utilisation against `peak` FLOP/s (default: matmul_peak())."""
+    """The step's model FLOP utilisation against `peak` FLOP/s (default: matmul_peak()):
+    `flops` are the whole step's (model_flops), the peak one device's, which is right on a CPU,
+    whose simulated devices share its cores, and on one accelerator (the GPU benchmark)."""
     peak = peak or matmul_peak()
     return {"peak_gflops_per_s": peak / 1e9, "mfu": flops * images_per_s / batch / peak}
 

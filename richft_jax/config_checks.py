@@ -51,6 +51,8 @@ VIT_ATTENTION = ("einsum", "xla", "cudnn")
 # The torchvision-layout ResNets' 1x1 convolutions (models/resnet.py): auto, XLA convolutions or
 # matmuls.
 RESNET_CONV1X1 = ("auto", "conv", "dot")
+# config.model.kwargs keys with a fixed set of values, checked when a config sets them.
+MODEL_KWARG_CHOICES = {"attention": VIT_ATTENTION, "conv1x1": RESNET_CONV1X1}
 
 
 def not_one_of(key: str, value: object, valid: tuple) -> ValueError:
@@ -93,12 +95,10 @@ def config_errors(config: ml_collections.ConfigDict) -> list[ValueError]:
         section, name = key.split(".")
         if config[section][name] not in valid:
             errors.append(not_one_of(key, config[section][name], valid))
-    attention = config.model.kwargs.get("attention")
-    if attention is not None and attention not in VIT_ATTENTION:
-        errors.append(not_one_of("model.kwargs.attention", attention, VIT_ATTENTION))
-    conv1x1 = config.model.kwargs.get("conv1x1")
-    if conv1x1 is not None and conv1x1 not in RESNET_CONV1X1:
-        errors.append(not_one_of("model.kwargs.conv1x1", conv1x1, RESNET_CONV1X1))
+    for name, valid in MODEL_KWARG_CHOICES.items():
+        value = config.model.kwargs.get(name)
+        if value is not None and value not in valid:
+            errors.append(not_one_of(f"model.kwargs.{name}", value, valid))
     checks = [validate_pretrained] if config.pretrained.get("path") else []
     if config.model.name in BACKBONE_RATES:  # The methods' checks look the backbone up.
         checks.insert(0, validate_methods)

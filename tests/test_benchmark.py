@@ -57,6 +57,17 @@ def test_benchmark_reports_all_measurements(tmp_path, data_dir, monkeypatch):
     ):
         assert row[key] > 0, key
     assert row["train_step_gflops"] > 0.01  # XLA's cost analysis counted the convolutions.
+    # MFU from the jaxpr's count of the whole step (model_flops), near XLA's CPU count of one
+    # device's share times the devices (XLA adds element-wise FLOPs, leaves out padding taps).
+    xla_whole_step = row["train_step_gflops"] * row["devices"]
+    assert 0.8 <= row["model_gflops_per_step"] / xla_whole_step < 1.6
+    assert row["mfu"] == pytest.approx(
+        row["model_gflops_per_step"]
+        * 1e9
+        * row["train_images_per_s_dropout0.9"]
+        / 24
+        / (row["peak_gflops_per_s"] * 1e9)
+    )
     assert 0 < row["mfu"] < 1.5
     assert row["devices"] == 8 and row["image_size"] == 32 and row["dtype"] == "float32"
     assert row["jax_over_torch_eager"] == pytest.approx(
@@ -298,3 +309,10 @@ def test_model_flops_counts_matmuls_and_convolutions_forward_and_backward():
     apply = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
     gflops = throughput.model_flops(apply, variables, images) / 1e9
     assert gflops == pytest.approx(2 * 4.09, rel=0.01)
+
+
+def test_matmul_peak_is_the_fastest_round(monkeypatch):
+    """A round slowed by other work does not lower the peak (nor inflate MFU)."""
+    seconds = iter([0.4, 0.1, 0.2])
+    monkeypatch.setattr(throughput, "timeit", lambda fn, n: next(seconds))
+    assert throughput.matmul_peak(size=64, n=1, rounds=3) == pytest.approx(2 * 64**3 / 0.1)

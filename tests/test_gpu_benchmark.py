@@ -10,6 +10,7 @@ same code: bfloat16 only)."""
 
 import json
 import math
+import os
 import pathlib
 import subprocess
 import sys
@@ -281,7 +282,7 @@ def test_train_steps_run_on_a_python_without_tensorflow(tmp_path):
     """The model, optimizer and jitted step import no TensorFlow (data/pixels.py holds the one
     image transform they need), so the benchmark runs on a GPU image without it."""
     (tmp_path / "sitecustomize.py").write_text(NO_TENSORFLOW)
-    env = {**gpu.os.environ, "PYTHONPATH": f"{tmp_path}:{REPO}"}
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}:{REPO}"}
     proc = subprocess.run(
         [sys.executable, "-c", STEP_WITHOUT_TF], cwd=REPO, env=env, capture_output=True,
         text=True, timeout=300,
