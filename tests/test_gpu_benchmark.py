@@ -16,7 +16,7 @@ import subprocess
 import sys
 
 import pytest
-from absl import flags
+from absl import app, flags
 
 from benchmarks import gpu
 
@@ -304,3 +304,20 @@ def test_demo_is_skipped_and_says_so_without_its_packages(monkeypatch):
     row = gpu.run_demo("tiny", 100)
     assert row["status"] == "skipped"
     assert row["note"] == "this Python lacks no_such_package_richft"
+
+
+def test_vit_attention_flag_is_checked_and_sized():
+    assert options().attention == ("cudnn",) and options("--tiny").attention == ("xla",)
+    assert options("--vit_attention=").attention == ()
+    with pytest.raises(app.UsageError, match=r"--vit_attention \['flash'\]"):
+        options("--vit_attention=flash")
+    # Attention rows only for the ViT in bf16.
+    opts = options("--vit_attention=xla,cudnn")
+    vit = [m for _, m in gpu.modes(opts, gpu.Group("vit_b16", "bfloat16", False, (96,)))]
+    assert vit[:3] == ["jit", "jit_xla", "jit_cudnn"]
+    assert "jit_xla" not in [
+        m for _, m in gpu.modes(opts, gpu.Group("vit_b16", "float32", False, (96,)))
+    ]
+    assert "jit_xla" not in [
+        m for _, m in gpu.modes(opts, gpu.Group("resnet50", "bfloat16", False, (96,)))
+    ]
