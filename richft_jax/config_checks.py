@@ -48,11 +48,11 @@ EVAL_AUGMENT = ("none", "training_domains")  # evaluation.eval_augmentation
 # The published-layout ViT's attention (models/vit.py): written out, or one of
 # jax.nn.dot_product_attention's implementations.
 VIT_ATTENTION = ("einsum", "xla", "cudnn")
-# The torchvision-layout ResNets' 1x1 convolutions (models/resnet.py): auto, XLA convolutions or
-# matmuls.
-RESNET_CONV1X1 = ("auto", "conv", "dot")
+# The convnets' convolutions (models/layers.py, Conv): "conv" XLA's convolutions, "dot" the ones
+# XLA's CPU backend runs slowly as matmuls (layers.conv_as_dot), "auto" dot on a CPU only.
+CONV_IMPL = ("auto", "conv", "dot")
 # config.model.kwargs keys with a fixed set of values, checked when a config sets them.
-MODEL_KWARG_CHOICES = {"attention": VIT_ATTENTION, "conv1x1": RESNET_CONV1X1}
+MODEL_KWARG_CHOICES = {"attention": VIT_ATTENTION, "conv_impl": CONV_IMPL}
 
 
 def not_one_of(key: str, value: object, valid: tuple) -> ValueError:

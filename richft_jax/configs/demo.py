@@ -44,6 +44,9 @@ def build(tiny: bool = False) -> ml_collections.ConfigDict:
     c.model.kwargs.blocks = (1, 1, 1, 1)
     c.model.kwargs.stem_stride = 2  # 16x16 maps from the stem: 4x cheaper, as accurate here.
     c.model.kwargs.feature_dim = 64 if tiny else 512  # Widened: room for 90% dropout.
+    # Convolutions XLA runs slowly on a CPU (1x1, and the last stage's 3x3 over 2x2 maps) as
+    # matmuls: "auto" = on a CPU only; conv|dot forces one (models/layers.py, Conv).
+    c.model.kwargs.conv_impl = "auto"
     c.model.freeze_bn = True
     # The shipped backbone (never pretrained here); tiny: pretrained on first use.
     tiny_path = config_lib.cache_path("demo_pretrain_tiny")

@@ -109,8 +109,8 @@ def build(
     c.model.name = "resnet50"
     c.model.freeze_bn = True  # Running statistics frozen (eval mode), affine params trained.
     # 1x1 convolutions as matmuls (same parameters and function): auto = on a CPU only;
-    # --config.model.kwargs.conv1x1=conv|dot forces one.
-    c.model.kwargs.conv1x1 = "auto"
+    # --config.model.kwargs.conv_impl=conv|dot forces one (models/layers.py, Conv).
+    c.model.kwargs.conv_impl = "auto"
     c.pretrained.path = "resnet50"  # Registered name: downloaded once (models/hub.py).
     return c
 

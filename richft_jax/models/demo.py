@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from richft_jax.models.layers import depth_rates, drop_path, feature_dropout
+from richft_jax.models.layers import Conv, depth_rates, drop_path, feature_dropout
 
 
 def _batch_norm(train: bool, dtype: jnp.dtype, name: str) -> nn.BatchNorm:
@@ -28,18 +28,11 @@ class BasicBlock(nn.Module):
     features: int
     strides: int = 1
     dtype: jnp.dtype = jnp.float32
+    conv_impl: str = "auto"  # layers.Conv: where convolutions are matmuls.
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        conv = lambda f, k, s, name: nn.Conv(  # noqa: E731
-            f,
-            (k, k),
-            (s, s),
-            padding=[(k // 2, k // 2)] * 2,
-            use_bias=False,
-            dtype=self.dtype,
-            name=name,
-        )
+        conv = lambda f, k, s, name: Conv(f, k, s, self.conv_impl, self.dtype, name=name)  # noqa: E731
         norm = lambda name: _batch_norm(train, self.dtype, name)  # noqa: E731
         y = nn.relu(norm("bn1")(conv(self.features, 3, self.strides, "conv1")(x)))
         # Plain (not zero) init of the last BN scale: zero-init residuals stalled pretraining of
@@ -58,6 +51,10 @@ class SmallResNet(nn.Module):
     stem_stride: int = 1
     feature_dim: int = 512
     dtype: jnp.dtype = jnp.float32
+    # config_checks.CONV_IMPL: "dot" computes the 1x1 convolutions and those whose window
+    # outgrows its output (the last stage's 3x3 ones at 32 px) as matmuls, same parameters and
+    # function (layers.Conv); "auto" on a CPU only; "conv" XLA's convolutions everywhere.
+    conv_impl: str = "auto"
 
     @nn.nowrap
     def stages(self) -> list[tuple[str, tuple[str, ...]]]:
@@ -76,29 +73,21 @@ class SmallResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        x = nn.Conv(
-            self.widths[0],
-            (3, 3),
-            (self.stem_stride,) * 2,
-            padding=[(1, 1)] * 2,
-            use_bias=False,
-            dtype=self.dtype,
-            name="stem_conv",
-        )(x.astype(self.dtype))
+        conv = lambda f, k, s, name: Conv(f, k, s, self.conv_impl, self.dtype, name=name)  # noqa: E731
+        x = conv(self.widths[0], 3, self.stem_stride, "stem_conv")(x.astype(self.dtype))
         x = nn.relu(_batch_norm(train, self.dtype, "stem_bn")(x))
         for i, (width, n) in enumerate(zip(self.widths, self.blocks, strict=True)):
             for j in range(n):
                 strides = 2 if (i > 0 and j == 0) else 1
                 name = f"stage{i + 1}_block{j + 1}"
-                x = BasicBlock(width, strides, self.dtype, name=name)(x, train=train)
+                block = BasicBlock(width, strides, self.dtype, self.conv_impl, name=name)
+                x = block(x, train=train)
                 # Pooled block outputs, read by linear fine-tuning (analysis.linear_finetune)
                 # with mutable=["intermediates"]; otherwise sow does nothing.
                 pooled = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
                 self.sow("intermediates", f"{name}_pooled", pooled)
         if self.feature_dim:
-            x = nn.Conv(
-                self.feature_dim, (1, 1), use_bias=False, dtype=self.dtype, name="widen_conv"
-            )(x)
+            x = conv(self.feature_dim, 1, 1, "widen_conv")(x)
             x = nn.relu(_batch_norm(train, self.dtype, "widen_bn")(x))
         return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
 

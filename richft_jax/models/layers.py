@@ -1,13 +1,17 @@
-"""Stochastic layers the backbones and the classifier share: inverted feature dropout, drop path
-(stochastic depth) and its per-block rates.
+"""Layers the backbones and the classifier share: inverted feature dropout, drop path
+(stochastic depth) and its per-block rates, and the convnets' bias-free convolution.
 
 They live with the models (not with the training methods) so `richft_jax.models` imports
 nothing from `richft_jax.methods`. Every rate may be a traced scalar, so a schedule
 (methods/feature_dropout.py) can change it every step without recompiling the train step.
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
+
+from richft_jax.config_checks import CONV_IMPL
 
 
 def feature_dropout(features: jax.Array, rate: jax.Array | float, key: jax.Array) -> jax.Array:
@@ -43,3 +47,44 @@ def depth_rates(rate: jax.Array | float, depth: int) -> list[jax.Array]:
     if depth == 1:
         return [rate]
     return [rate * (i / (depth - 1)) for i in range(depth)]
+
+
+def conv_as_dot(impl: str, window: int, out_hw: tuple[int, int]) -> bool:
+    """Whether a convolution runs as matmuls: with `impl` "dot" (or "auto" on a CPU), those
+    XLA's CPU backend runs slowly: 1x1 windows (it transposes activations around their
+    gradients) and windows with more taps than the output has pixels (it swaps the operands)."""
+    if impl not in CONV_IMPL:
+        raise ValueError(f"conv_impl={impl!r} is not one of {CONV_IMPL}.")
+    if impl == "conv" or (impl == "auto" and jax.default_backend() != "cpu"):
+        return False
+    return window == 1 or window * window > out_hw[0] * out_hw[1]
+
+
+class Conv(nn.Module):
+    """A bias-free k x k convolution with torch's symmetric padding k // 2 and nn.Conv's
+    parameter (`kernel`, (k, k, in, out)), initialisation and function; where `conv_as_dot`
+    says so, one matmul of the k*k shifted windows (im2col) over the (batch * pixels) rows."""
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    impl: str = "auto"  # config_checks.CONV_IMPL
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, s, pad = self.kernel_size, self.stride, self.kernel_size // 2
+        shape = (k, k, x.shape[-1], self.features)
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape)
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        n, h, w, _ = x.shape
+        ho, wo = (h + 2 * pad - k) // s + 1, (w + 2 * pad - k) // s + 1
+        if not conv_as_dot(self.impl, k, (ho, wo)):
+            return lax.conv_general_dilated(
+                x, kernel, (s, s), [(pad, pad)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+        x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        rows, cols = (slice(i, i + s * (ho - 1) + 1, s) for i in range(k)), range(k)
+        windows = [x[:, r, slice(j, j + s * (wo - 1) + 1, s)] for r in rows for j in cols]
+        patches = jnp.concatenate(windows, axis=-1).reshape(n * ho * wo, -1)
+        return (patches @ kernel.reshape(-1, self.features)).reshape(n, ho, wo, self.features)

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from richft_jax.config_checks import RESNET_CONV1X1
+from richft_jax.models.layers import Conv
 
 # name -> (block kind, blocks per stage)
 VARIANTS = {
@@ -22,42 +22,6 @@ VARIANTS = {
     "resnet101": {"block": "bottleneck", "stage_sizes": (3, 4, 23, 3)},
 }
 EXPANSION = {"basic": 1, "bottleneck": 4}
-
-
-class Conv1x1(nn.Module):
-    """A bias-free 1x1 convolution as a matmul over the (batch * pixels) rows, with nn.Conv's
-    parameter (`kernel`, (1, 1, in, out)), initialisation and function (stride: subsampling)."""
-
-    features: int
-    stride: int = 1
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = x[:, :: self.stride, :: self.stride].astype(self.dtype)
-        shape = (1, 1, x.shape[-1], self.features)
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape)
-        y = x.reshape(-1, x.shape[-1]) @ kernel.reshape(shape[2:]).astype(self.dtype)
-        return y.reshape(*x.shape[:-1], self.features)
-
-
-def _conv(
-    features: int, kernel: int, stride: int, dtype: jnp.dtype, name: str, dot: bool = False
-) -> nn.Module:
-    """Bias-free conv with torch's symmetric padding kernel // 2; a 1x1 one as a matmul when
-    `dot` (ResNet.conv1x1="dot")."""
-    if dot and kernel == 1:
-        return Conv1x1(features, stride, dtype, name=name)
-    pad = kernel // 2
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        (stride, stride),
-        padding=[(pad, pad), (pad, pad)],
-        use_bias=False,
-        dtype=dtype,
-        name=name,
-    )
 
 
 def _bn(train: bool, dtype: jnp.dtype, name: str) -> nn.BatchNorm:
@@ -74,34 +38,29 @@ class Block(nn.Module):
     stride: int
     kind: str = "bottleneck"
     dtype: jnp.dtype = jnp.float32
-    dot: bool = False  # 1x1 convolutions as matmuls (Conv1x1).
+    conv_impl: str = "auto"  # layers.Conv: where convolutions are matmuls.
+
+    @nn.nowrap
+    def conv(self, features: int, kernel: int, stride: int, name: str) -> Conv:
+        """A bias-free convolution with torch's padding kernel // 2 (layers.Conv)."""
+        return Conv(features, kernel, stride, self.conv_impl, self.dtype, name=name)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         out_features = self.width * EXPANSION[self.kind]
         if self.kind == "basic":
             y = nn.relu(
-                _bn(train, self.dtype, "bn1")(
-                    _conv(self.width, 3, self.stride, self.dtype, "conv1")(x)
-                )
+                _bn(train, self.dtype, "bn1")(self.conv(self.width, 3, self.stride, "conv1")(x))
             )
-            y = _bn(train, self.dtype, "bn2")(_conv(self.width, 3, 1, self.dtype, "conv2")(y))
+            y = _bn(train, self.dtype, "bn2")(self.conv(self.width, 3, 1, "conv2")(y))
         else:
+            y = nn.relu(_bn(train, self.dtype, "bn1")(self.conv(self.width, 1, 1, "conv1")(x)))
             y = nn.relu(
-                _bn(train, self.dtype, "bn1")(
-                    _conv(self.width, 1, 1, self.dtype, "conv1", self.dot)(x)
-                )
+                _bn(train, self.dtype, "bn2")(self.conv(self.width, 3, self.stride, "conv2")(y))
             )
-            y = nn.relu(
-                _bn(train, self.dtype, "bn2")(
-                    _conv(self.width, 3, self.stride, self.dtype, "conv2")(y)
-                )
-            )
-            y = _bn(train, self.dtype, "bn3")(
-                _conv(out_features, 1, 1, self.dtype, "conv3", self.dot)(y)
-            )
+            y = _bn(train, self.dtype, "bn3")(self.conv(out_features, 1, 1, "conv3")(y))
         if self.stride != 1 or x.shape[-1] != out_features:
-            x = _conv(out_features, 1, self.stride, self.dtype, "downsample_0", self.dot)(x)
+            x = self.conv(out_features, 1, self.stride, "downsample_0")(x)
             x = _bn(train, self.dtype, "downsample_1")(x)
         return nn.relu(x + y)
 
@@ -120,10 +79,11 @@ class ResNet(nn.Module):
     width: int = 64
     num_classes: int | None = None
     dtype: jnp.dtype = jnp.float32
-    # The 1x1 convolutions: "dot" as matmuls (Conv1x1: same parameters and function), "conv"
-    # as XLA convolutions, "auto" dot on a CPU (1.5x the ResNet-50 train step: XLA's CPU
-    # transposes activations around the convolutions' gradients) and conv elsewhere.
-    conv1x1: str = "auto"
+    # config_checks.CONV_IMPL: "dot" computes the 1x1 convolutions (and any whose window
+    # outgrows its output) as matmuls, same parameters and function (layers.Conv); "auto" on a
+    # CPU only (1.5x the ResNet-50 train step: XLA's CPU transposes activations around the 1x1
+    # convolutions' gradients); "conv" XLA's convolutions everywhere.
+    conv_impl: str = "auto"
 
     @nn.nowrap
     def stages(self) -> list[tuple[str, tuple[str, ...]]]:
@@ -142,17 +102,15 @@ class ResNet(nn.Module):
     def __call__(self, images: jax.Array, *, train: bool = False, features: bool = False):
         if self.block not in EXPANSION:
             raise ValueError(f"ResNet block={self.block!r} is not one of {sorted(EXPANSION)}.")
-        if self.conv1x1 not in RESNET_CONV1X1:
-            raise ValueError(f"ResNet conv1x1={self.conv1x1!r} is not one of {RESNET_CONV1X1}.")
-        dot = self.conv1x1 == "dot" or (self.conv1x1 == "auto" and jax.default_backend() == "cpu")
-        x = _conv(self.width, 7, 2, self.dtype, "conv1")(images.astype(self.dtype))
+        stem = Conv(self.width, 7, 2, self.conv_impl, self.dtype, name="conv1")
+        x = stem(images.astype(self.dtype))
         x = nn.relu(_bn(train, self.dtype, "bn1")(x))
         x = nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])
         for i, n in enumerate(self.stage_sizes):
             for j in range(n):
                 stride = 2 if i > 0 and j == 0 else 1
                 block = Block(
-                    *(self.width * 2**i, stride, self.block, self.dtype, dot),
+                    *(self.width * 2**i, stride, self.block, self.dtype, self.conv_impl),
                     name=f"layer{i + 1}_{j}",
                 )
                 x = block(x, train=train)
