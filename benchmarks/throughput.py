@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 
 from benchmarks.measure import peak_rss_growth, timeit
-from richft_jax import config_lib, parallel, steps
+from richft_jax import config_checks, config_lib, parallel, steps
 from richft_jax.data import pixels
 from richft_jax.methods import weight_space as ws
 from richft_jax.models import registry
@@ -319,7 +319,8 @@ def time_torch(
 
     config = bench.config
     optim = {key: config.optim[key] for key in ("lr", "momentum", "weight_decay", "head_lr_factor")}
-    name, kwargs = twin or (config.model.name, dict(config.model.kwargs))
+    architecture = config_checks.architecture_kwargs(config.model.kwargs)
+    name, kwargs = twin or (config.model.name, architecture)
     out = torch_twins.benchmark(
         name,
         kwargs,

@@ -53,6 +53,15 @@ VIT_ATTENTION = ("einsum", "xla", "cudnn")
 CONV_IMPL = ("auto", "conv", "dot")
 # config.model.kwargs keys with a fixed set of values, checked when a config sets them.
 MODEL_KWARG_CHOICES = {"attention": VIT_ATTENTION, "conv_impl": CONV_IMPL}
+# config.model.kwargs keys that choose how the same function is computed (kernels,
+# rematerialisation), not the architecture: a checkpoint's model ignores them.
+COMPUTE_KWARGS = ("attention", "conv_impl", "remat")
+
+
+def architecture_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """config.model.kwargs without COMPUTE_KWARGS: what fixes the function (the model of a
+    checkpoint, a PyTorch twin)."""
+    return {k: v for k, v in kwargs.items() if k not in COMPUTE_KWARGS}
 
 
 def not_one_of(key: str, value: object, valid: tuple) -> ValueError:

@@ -16,7 +16,7 @@ import torch
 from absl import flags
 
 from benchmarks import benchmark, measure, throughput, torch_twins
-from richft_jax import config_lib, run, steps
+from richft_jax import config_checks, config_lib, run, steps
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -141,7 +141,8 @@ def _jax_and_torch(name: str, lr: float):
         lambda x: np.asarray(x) + 0.05 * rng.standard_normal(x.shape, np.float32),
         variables["params"],
     )
-    torch_backbone = torch_twins.build_backbone(name, config.model.kwargs, 32)
+    kwargs = config_checks.architecture_kwargs(config.model.kwargs)
+    torch_backbone = torch_twins.build_backbone(name, kwargs, 32)
     torch_model = torch_twins.Classifier(torch_backbone, 32, 10, config.model.freeze_bn)
     torch_twins.load_flax(torch_model, params, stats)
     return config, model, params, stats, torch_model.train()

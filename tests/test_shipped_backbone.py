@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from richft_jax import config_lib, run, train
+from richft_jax import config_checks, config_lib, run, train
 from richft_jax.configs import demo_pretrain
 from richft_jax.models import hub
 
@@ -91,7 +91,7 @@ def test_full_size_demo_configs_resolve_to_the_shipped_file(name, cache):
     c = config_lib.load_config_file(name)
     assert c.pretrained.path == str(FILE)
     assert c.model.name == RECORD["model"]["name"]
-    assert c.model.kwargs.to_dict() == {
+    assert config_checks.architecture_kwargs(c.model.kwargs.to_dict()) == {
         k: tuple(v) if isinstance(v, list) else v for k, v in RECORD["model"]["kwargs"].items()
     }
     train.ensure_pretrained(c)  # Does nothing: the file is there.
