@@ -122,3 +122,72 @@ def test_attention_implementations_compute_the_same_function():
     _same_init_and_function(ViT(**kw, attention="xla"), ViT(**kw), x)
     with pytest.raises(ValueError, match="attention='flash'.*einsum"):
         ViT(**kw, attention="flash").init(jax.random.key(0), x)
+
+
+class _FlaxSmallViT(nn.Module):
+    """demo.SmallViT as flax's own layers over (batch, tokens, dim): the reference its
+    rows layout (and vit.MultiHeadAttention) must compute, checkpoints loading unchanged."""
+
+    @nn.compact
+    def __call__(self, x, *, train, block_dropout_rate=None, drop_path_rate=None):
+        from richft_jax.models import layers  # noqa: PLC0415
+
+        on = block_dropout_rate is not None  # Both rates or neither (init).
+
+        def dropout(y):
+            return (
+                layers.feature_dropout(y, block_dropout_rate, self.make_rng("dropout")) if on else y
+            )
+
+        def residual(x, y, rate):
+            return x + (layers.drop_path(y, rate, self.make_rng("dropout")) if on else y)
+
+        rates = layers.depth_rates(drop_path_rate, 2) if on else [None, None]
+        x = nn.Conv(16, (8, 8), (8, 8), name="embedding")(x)
+        x = x.reshape(x.shape[0], -1, 16)
+        x = x + self.param("pos_embedding", nn.initializers.normal(0.02), (1, x.shape[1], 16))
+        for i in range(2):
+            y = nn.LayerNorm(name=f"block{i}_ln1")(x)
+            y = nn.MultiHeadDotProductAttention(2, name=f"block{i}_attn")(y, y)
+            x = residual(x, dropout(y), rates[i])
+            y = nn.Dense(32, name=f"block{i}_mlp1")(nn.LayerNorm(name=f"block{i}_ln2")(x))
+            x = residual(
+                x, dropout(nn.Dense(16, name=f"block{i}_mlp2")(dropout(nn.gelu(y)))), rates[i]
+            )
+        x = nn.LayerNorm(name="encoder_norm")(x).mean(axis=1)
+        return nn.gelu(nn.Dense(24, name="widen")(x))
+
+
+def test_small_vit_rows_layout_is_flax_layers_function():
+    """The demo's SmallViT (its blocks over (batch * tokens) rows, vit.py's attention): flax's
+    layers' parameters, initial values, and loss and gradients with block dropout and drop path
+    on (the same masks)."""
+    from richft_jax.models.demo import SmallViT  # noqa: PLC0415
+
+    model = Classifier(SmallViT(patch=8, dim=16, depth=2, heads=2, mlp_ratio=2, feature_dim=24), 5)
+    ref = Classifier(_FlaxSmallViT(), 5)
+    x = jax.random.uniform(jax.random.key(0), (4, 32, 32, 3))
+    y = jnp.arange(4) % 5
+    variables = model.init(jax.random.key(1), x, train=False)
+    ref_variables = ref.init(jax.random.key(1), x, train=False)
+    assert jax.tree.structure(variables) == jax.tree.structure(ref_variables)
+    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(ref_variables), strict=True):
+        np.testing.assert_array_equal(a, b)
+    rates = {"block_dropout_rate": 0.3, "drop_path_rate": 0.5}
+
+    def loss(m, params):
+        logits, _ = m.apply(
+            {"params": params},
+            x,
+            train=True,
+            dropout_rate=0.5,
+            backbone_rates=rates,
+            rngs={"dropout": jax.random.key(2)},
+        )
+        return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), y])
+
+    params = jax.tree.map(lambda p: p + 0.1, variables["params"])  # Non-zero biases.
+    got = jax.jit(jax.value_and_grad(lambda p: loss(model, p)))(params)
+    want = jax.jit(jax.value_and_grad(lambda p: loss(ref, p)))(params)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

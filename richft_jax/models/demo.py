@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from richft_jax.models.layers import Conv, depth_rates, drop_path, feature_dropout
+from richft_jax.models.vit import MultiHeadAttention
 
 
 def _batch_norm(train: bool, dtype: jnp.dtype, name: str) -> nn.BatchNorm:
@@ -139,30 +140,31 @@ class SmallViT(nn.Module):
             return feature_dropout(y, block_dropout_rate, self.make_rng("dropout"))
 
         path_rates = None if drop_path_rate is None else depth_rates(drop_path_rate, self.depth)
-
-        def residual(x, y, i):
-            if path_rates is not None:
-                y = drop_path(y, path_rates[i], self.make_rng("dropout"))
-            return x + y
-
         x = nn.Conv(
             self.dim, (self.patch,) * 2, (self.patch,) * 2, dtype=self.dtype, name="embedding"
         )(x.astype(self.dtype))
         n, h, w, c = x.shape
-        x = x.reshape(n, h * w, c)
-        pos = self.param("pos_embedding", nn.initializers.normal(0.02), (1, h * w, c))
-        x = x + pos.astype(self.dtype)
+        t = h * w
+        pos = self.param("pos_embedding", nn.initializers.normal(0.02), (1, t, c))
+        # The blocks work on (batch * tokens, dim) rows: XLA's CPU backend sums the bias and
+        # LayerNorm gradients over one row axis ~20x faster than over (batch, tokens).
+        x = (x.reshape(n, t, c) + pos.astype(self.dtype)).reshape(n * t, c)
+
+        def residual(x, y, i):
+            if path_rates is not None:
+                y = drop_path(y.reshape(n, t, c), path_rates[i], self.make_rng("dropout"))
+            return x + y.reshape(n * t, c)
+
         for i in range(self.depth):
             y = nn.LayerNorm(dtype=self.dtype, name=f"block{i}_ln1")(x)
-            y = nn.MultiHeadDotProductAttention(
-                self.heads, dtype=self.dtype, name=f"block{i}_attn"
-            )(y, y)
-            x = residual(x, dropout(y), i)
+            # nn.MultiHeadDotProductAttention's parameters and math (vit.py).
+            attention = MultiHeadAttention(self.heads, self.dtype, name=f"block{i}_attn")
+            x = residual(x, dropout(attention(y.reshape(n, t, c))), i)
             y = nn.LayerNorm(dtype=self.dtype, name=f"block{i}_ln2")(x)
             y = nn.Dense(self.dim * self.mlp_ratio, dtype=self.dtype, name=f"block{i}_mlp1")(y)
             y = nn.Dense(self.dim, dtype=self.dtype, name=f"block{i}_mlp2")(dropout(nn.gelu(y)))
             x = residual(x, dropout(y), i)
-        x = nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x).mean(axis=1)
+        x = nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x).reshape(n, t, c).mean(axis=1)
         if self.feature_dim:
             x = nn.gelu(nn.Dense(self.feature_dim, dtype=self.dtype, name="widen")(x))
         return x.astype(jnp.float32)
