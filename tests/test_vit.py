@@ -12,24 +12,25 @@ from richft_jax.models.vit import ViT
 TINY = {"width": 32, "depth": 3, "mlp_dim": 64, "num_heads": 2, "patch_size": 8}
 
 
+def _train_loss(model: nn.Module, params, x: jax.Array, rates: dict | None) -> jax.Array:
+    """Cross-entropy of 4 images (labels 0..3) at training, feature dropout 0.5 and the
+    backbone's `rates`, with a fixed dropout key (the same masks on every call)."""
+    logits, _ = model.apply(
+        {"params": params},
+        x,
+        train=True,
+        dropout_rate=0.5,
+        backbone_rates=rates,
+        rngs={"dropout": jax.random.key(2)},
+    )
+    return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), jnp.arange(4)])
+
+
 def _loss_and_grads(remat: bool, rates: dict | None):
     model = Classifier(ViT(**TINY, remat=remat), num_classes=5)
     x = jax.random.uniform(jax.random.key(0), (4, 32, 32, 3), minval=-1.0, maxval=1.0)
-    y = jnp.arange(4) % 5
     variables = model.init(jax.random.key(1), x, train=False)
-
-    def loss_fn(params):
-        logits, _ = model.apply(
-            {"params": params},
-            x,
-            train=True,
-            dropout_rate=0.5,
-            backbone_rates=rates,
-            rngs={"dropout": jax.random.key(2)},
-        )
-        return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), y])
-
-    fn = jax.value_and_grad(loss_fn)
+    fn = jax.value_and_grad(lambda params: _train_loss(model, params, x, rates))
     return (
         variables["params"],
         jax.jit(fn)(variables["params"]),
@@ -167,27 +168,14 @@ def test_small_vit_rows_layout_is_flax_layers_function():
     model = Classifier(SmallViT(patch=8, dim=16, depth=2, heads=2, mlp_ratio=2, feature_dim=24), 5)
     ref = Classifier(_FlaxSmallViT(), 5)
     x = jax.random.uniform(jax.random.key(0), (4, 32, 32, 3))
-    y = jnp.arange(4) % 5
     variables = model.init(jax.random.key(1), x, train=False)
     ref_variables = ref.init(jax.random.key(1), x, train=False)
     assert jax.tree.structure(variables) == jax.tree.structure(ref_variables)
     for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(ref_variables), strict=True):
         np.testing.assert_array_equal(a, b)
     rates = {"block_dropout_rate": 0.3, "drop_path_rate": 0.5}
-
-    def loss(m, params):
-        logits, _ = m.apply(
-            {"params": params},
-            x,
-            train=True,
-            dropout_rate=0.5,
-            backbone_rates=rates,
-            rngs={"dropout": jax.random.key(2)},
-        )
-        return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), y])
-
     params = jax.tree.map(lambda p: p + 0.1, variables["params"])  # Non-zero biases.
-    got = jax.jit(jax.value_and_grad(lambda p: loss(model, p)))(params)
-    want = jax.jit(jax.value_and_grad(lambda p: loss(ref, p)))(params)
+    got = jax.jit(jax.value_and_grad(lambda p: _train_loss(model, p, x, rates)))(params)
+    want = jax.jit(jax.value_and_grad(lambda p: _train_loss(ref, p, x, rates)))(params)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
