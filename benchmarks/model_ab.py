@@ -2,8 +2,8 @@
 loaded machine (both sides see the same load, interleaved).
 
   python -m benchmarks.model_ab [--model=resnet18] [--kwargs='{"width": 16}']
-      [--a='{}'] [--b='{"KWARG": VALUE}'] [--batch=128] [--image_size=32]
-      [--repeats=7] [--steps=3] [--dtype=bfloat16]
+      [--a='{}'] [--b='{"KWARG": VALUE}'] [--a_rev=GIT_REVISION] [--batch=128]
+      [--image_size=32] [--repeats=7] [--steps=3] [--dtype=bfloat16]
 
 Both sides are the benchmark's train step (throughput.setup: the demo config with `--model`,
 config.model.kwargs = `--kwargs` updated by `--a` / `--b`), from the same θ0. It checks the
@@ -12,6 +12,11 @@ loss (prints the difference), then times `--repeats` rounds of `--steps` blockin
 side, alternating which side goes first, and prints per-side median / min images/s, the
 median of the per-round ratios B / A, and the load average. XLA flags cannot be A/B'd here
 (XLA reads them once per process): alternate processes (A B A B) for those.
+
+`--a_rev=REV` A/Bs a change to a model's code: side A's backbone class comes from its module's
+source at git revision REV (`git show REV:richft_jax/models/....py`, loaded under another
+name; it imports the current versions of the package's other modules), side B is the
+working tree's.
 """
 
 import json
@@ -24,6 +29,7 @@ from absl import app, flags
 
 from benchmarks import throughput
 from richft_jax import steps, xla_cpu
+from richft_jax.models import registry
 
 FLAGS = flags.DEFINE_string("model", "resnet18", "Registry backbone name.")
 KWARGS = flags.DEFINE_string(
@@ -39,6 +45,9 @@ REPEATS = flags.DEFINE_integer("repeats", 7, "Interleaved rounds.")
 STEPS = flags.DEFINE_integer("steps", 3, "Blocking train steps per side per round.")
 RATE = flags.DEFINE_float("rate", 0.9, "Feature-dropout rate of the timed steps.")
 DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+A_REV = flags.DEFINE_string(
+    "a_rev", None, "Git revision of side A's backbone module (e.g. HEAD~1); default: the tree's."
+)
 
 
 def build(kwargs: dict) -> throughput.Bench:
@@ -78,12 +87,20 @@ def main(argv):
     del argv
     base = json.loads(KWARGS.value)
     kw_a, kw_b = {**base, **json.loads(A.value)}, {**base, **json.loads(B.value)}
-    a, b = build(kw_a), build(kw_b)
+    current = registry.BACKBONES[FLAGS.value]
+    if A_REV.value:
+        registry.BACKBONES[FLAGS.value] = throughput.backbone_at(A_REV.value, FLAGS.value)
+    try:
+        a = build(kw_a)
+    finally:
+        registry.BACKBONES[FLAGS.value] = current
+    b = build(kw_b)
     if shapes(a) != shapes(b):
         raise SystemExit(f"parameter trees differ:\n{shapes(a)}\n{shapes(b)}")
     loss_a, loss_b = first_loss(a, a.variables), first_loss(b, a.variables)
+    at = f" (backbone module at {A_REV.value})" if A_REV.value else ""
     print(
-        f"A={kw_a}\nB={kw_b}\nsame parameter tree; first-step loss A {loss_a:.6f} "
+        f"A={kw_a}{at}\nB={kw_b}\nsame parameter tree; first-step loss A {loss_a:.6f} "
         f"B {loss_b:.6f} (diff {abs(loss_a - loss_b):.2e})",
         flush=True,
     )

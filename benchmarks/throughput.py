@@ -11,9 +11,11 @@ in PyTorch (torch_twins.py: eager, channels-last, torch.compile) timed in the sa
 
 import collections
 import dataclasses
+import importlib.util
 import math
 import pathlib
 import re
+import subprocess
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -150,6 +152,31 @@ def device_peak_bytes() -> int | None:
 
 
 # ----------------------------------------------------------------------------- the benchmarked step
+def backbone_at(rev: str, name: str) -> type:
+    """The registry's backbone `name` as its module's source at git revision `rev` defines it
+    (`git show`, loaded under another name; a published-layout variant keeps its presets): one
+    side of an in-process A/B of a model change (model_ab --a_rev)."""
+    cls = registry.BACKBONES[name]
+    base = next(c for c in cls.__mro__ if c.__module__ != registry.__name__)
+    path = base.__module__.replace(".", "/") + ".py"
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    shown = subprocess.run(
+        ["git", "show", f"{rev}:{path}"], cwd=repo, capture_output=True, text=True, check=False
+    )
+    if shown.returncode:
+        raise ValueError(f"--a_rev={rev}: git cannot show {path}: {shown.stderr.strip()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        file = pathlib.Path(tmp) / pathlib.Path(path).name
+        file.write_text(shown.stdout, encoding="utf-8")
+        spec = importlib.util.spec_from_file_location(f"{base.__module__}@{rev}", file)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    old = getattr(module, base.__name__)
+    if cls is base:
+        return old
+    return registry.variant(name, old, {k: getattr(cls, k) for k in cls.__annotations__})
+
+
 def benchmark_config(model_name: str, dtype: str, remat: bool = False) -> ml_collections.ConfigDict:
     """The demo config with the benchmarked backbone (the demo's kwargs for small_resnet);
     `remat` recomputes each block of a published-layout ViT in the backward pass."""

@@ -317,3 +317,28 @@ def test_matmul_peak_is_the_fastest_round(monkeypatch):
     seconds = iter([0.4, 0.1, 0.2])
     monkeypatch.setattr(throughput, "timeit", lambda fn, n: next(seconds))
     assert throughput.matmul_peak(size=64, n=1, rounds=3) == pytest.approx(2 * 64**3 / 0.1)
+
+
+def test_a_backbone_at_a_git_revision_for_in_process_ab():
+    """model_ab --a_rev: side A's backbone class from its module's source at a revision (here
+    HEAD, which git has in every clone), under another name; a variant keeps its presets; a
+    revision git cannot show is refused naming it."""
+    from richft_jax.models import demo, registry  # noqa: PLC0415
+
+    old = throughput.backbone_at("HEAD", "small_resnet")
+    assert old is not demo.SmallResNet and old.__module__ == "richft_jax.models.demo@HEAD"
+    x = jnp.zeros((2, 32, 32, 3))
+    for got, want in zip(
+        jax.tree.leaves(jax.eval_shape(lambda: old().init(jax.random.key(0), x, train=False))),
+        jax.tree.leaves(
+            jax.eval_shape(lambda: demo.SmallResNet().init(jax.random.key(0), x, train=False))
+        ),
+        strict=True,
+    ):
+        assert got.shape == want.shape
+    vit = throughput.backbone_at("HEAD", "vit_b16")
+    assert vit is not registry.BACKBONES["vit_b16"]
+    assert (vit.width, vit.depth, vit.mlp_dim, vit.num_heads) == (768, 12, 3072, 12)
+    assert vit.__mro__[1].__module__ == "richft_jax.models.vit@HEAD"
+    with pytest.raises(ValueError, match=r"--a_rev=no-such-rev: git cannot show richft_jax/models"):
+        throughput.backbone_at("no-such-rev", "small_vit")

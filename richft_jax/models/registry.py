@@ -17,7 +17,7 @@ from richft_jax.models import demo, resnet, vit
 from richft_jax.models.classifier import Classifier
 
 
-def _variant(name: str, base: type[nn.Module], preset: dict) -> type[nn.Module]:
+def variant(name: str, base: type[nn.Module], preset: dict) -> type[nn.Module]:
     """A subclass of `base` whose field defaults are `preset` (kwargs still override), so
     the registry entry is a class with the base's call signature."""
     annotations = {k: base.__annotations__[k] for k in preset}
@@ -28,7 +28,7 @@ def model_builders() -> dict[str, type[nn.Module]]:
     """Registry entries for the real-scale backbones (variants preset, kwargs override)."""
     variants = {n: (vit.ViT, v) for n, v in vit.VARIANTS.items()}
     variants.update({n: (resnet.ResNet, v) for n, v in resnet.VARIANTS.items()})
-    return {n: _variant(n, base, preset) for n, (base, preset) in variants.items()}
+    return {n: variant(n, base, preset) for n, (base, preset) in variants.items()}
 
 
 BACKBONES = {
