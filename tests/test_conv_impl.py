@@ -45,11 +45,15 @@ def test_conv_as_matmuls_is_nn_conv(kernel, stride, side, monkeypatch):
         variables = conv.init(jax.random.key(1), x)
         np.testing.assert_array_equal(variables["params"]["kernel"], want_vars["params"]["kernel"])
         k = 1 + jax.random.normal(jax.random.key(2), variables["params"]["kernel"].shape)
-        want = jax.value_and_grad(
-            lambda k, x: jnp.sum(jnp.sin(ref.apply({"params": {"kernel": k}}, x))), (0, 1)
+        want = jax.jit(
+            jax.value_and_grad(
+                lambda k, x: jnp.sum(jnp.sin(ref.apply({"params": {"kernel": k}}, x))), (0, 1)
+            )
         )(k, x)
-        got = jax.value_and_grad(
-            lambda k, x, f=conv.apply: jnp.sum(jnp.sin(f({"params": {"kernel": k}}, x))), (0, 1)
+        got = jax.jit(
+            jax.value_and_grad(
+                lambda k, x, f=conv.apply: jnp.sum(jnp.sin(f({"params": {"kernel": k}}, x))), (0, 1)
+            )
         )(k, x)
         _close(got, want)
 
@@ -68,8 +72,8 @@ def test_which_convolutions_become_matmuls():
     "build,x_shape,counts",
     [
         # Stem, 4 blocks x (1x1, 3x3, 1x1) and 4 shortcuts: 17 convolutions; the 12 1x1 go,
-        # and at 64 px the last stage's 3x3 (2x2 maps).
-        (lambda impl: ResNet(**SMALL, conv_impl=impl), (4, 64, 64, 3), (17, 4)),
+        # and at 32 px the last two stages' 3x3 (2x2 and 1x1 maps).
+        (lambda impl: ResNet(**SMALL, conv_impl=impl), (2, 32, 32, 3), (17, 3)),
         # Stem, 4 blocks x two 3x3, 3 shortcuts, the widening: 13; at 32 px the last stage's
         # maps are 2x2 (its two 3x3 go), the shortcuts and the widening are 1x1.
         (lambda impl: SmallResNet(**DEMO, conv_impl=impl), (4, 32, 32, 3), (13, 7)),
@@ -80,8 +84,9 @@ def test_models_with_matmul_convolutions_are_the_same_function_and_gradients(
 ):
     x = jax.random.normal(jax.random.key(0), x_shape)
     conv, dot = build("conv"), build("dot")
-    variables = conv.init(jax.random.key(1), x, train=False)
-    dot_variables = dot.init(jax.random.key(1), x, train=False)
+    # Jitted: op-by-op initialisation of a ResNet takes seconds on a CPU.
+    variables = jax.jit(lambda k: conv.init(k, x, train=False))(jax.random.key(1))
+    dot_variables = jax.jit(lambda k: dot.init(k, x, train=False))(jax.random.key(1))
     assert jax.tree.structure(dot_variables) == jax.tree.structure(variables)
     for p, q in zip(jax.tree.leaves(dot_variables), jax.tree.leaves(variables), strict=True):
         np.testing.assert_array_equal(p, q)  # Same names, shapes and initial values.
