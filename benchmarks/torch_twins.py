@@ -212,14 +212,9 @@ def vit_b16_backbone(image_size: int) -> nn.Module:
         return ViT(image_size, 16, 768, 12, 12, 4, feature_dim=0, cls_token=True)
 
 
-# config.model.kwargs that choose how JAX computes the same function, not the architecture.
-JAX_ONLY_KWARGS = ("conv_impl", "attention", "remat")
-
-
 def build_backbone(name: str, kwargs: dict, image_size: int) -> nn.Module:
-    """The torch twin of the registry's backbone `name` (with the config's architecture
-    kwargs)."""
-    kwargs = {k: v for k, v in kwargs.items() if k not in JAX_ONLY_KWARGS}
+    """The torch twin of the registry's backbone `name` with the config's architecture kwargs
+    (config_checks.architecture_kwargs: the callers drop the JAX-only ones)."""
     if name == "small_resnet":
         return SmallResNet(**kwargs)
     if name == "small_vit":
