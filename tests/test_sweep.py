@@ -3,6 +3,7 @@
 import importlib.util
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -144,6 +145,15 @@ REPORT = (  # A run's CPUs, start and end.
     "import os, time; t = time.time(); time.sleep(0.5); "
     "print(sorted(os.sched_getaffinity(0)), t, time.time())"
 )
+
+
+def _run_lines(capfd) -> list[str]:
+    """The runs' output lines the sweep printed, each tagged "[rN/seed0 cpuK] ": capfd reads
+    file descriptor 1, which a process left by an earlier test in this worker may also write."""
+    out = capfd.readouterr().out.splitlines()
+    return [ln for ln in out if re.match(r"\[r\d+/seed0 cpu[\d,]+\] ", ln)]
+
+
 TWO_CPUS = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="--jobs=2 needs 2 CPUs")
 
 
@@ -153,7 +163,8 @@ def test_jobs_run_at_once_each_on_its_own_cpus(tmp_path, monkeypatch, capfd):
     runs = [(tmp_path / n / "seed0", _cmd(tmp_path, n, REPORT)) for n in names]
     monkeypatch.setattr(sweep, "expand", lambda *a: runs)
     sweep.run_sweep(str(tmp_path), ["x"], {}, [0], jobs=2)
-    lines = [ln for ln in capfd.readouterr().out.splitlines() if not ln.startswith("run: ")]
+    lines = _run_lines(capfd)
+    assert len(lines) == len(names), lines
     everything = sorted(os.sched_getaffinity(0))
     shares = {str(list(s)): s for s in sweep.cpu_shares(2)}
     seen = {}
@@ -176,7 +187,7 @@ def test_a_lone_unfinished_run_is_pinned_too(tmp_path, monkeypatch, capfd):
     runs = [(tmp_path / "r0" / "seed0", _cmd(tmp_path, "r0", REPORT))]
     monkeypatch.setattr(sweep, "expand", lambda *a: runs)
     sweep.run_sweep(str(tmp_path), ["x"], {}, [0], jobs=2)
-    (line,) = [ln for ln in capfd.readouterr().out.splitlines() if not ln.startswith("run: ")]
+    (line,) = _run_lines(capfd)
     assert line.split("] ", 1)[1].startswith(str(list(sweep.cpu_shares(2)[0])))
 
 
