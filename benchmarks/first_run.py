@@ -2,6 +2,8 @@
 compilation cache, nothing in $RICHFT_CACHE), then again into a new workdir (everything cached).
 
   python -m benchmarks.first_run [--out=FILE.json] [--steps=N] [--home=DIR] [-- --config.KEY=V ...]
+  python -m benchmarks.first_run --ab='{"a": [], "b": ["--config.KEY=V"]}' [--rounds=2]
+
 
 Prints two lines per run: wall seconds, whether it pretrained (it should not: the backbone ships
 with the package), the backbone sha256 the run recorded, the selected step's OOD accuracy, and
@@ -79,18 +81,30 @@ def main() -> None:
     parser.add_argument(
         "--home", help="Keep the fresh HOME here (an empty or new folder): later runs reuse it."
     )
-    parser.add_argument("extra", nargs="*", help="After --: flags for both demo runs.")
+    parser.add_argument(
+        "--ab",
+        help="JSON {name: [flags]}: after one first run, cached runs of each variant, "
+        "alternating, --rounds times (an A/B of a change on a noisy machine).",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="Rounds of --ab's variants.")
+    parser.add_argument("extra", nargs="*", help="After --: flags for every demo run.")
     args = parser.parse_args()
+    variants = {"cached": []} if not args.ab else json.loads(args.ab)
+    order = ["first"] + [n for _ in range(args.rounds if args.ab else 1) for n in variants]
     with tempfile.TemporaryDirectory(prefix="richft_first_run_") as tmp:
         home = pathlib.Path(args.home or pathlib.Path(tmp) / "home").absolute()
         home.mkdir(parents=True, exist_ok=True)
         if any(home.iterdir()):
             raise SystemExit(f"--home={home} is not empty: a first run needs a fresh home.")
         runs = {}
-        for name in ("first", "cached"):
-            workdir = pathlib.Path(tmp) / f"run_{name}"
-            runs[name] = one_run(home, workdir, args.steps, args.extra)
-            print(run_lines(name, runs[name], os.cpu_count()), flush=True)
+        for i, name in enumerate(order):
+            # The first run compiles the first variant's programs; the others' first rounds
+            # compile theirs (each line shows its compilation time).
+            flags = args.extra + variants[next(iter(variants)) if name == "first" else name]
+            r = one_run(home, pathlib.Path(tmp) / f"run_{i}", args.steps, flags)
+            runs.setdefault(name, []).append(r)
+            print(run_lines(name, r, os.cpu_count()), flush=True)
+        runs = {k: v[0] if len(v) == 1 else v for k, v in runs.items()}
     if args.out:
         pathlib.Path(args.out).write_text(json.dumps(runs, indent=2) + "\n")
 
