@@ -179,7 +179,7 @@ def combine_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dic
     if "greedy_soup" in combos:
         soup, kept = ws.greedy_soup(variables, scores, score, strict=config.greedy_strict)
         add("greedy_soup", evaluate(single, soup), members=[run_dirs[i] for i in kept])
-    per_pass = config.models_per_pass or (1 if jax.default_backend() == "cpu" else None)
+    per_pass = ws.models_per_pass(config.models_per_pass)
     for combine in ("sum_logits", "mean_probs"):
         if f"ensemble_{combine}" in combos:
             members = lambda v, x, c=combine: ws.ensemble_logits(logits, v, x, c, per_pass)  # noqa: E731

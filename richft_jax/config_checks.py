@@ -134,8 +134,8 @@ def config_errors(config: ml_collections.ConfigDict) -> list[ValueError]:
     if per_pass < 0:
         errors.append(
             ValueError(
-                f"config.data.eval_models_per_pass={per_pass} must be >= 0 (0: a round's "
-                "models all in one pass; N: N at a time)."
+                f"config.data.eval_models_per_pass={per_pass} must be >= 0 (N: a round's "
+                "models N at a time; 0: all at once on GPU/TPU, one at a time on a CPU)."
             )
         )
     return errors

@@ -51,8 +51,8 @@ def data_config() -> ml_collections.ConfigDict:
     d.eval_train_in_max_examples = ml_collections.FieldReference(None, field_type=int)
     d.eval_augment = "none"  # | "training_domains": through data.augment, as DomainBed.
     # A round's models that share all but their parameters (the run's weights, their moving
-    # average) in one pass over the data: 0 vmaps all of them at once, N that many at a time.
-    # On the 2-core CPU, two demo ResNets took 0.63x the time of two passes; small ViTs 1.05x.
+    # average) in one pass over the data, N at a time (vmapped); 0: the backend's choice, all
+    # at once on GPU/TPU, one at a time on a CPU (weight_space.models_per_pass).
     d.eval_models_per_pass = 0
     d.prefetch = 2
     return d

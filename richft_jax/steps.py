@@ -262,13 +262,14 @@ def make_models_eval_step(
     """Returns `({"params": K stacked trees, **shared}, batch) -> EvalMetrics` with a leading
     axis of K: several models that share everything but their parameters (a run's weights and
     their moving average) evaluated in one pass over the data. `models_per_pass`: 0 vmaps all
-    K at once, N that many at a time (`weight_space.stacked_logits`). With the batch's `mesh`,
+    K on accelerators and one at a time on a CPU (`weight_space.models_per_pass`), N that many
+    at a time (`weight_space.stacked_logits`). With the batch's `mesh`,
     each device runs the K models on its own share (`parallel.per_device`)."""
 
     def stacked_logits(variables, images):
         apply = lambda p, x: logits_fn({**variables, "params": p}, x)  # noqa: E731
         return weight_space.stacked_logits(
-            apply, variables["params"], images, models_per_pass or None
+            apply, variables["params"], images, weight_space.models_per_pass(models_per_pass)
         )
 
     if mesh is not None:

@@ -100,7 +100,7 @@ def test_config_defaults_and_checks():
     assert any("config.data.eval_train_in_max_examples=-1 must be >= 0" in m for m in messages)
     assert any("config.data.eval_max_examples=-2 must be >= 0" in m for m in messages)
     assert any("config.data.eval_models_per_pass=-1 must be >= 0" in m for m in messages)
-    assert config_lib.base_config().data.eval_models_per_pass == 0  # All at once.
+    assert config_lib.base_config().data.eval_models_per_pass == 0  # The backend's choice.
 
 
 @pytest.mark.parametrize("on_mesh", [False, True])

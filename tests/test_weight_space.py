@@ -81,3 +81,14 @@ def test_vmapped_ensemble_equals_per_model_loop():
         np.testing.assert_allclose(chunked, summed, rtol=1e-5)
     with pytest.raises(ValueError, match="Unknown ensemble"):
         ws.ensemble_logits(apply, stacked, x, "vote")
+
+
+def test_models_per_pass_is_the_request_or_one_at_a_time_on_a_cpu(monkeypatch):
+    """0 asks the backend's choice: one model at a time on a CPU (grouped convolutions are slow
+    there), all at once (None) on an accelerator; any N is kept."""
+    assert jax.default_backend() == "cpu"
+    assert ws.models_per_pass(0) == 1
+    assert [ws.models_per_pass(n) for n in (1, 2, 5)] == [1, 2, 5]
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert ws.models_per_pass(0) is None
+    assert ws.models_per_pass(3) == 3

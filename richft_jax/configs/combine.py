@@ -25,7 +25,7 @@ def build() -> ml_collections.ConfigDict:
     c.greedy_strict = True  # Model soups: strictly better; False: not worse (DiWA/Ratatouille).
     c.interpolation_alphas = (0.0, 0.25, 0.5, 0.75, 1.0)  # Between the first two runs.
     # Output ensembles vmap this many models per pass inside one compiled loop; 0: all K on
-    # accelerators, 1 on CPU (XLA's CPU backend is slow at the grouped convolutions vmap makes).
+    # accelerators, 1 on CPU (weight_space.models_per_pass).
     c.models_per_pass = 0
     c.method_prefix = ""  # Prepended to each row's method, e.g. "erm+" for "erm+greedy_soup".
     c.data_dir = ml_collections.FieldReference(None, field_type=str)

@@ -93,6 +93,14 @@ def stack(trees: Sequence[PyTree]) -> PyTree:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
+def models_per_pass(requested: int) -> int | None:
+    """How many of K stacked models one vmapped pass takes: `requested` (a config's
+    models_per_pass), or for 0 the backend's choice: one at a time on a CPU (vmapped, the
+    convolutions over stacked kernels become grouped ones, which XLA's CPU runs slowly: two
+    demo ResNets 1.5x the time of one after the other), all at once elsewhere (None)."""
+    return requested or (1 if jax.default_backend() == "cpu" else None)
+
+
 def stacked_logits(
     apply: Callable[[PyTree, jax.Array], jax.Array],
     stacked: PyTree,
