@@ -8,6 +8,7 @@ report) are set up after the entry point's `first` step (main's preflight), whic
 within a second of the start.
 """
 
+import gc
 import logging as py_logging
 import sys
 from collections.abc import Callable, Sequence
@@ -43,6 +44,14 @@ def quiet_libraries() -> None:
     for target in (py_logging.getLogger("absl"), logging.get_absl_handler()):
         if not any(isinstance(f, LibraryInfoFilter) for f in target.filters):
             target.addFilter(LibraryInfoFilter())
+
+
+def settle_imports() -> None:
+    """Moves every object alive now out of the garbage collector's sight (`gc.freeze`): the
+    imports' millions of objects (TensorFlow's, JAX's) never become garbage, and without them
+    the interpreter's last collection at exit takes 0.3 s instead of 1.5 s. Entry points call
+    it before their work (`run` does), and again after imports of their own."""
+    gc.freeze()
 
 
 def run(
@@ -87,6 +96,7 @@ def run(
         console.set_verbose(flags.FLAGS.verbose)
         if uses_jax:
             compile_cache.enable()
+        settle_imports()
         return main(argv)
 
     app.run(main_with_quiet_libraries)

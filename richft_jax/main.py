@@ -11,8 +11,6 @@ parsed, before TensorFlow, JAX and the training code are imported (seconds on a 
 this module imports nothing heavy at the top.
 """
 
-import gc
-
 from absl import flags, logging
 
 from richft_jax import cli, config_lib, lease, preflight, tf_cpu, xla_cpu
@@ -55,6 +53,7 @@ def main(argv: list[str]) -> None:
 
     from richft_jax import combine, console, timing, train  # noqa: PLC0415
 
+    cli.settle_imports()  # These imports came after cli.run's.
     if _DISTRIBUTED.value or _COORDINATOR.value:
         jax.distributed.initialize(
             coordinator_address=_COORDINATOR.value,
@@ -79,9 +78,6 @@ def main(argv: list[str]) -> None:
         if config.get("task") == "combine":
             combine.combine_and_evaluate(config, _WORKDIR.value)
         else:
-            # The imports' millions of objects never become garbage: out of the collector's
-            # sight, the interpreter's last collection at exit takes 0.3 s instead of 1.5 s.
-            gc.freeze()
             # This process was started to run it: its age until now is the run's startup.
             train.train_and_evaluate(config, _WORKDIR.value, startup_s=timing.process_age_s())
     except (preflight.PreflightError, lease.WorkdirInUse) as e:
