@@ -4,7 +4,6 @@ compilation cache, nothing in $RICHFT_CACHE), then again into a new workdir (eve
   python -m benchmarks.first_run [--out=FILE.json] [--steps=N] [--home=DIR] [-- --config.KEY=V ...]
   python -m benchmarks.first_run --ab='{"a": [], "b": ["--config.KEY=V"]}' [--rounds=2]
 
-
 Prints two lines per run: wall seconds, whether it pretrained (it should not: the backbone ships
 with the package), the backbone sha256 the run recorded, the selected step's OOD accuracy, and
 the load average (a timing is a measurement only on an idle machine); then where the time went
@@ -74,6 +73,25 @@ def run_lines(name: str, r: dict, cpus: int | None) -> str:
     )
 
 
+def ab_variants(parser: argparse.ArgumentParser, text: str | None) -> dict[str, list[str]]:
+    """--ab's {name: [flags]} (checked: a usage error names what is wrong), or the plain
+    benchmark's one cached variant."""
+    if not text:
+        return {"cached": []}
+    try:
+        variants = json.loads(text)
+    except json.JSONDecodeError as e:
+        parser.error(f'--ab is not JSON ({e}): give {{"name": ["--config.KEY=V", ...], ...}}.')
+    ok = isinstance(variants, dict) and variants and "first" not in variants
+    if not ok or not all(
+        isinstance(v, list) and all(isinstance(f, str) for f in v) for v in variants.values()
+    ):
+        parser.error(
+            f'--ab={text}: give a JSON object of variant names (not "first") to lists of flags.'
+        )
+    return variants
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="Also write the results as JSON here.")
@@ -89,7 +107,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="Rounds of --ab's variants.")
     parser.add_argument("extra", nargs="*", help="After --: flags for every demo run.")
     args = parser.parse_args()
-    variants = {"cached": []} if not args.ab else json.loads(args.ab)
+    variants = ab_variants(parser, args.ab)
     order = ["first"] + [n for _ in range(args.rounds if args.ab else 1) for n in variants]
     with tempfile.TemporaryDirectory(prefix="richft_first_run_") as tmp:
         home = pathlib.Path(args.home or pathlib.Path(tmp) / "home").absolute()

@@ -1,6 +1,10 @@
 """benchmarks/first_run.py's report of a demo run (not the runs: those take minutes): the train
 steps' own time and the two lines printed from a made-up run's summary timings."""
 
+import argparse
+
+import pytest
+
 from benchmarks import first_run
 
 TIMINGS = {  # A summary.json's timings_s: the phases add up to the total.
@@ -41,3 +45,16 @@ def test_run_lines_print_the_run_and_where_its_time_went():
     first = first_run.run_lines("cached", other, 2).splitlines()[0]
     assert "demo cached run:" in first
     assert "pretrained here: yes; backbone sha256 none...;" in first
+
+
+def test_ab_variants_are_named_flag_lists_and_anything_else_is_refused_by_name():
+    parser = argparse.ArgumentParser(prog="first_run")
+    assert first_run.ab_variants(parser, None) == {"cached": []}
+    text = '{"vmapped": ["--config.data.eval_models_per_pass=2"], "default": []}'
+    assert first_run.ab_variants(parser, text) == {
+        "vmapped": ["--config.data.eval_models_per_pass=2"],
+        "default": [],
+    }
+    for bad in ("nope", "{}", '{"first": []}', '{"a": "--x=1"}', '["a"]', '{"a": [1]}'):
+        with pytest.raises(SystemExit):
+            first_run.ab_variants(parser, bad)
