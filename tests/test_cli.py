@@ -65,6 +65,13 @@ def python(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
+def probe(code: str) -> str:
+    """What `python -c code` prints (stripped); the process must succeed."""
+    out = python("-c", code)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
 def load_sweep():
     """launch/sweep.py as a module (launch/ is not a package)."""
     spec = importlib.util.spec_from_file_location("sweep", ROOT / "launch" / "sweep.py")
@@ -227,9 +234,7 @@ def test_analysis_commands_parse_their_flags_before_importing_jax_or_tensorflow(
         "heavy = ('tensorflow', 'tensorflow_datasets', 'jax', 'flax', 'orbax', 'clu', 'torch')\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
-    out = python("-c", code)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    assert probe(code) == "[]"
 
 
 def test_entry_points_start_their_work_with_the_imports_out_of_the_collectors_sight():
@@ -245,6 +250,4 @@ def test_entry_points_start_their_work_with_the_imports_out_of_the_collectors_si
         "sys.argv = ['probe']\n"
         "cli.run(main, '__main__', 'probe', uses_jax=False)\n"
     )
-    out = python("-c", code)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "0 True"
+    assert probe(code) == "0 True"
