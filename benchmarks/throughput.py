@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from benchmarks.measure import peak_rss_growth, timeit
 from richft_jax import config_checks, config_lib, parallel, steps
@@ -258,6 +259,40 @@ def setup(
     )
 
 
+def saved_activation_mb(bench: Bench, batches: tuple[int, int] = (1, 2)) -> float:
+    """MiB per image that the train step's loss keeps for its backward pass: the residuals of
+    `jax.vjp` (traced, nothing compiled or run), as a slope over two batch sizes so parameters
+    and their dtype casts cancel. Before XLA's fusion: what autodiff asks to keep, the
+    platform-independent part of the step's memory traffic (torch_twins.saved_activation_mb
+    counts the same for PyTorch)."""
+    model, config = bench.model, bench.config
+    params, stats = bench.variables["params"], bench.variables["batch_stats"]
+    size = bench.host_batch["image"].shape[1]
+
+    def residual_bytes(batch: int) -> int:
+        def loss(p, images, labels):
+            (logits, _), _ = model.apply(
+                {"params": p, "batch_stats": stats},
+                pixels.normalize(images, config.data.normalize),
+                train=True,
+                dropout_rate=jnp.float32(0.9),
+                backbone_rates={},
+                rngs={"dropout": jax.random.key(0)},
+                mutable=["batch_stats"],
+            )
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+        def residuals(p, images, labels):
+            return jax.tree.leaves(jax.vjp(lambda q: loss(q, images, labels), p)[1])
+
+        images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8)
+        labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
+        return tree_bytes(jax.eval_shape(residuals, params, images, labels))
+
+    small, large = batches
+    return (residual_bytes(large) - residual_bytes(small)) / (large - small) / 2**20
+
+
 def header(bench: Bench, remat: bool) -> dict:
     """What was benchmarked: backbone, batch, image size, dtype, devices, platform."""
     return {
@@ -359,6 +394,9 @@ def time_torch(
         steps=num_steps,
         dtype=config.model.dtype,
         compile_=compile_,
+    )
+    out["torch_saved_activation_mb_per_image"] = torch_twins.saved_activation_mb(
+        name, kwargs, bench.host_batch["image"].shape[1], dtype=config.model.dtype
     )
     for variant in TORCH_VARIANTS:
         key = f"torch_{variant}_images_per_s"
@@ -467,6 +505,7 @@ def benchmark_backbone(
     out |= compiled | {"model_gflops_per_step": flops / 1e9}
     out |= flop_utilisation(flops, jax_rate, batch)
     out |= step_memory(bench, costs["peak_bytes"])
+    out["jax_saved_activation_mb_per_image"] = saved_activation_mb(bench)
     if torch:
         out |= time_torch(bench, num_steps, torch_compile, jax_rate)
     out |= time_input_pipeline(bench.config, batch, data_dir)

@@ -403,6 +403,49 @@ def peak_step_bytes(step: Callable, model: nn.Module, opt, args: tuple, device) 
     }
 
 
+def saved_activation_mb(
+    name: str,
+    kwargs: dict,
+    image_size: int,
+    *,
+    dtype: str = "float32",
+    dropout_rate: float = 0.9,
+    freeze_bn: bool = True,
+    batches: tuple[int, int] = (1, 2),
+    num_classes: int = 10,
+) -> float:
+    """MiB per image the train step's forward keeps for backward (the tensors autograd saves,
+    counted once per storage), as a slope over two batch sizes: throughput.saved_activation_mb's
+    count for the JAX step."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    autocast = {"float32": None, "bfloat16": torch.bfloat16}[dtype]
+    torch.manual_seed(0)
+    backbone = build_backbone(name, kwargs, image_size)
+    model = Classifier(backbone, feature_dim_of(backbone, image_size), num_classes, freeze_bn)
+    model.dropout_rate = dropout_rate
+    model = model.to(device).train()
+
+    def saved_bytes(batch: int) -> int:
+        seen: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        images = torch.zeros(batch, 3, image_size, image_size, dtype=torch.uint8, device=device)
+        labels = torch.zeros(batch, dtype=torch.int64, device=device)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            with torch.autocast(device.type, autocast, enabled=autocast is not None):
+                logits = model(normalize(images))
+            loss = F.cross_entropy(logits.float(), labels)
+        del loss
+        return sum(seen.values())
+
+    small, large = batches
+    return (saved_bytes(large) - saved_bytes(small)) / (large - small) / 2**20
+
+
 def benchmark(
     name: str,
     kwargs: dict,

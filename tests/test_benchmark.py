@@ -54,6 +54,8 @@ def test_benchmark_reports_all_measurements(tmp_path, data_dir, monkeypatch):
         "torch_eager_peak_memory_mb",
         "jax_over_torch_eager",
         "jax_over_torch_channels_last",
+        "jax_saved_activation_mb_per_image",
+        "torch_saved_activation_mb_per_image",
     ):
         assert row[key] > 0, key
     assert row["train_step_gflops"] > 0.01  # XLA's cost analysis counted the convolutions.
@@ -98,6 +100,22 @@ def test_torch_benchmark_variants_and_memory():
     backbone = torch_twins.build_backbone("small_vit", TINY["small_vit"], 32)
     params = sum(p.numel() * 4 for p in backbone.parameters())
     assert out["torch_eager_peak_memory_mb"] * 2**20 > 2 * params  # parameters + momentum
+
+
+def test_saved_activations_are_counted_alike_on_both_sides():
+    """What each framework's step keeps for its backward pass, per image: of the same order for
+    the same tiny ViT, and less in bfloat16 than in float32 on both sides."""
+    kept = {}
+    for dtype in ("float32", "bfloat16"):
+        bench = throughput.setup("small_vit", 2, 32, dtype, False, 1, TINY["small_vit"])
+        kept[dtype] = (
+            throughput.saved_activation_mb(bench),
+            torch_twins.saved_activation_mb("small_vit", TINY["small_vit"], 32, dtype=dtype),
+        )
+    jax_f32, torch_f32 = kept["float32"]
+    assert 0.5 < jax_f32 / torch_f32 < 2.0, kept
+    for side in (0, 1):
+        assert 0 < kept["bfloat16"][side] < 0.8 * kept["float32"][side], kept
 
 
 def test_peak_rss_growth_sees_a_transient_allocation():

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from richft_jax.models.layers import Conv, depth_rates, drop_path, feature_dropout
+from richft_jax.models.layers import Conv, depth_rates, drop_path, feature_dropout, gelu
 from richft_jax.models.vit import MultiHeadAttention
 
 
@@ -162,7 +162,7 @@ class SmallViT(nn.Module):
             x = residual(x, dropout(attention(y.reshape(n, t, c))), i)
             y = nn.LayerNorm(dtype=self.dtype, name=f"block{i}_ln2")(x)
             y = nn.Dense(self.dim * self.mlp_ratio, dtype=self.dtype, name=f"block{i}_mlp1")(y)
-            y = nn.Dense(self.dim, dtype=self.dtype, name=f"block{i}_mlp2")(dropout(nn.gelu(y)))
+            y = nn.Dense(self.dim, dtype=self.dtype, name=f"block{i}_mlp2")(dropout(gelu(y)))
             x = residual(x, dropout(y), i)
         x = nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x).reshape(n, t, c).mean(axis=1)
         if self.feature_dim:

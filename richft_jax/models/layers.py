@@ -88,3 +88,32 @@ class Conv(nn.Module):
         windows = [x[:, r, slice(j, j + s * (wo - 1) + 1, s)] for r in rows for j in cols]
         patches = jnp.concatenate(windows, axis=-1).reshape(n * ho * wo, -1)
         return (patches @ kernel.reshape(-1, self.features)).reshape(n, ho, wo, self.features)
+
+
+# What the backward pass keeps. Autodiff keeps every intermediate of an element-wise chain it
+# differentiates: tanh-GELU's five (batch * tokens, mlp_dim) intermediates, softmax's exp and
+# quotient, LayerNorm's three float32 copies of its input. The two functions below keep one
+# tensor each and recompute or reuse the rest; vit.LayerNorm recomputes its statistics.
+@jax.checkpoint
+def gelu(x: jax.Array) -> jax.Array:
+    """nn.gelu (tanh approximation); the backward pass keeps only `x` and recomputes."""
+    return nn.gelu(x, approximate=True)
+
+
+@jax.custom_vjp
+def softmax(x: jax.Array) -> jax.Array:
+    """jax.nn.softmax over the last axis; the backward pass keeps only the output y
+    (dx = y * (dy - sum(dy * y)), jax.nn.softmax's own derivative)."""
+    return jax.nn.softmax(x, axis=-1)
+
+
+def _softmax_fwd(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    y = jax.nn.softmax(x, axis=-1)
+    return y, y
+
+
+def _softmax_bwd(y: jax.Array, dy: jax.Array) -> tuple[jax.Array]:
+    return (y * (dy - jnp.sum(dy * y, axis=-1, keepdims=True)),)
+
+
+softmax.defvjp(_softmax_fwd, _softmax_bwd)

@@ -9,13 +9,15 @@ by name with no renaming: `embedding`, `cls`, `Transformer/posembed_input/pos_em
 blocks, LayerNorm eps 1e-6, tanh-approximated GELU, [CLS] pooling); inputs are in [-1, 1].
 """
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from richft_jax.config_checks import VIT_ATTENTION
-from richft_jax.models.layers import depth_rates, drop_path, feature_dropout
+from richft_jax.models.layers import depth_rates, drop_path, feature_dropout, gelu, softmax
 
 # Table 2 of Steiner et al. 2021 ("How to train your ViT"); patch size 16.
 VARIANTS = {
@@ -73,15 +75,24 @@ class LayerNorm(nn.Module):
         d = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (d,))
         bias = self.param("bias", nn.initializers.zeros, (d,))
-        x32 = x.astype(jnp.promote_types(self.dtype, jnp.float32))
-        if LAYERNORM_STATS_AS_DOT:
-            weights = jnp.full((d, 1), 1.0 / d, x32.dtype)
-            mean, mean2 = x32 @ weights, (x32 * x32) @ weights
-        else:
-            mean, mean2 = x32.mean(-1, keepdims=True), (x32 * x32).mean(-1, keepdims=True)
-        var = jnp.maximum(mean2 - mean * mean, 0.0)
-        normed = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
-        return (normed * scale + bias).astype(self.dtype)
+        return _layer_norm(x, scale, bias, self.epsilon, self.dtype)
+
+
+@functools.partial(jax.checkpoint, static_argnums=(3, 4))
+def _layer_norm(
+    x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float, dtype: jnp.dtype
+) -> jax.Array:
+    """LayerNorm's math; the backward pass keeps `x` (not three float32 copies of it) and
+    recomputes the statistics."""
+    x32 = x.astype(jnp.promote_types(dtype, jnp.float32))
+    if LAYERNORM_STATS_AS_DOT:
+        weights = jnp.full((x.shape[-1], 1), 1.0 / x.shape[-1], x32.dtype)
+        mean, mean2 = x32 @ weights, (x32 * x32) @ weights
+    else:
+        mean, mean2 = x32.mean(-1, keepdims=True), (x32 * x32).mean(-1, keepdims=True)
+    var = jnp.maximum(mean2 - mean * mean, 0.0)
+    normed = (x32 - mean) * jax.lax.rsqrt(var + epsilon)
+    return (normed * scale + bias).astype(dtype)
 
 
 class _DenseParams(nn.Module):
@@ -139,7 +150,7 @@ class MultiHeadAttention(nn.Module):
         if self.attention == "einsum":
             q = qkv[:, :, 0] / jnp.sqrt(head_dim).astype(self.dtype)
             logits = jnp.einsum("bqhd,bkhd->bhqk", q, qkv[:, :, 1])
-            weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+            weights = softmax(logits).astype(self.dtype)
             y = jnp.einsum("bhqk,bkhd->bqhd", weights, qkv[:, :, 2])
         elif self.attention in ATTENTION:
             q, k, v = (qkv[:, :, i] for i in range(3))
@@ -165,7 +176,7 @@ class MlpBlock(nn.Module):
         k1, b1 = _DenseParams((self.mlp_dim, d), 1, name="Dense_1")()
         rows = x.astype(self.dtype).reshape(n * t, d)
         y = rows @ k0.astype(self.dtype) + b0.astype(self.dtype)
-        y = dropout(nn.gelu(y, approximate=True).reshape(n, t, self.mlp_dim))
+        y = dropout(gelu(y).reshape(n, t, self.mlp_dim))
         y = y.reshape(n * t, self.mlp_dim) @ k1.astype(self.dtype)
         return (y + b1.astype(self.dtype)).reshape(n, t, d)
 
