@@ -48,7 +48,12 @@ MIN_GROUP_S = 30  # A group is not started with less of the budget left.
 DEMO_MIN_S = 10  # Nor the demo.
 # Table order within a configuration; jit_<impl>: the ViT with jax.nn.dot_product_attention.
 MODES = ("jit", "jit_cudnn", "jit_xla", "compile", "eager", "channels_last")
-UNMEASURED = {"images_per_s": None, "peak_memory_gib": None, "memory_source": None}
+UNMEASURED = {
+    "images_per_s": None,
+    "peak_memory_gib": None,
+    "memory_source": None,
+    "kept_mib_per_image": None,  # What the step keeps for its backward pass (eager torch, JAX).
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,6 +307,7 @@ def jax_row(bench: Any, row: dict, opts: Options, peak: float, tracker: JaxPeak)
         "hfu_pct": 100 * util["mfu"],
         "peak_memory_gib": gib,
         "memory_source": source,
+        "kept_mib_per_image": throughput.saved_activation_mb(bench),
         "dropout_overhead": timing["dropout_overhead"],
     }
 
@@ -358,6 +364,9 @@ def torch_rows(bench: Any, rows: list[dict], opts: Options, group: Group, info: 
                 "peak_memory_gib": None if mb is None else mb / 1024,
                 "memory_source": out.get("torch_memory_source"),
                 "wall_s": out.get(f"torch_{r['mode']}_wall_s"),
+                "kept_mib_per_image": (
+                    out.get("torch_saved_activation_mb_per_image") if r["mode"] == "eager" else None
+                ),
                 "note": f"torch {out['torch_version']} on {out['torch_device']}",
             }
         else:
@@ -761,6 +770,7 @@ COLUMNS: tuple[tuple[str, Callable[[dict], str]], ...] = (
     ("images/s", lambda r: num(r.get("images_per_s"), ",.0f")),
     ("MFU %", lambda r: num(r.get("mfu_pct"), ".1f")),
     ("peak GiB", lambda r: num(r.get("peak_memory_gib"), ".3g")),
+    ("kept MiB/img", lambda r: num(r.get("kept_mib_per_image"), ".1f")),
     ("× torch.compile", lambda r: num(r.get("vs_torch_compile"), ".2f", "×")),
     ("× torch eager", lambda r: num(r.get("vs_torch_eager"), ".2f", "×")),
     ("≥ 1.0× compile", lambda r: r["goal_vs_compile"]),

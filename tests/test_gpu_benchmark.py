@@ -24,7 +24,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 FIELDS = (
     "model", "label", "batch", "dtype", "remat", "framework", "mode", "status", "note",
     "step_ms", "images_per_s", "mfu_pct", "peak_memory_gib", "vs_torch_compile",
-    "vs_torch_eager", "goal_vs_compile", "goal_vs_eager", "goal_mfu",
+    "vs_torch_eager", "goal_vs_compile", "goal_vs_eager", "goal_mfu", "kept_mib_per_image",
 )  # fmt: skip
 VERDICTS = {"pass", "FAIL", "n/a", "n/a (bf16)", "—"}
 # Stands in for `python -m richft_jax.main --config=demo:tiny --workdir=W`: logs progress and
@@ -78,6 +78,8 @@ def test_tiny_run_writes_every_row_field_and_goal(tmp_path, monkeypatch):
         for key in ("step_ms", "images_per_s", "mfu_pct", "peak_memory_gib", "vs_torch_eager"):
             assert math.isfinite(r[key]) and r[key] > 0, (key, r)
         assert r["step_ms"] == pytest.approx(1000 * r["batch"] / r["images_per_s"])
+        if r["framework"] == "jax" or r["mode"] == "eager":  # What the backward pass keeps.
+            assert r["kept_mib_per_image"] > 0, r
         assert r["vs_torch_compile"] is None  # No torch.compile row measured.
         assert r["wall_s"] > 0, r  # What each measurement took, for planning a GPU's time.
         assert (r["setup_s"] > 0) if r["framework"] == "jax" else ("setup_s" not in r), r

@@ -82,6 +82,16 @@ def _same_init_and_function(new, old, x, *call_args):
     ):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
 
+    # Forward mode too (the linear-regime analysis's Taylor model is a jvp).
+    tangents = jax.tree.map(jnp.ones_like, (params, x))
+
+    def jvp(module):
+        f = lambda p, x: module.apply({"params": p}, x, *call_args)  # noqa: E731
+        return jax.jit(lambda: jax.jvp(f, (params, x), tangents))()
+
+    for a, b in zip(jax.tree.leaves(jvp(new)), jax.tree.leaves(jvp(old)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+
 
 def test_blocks_match_flax_layers():
     """vit.py's CPU-friendly attention, LayerNorm and MLP are flax's MultiHeadDotProductAttention,

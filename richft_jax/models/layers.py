@@ -100,20 +100,16 @@ def gelu(x: jax.Array) -> jax.Array:
     return nn.gelu(x, approximate=True)
 
 
-@jax.custom_vjp
+@jax.custom_jvp
 def softmax(x: jax.Array) -> jax.Array:
-    """jax.nn.softmax over the last axis; the backward pass keeps only the output y
-    (dx = y * (dy - sum(dy * y)), jax.nn.softmax's own derivative)."""
+    """jax.nn.softmax over the last axis, differentiated through its output y alone
+    (dx -> y * (dx - sum(dx * y))): the backward pass keeps y; forward mode (the Taylor
+    model's jvp) works as for any function."""
     return jax.nn.softmax(x, axis=-1)
 
 
-def _softmax_fwd(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    y = jax.nn.softmax(x, axis=-1)
-    return y, y
-
-
-def _softmax_bwd(y: jax.Array, dy: jax.Array) -> tuple[jax.Array]:
-    return (y * (dy - jnp.sum(dy * y, axis=-1, keepdims=True)),)
-
-
-softmax.defvjp(_softmax_fwd, _softmax_bwd)
+@softmax.defjvp
+def _softmax_jvp(primals: tuple, tangents: tuple) -> tuple[jax.Array, jax.Array]:
+    (x,), (dx,) = primals, tangents
+    y = softmax(x)
+    return y, y * (dx - jnp.sum(dx * y, axis=-1, keepdims=True))
