@@ -261,36 +261,54 @@ def setup(
 
 def saved_activation_mb(bench: Bench, batches: tuple[int, int] = (1, 2)) -> float:
     """MiB per image that the train step's loss keeps for its backward pass: the residuals of
-    `jax.vjp` (traced, nothing compiled or run), as a slope over two batch sizes so parameters
-    and their dtype casts cancel. Before XLA's fusion: what autodiff asks to keep, the
-    platform-independent part of the step's memory traffic (torch_twins.saved_activation_mb
-    counts the same for PyTorch)."""
+    `jax.vjp`, traced as under jit (nothing compiled or run), as a slope over two batch sizes so
+    parameters and their casts cancel. Before XLA's fusion: what autodiff asks to keep, the
+    platform-independent part of the step's memory traffic; torch_twins.saved_activation_mb
+    counts the same for PyTorch."""
     model, config = bench.model, bench.config
     params, stats = bench.variables["params"], bench.variables["batch_stats"]
     size = bench.host_batch["image"].shape[1]
 
-    def residual_bytes(batch: int) -> int:
-        def loss(p, images, labels):
-            (logits, _), _ = model.apply(
-                {"params": p, "batch_stats": stats},
-                pixels.normalize(images, config.data.normalize),
-                train=True,
-                dropout_rate=jnp.float32(0.9),
-                backbone_rates={},
-                rngs={"dropout": jax.random.key(0)},
-                mutable=["batch_stats"],
-            )
-            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    def loss(p, images, labels):
+        (logits, _), _ = model.apply(
+            {"params": p, "batch_stats": stats},
+            pixels.normalize(images, config.data.normalize),
+            train=True,
+            dropout_rate=jnp.float32(0.9),
+            backbone_rates={},
+            rngs={"dropout": jax.random.key(0)},
+            mutable=["batch_stats"],
+        )
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
-        def residuals(p, images, labels):
-            return jax.tree.leaves(jax.vjp(lambda q: loss(q, images, labels), p)[1])
+    def residuals(p, images, labels):
+        return jax.tree.leaves(jax.vjp(lambda q: loss(q, images, labels), p)[1])
 
+    def kept_bytes(batch: int) -> int:
         images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8)
         labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
-        return tree_bytes(jax.eval_shape(residuals, params, images, labels))
+        return distinct_output_bytes(jax.make_jaxpr(residuals)(params, images, labels).jaxpr)
 
     small, large = batches
-    return (residual_bytes(large) - residual_bytes(small)) / (large - small) / 2**20
+    return (kept_bytes(large) - kept_bytes(small)) / (large - small) / 2**20
+
+
+def distinct_output_bytes(jaxpr: Any) -> int:
+    """Bytes of a jaxpr's distinct output arrays, leaving out what XLA never stores: broadcasts
+    of a scalar (ReLU's zeros) and reshapes of another output (views)."""
+    made_by = {v: eqn for eqn in jaxpr.eqns for v in eqn.outvars}
+    outputs = {v for v in jaxpr.outvars if not hasattr(v, "val")}  # Literals have a value.
+
+    def stored(v) -> bool:
+        eqn = made_by.get(v)
+        if eqn is None:
+            return True
+        source = eqn.invars[0] if eqn.invars else None
+        if eqn.primitive.name == "broadcast_in_dim" and source is not None:
+            return source.aval.size > 1
+        return not (eqn.primitive.name == "reshape" and source in outputs)
+
+    return sum(v.aval.size * v.aval.dtype.itemsize for v in outputs if stored(v))
 
 
 def header(bench: Bench, remat: bool) -> dict:

@@ -118,6 +118,18 @@ def test_saved_activations_are_counted_alike_on_both_sides():
         assert 0 < kept["bfloat16"][side] < 0.8 * kept["float32"][side], kept
 
 
+def test_kept_arrays_are_counted_once_and_views_not_at_all():
+    """distinct_output_bytes: an array kept twice counts once; a reshape of a kept array and a
+    broadcast scalar (never stored by XLA) count nothing; an input and a real broadcast count."""
+
+    def kept(x):
+        y = x * 2.0
+        return [y, y, y.reshape(-1), jnp.zeros_like(x), x, jnp.broadcast_to(x[0], x.shape)]
+
+    jaxpr = jax.make_jaxpr(kept)(jnp.ones((4, 8), jnp.float32)).jaxpr
+    assert throughput.distinct_output_bytes(jaxpr) == 3 * 4 * 8 * 4  # y, x, the broadcast row
+
+
 def test_peak_rss_growth_sees_a_transient_allocation():
     """A 256 MB buffer written and freed inside the call is seen; a call that allocates
     nothing reads (almost) nothing."""

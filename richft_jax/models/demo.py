@@ -12,15 +12,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from richft_jax.models.layers import Conv, depth_rates, drop_path, feature_dropout, gelu
+from richft_jax.models.layers import (
+    Conv,
+    batch_norm,
+    depth_rates,
+    drop_path,
+    feature_dropout,
+    gelu,
+)
 from richft_jax.models.vit import MultiHeadAttention
-
-
-def _batch_norm(train: bool, dtype: jnp.dtype, name: str) -> nn.BatchNorm:
-    """BatchNorm with torch's defaults (momentum 0.1 = Flax 0.9, eps 1e-5)."""
-    return nn.BatchNorm(
-        use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name
-    )
 
 
 class BasicBlock(nn.Module):
@@ -34,7 +34,7 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         conv = lambda f, k, s, name: Conv(f, k, s, self.conv_impl, self.dtype, name=name)  # noqa: E731
-        norm = lambda name: _batch_norm(train, self.dtype, name)  # noqa: E731
+        norm = lambda name: batch_norm(train, self.dtype, name)  # noqa: E731
         y = nn.relu(norm("bn1")(conv(self.features, 3, self.strides, "conv1")(x)))
         # Plain (not zero) init of the last BN scale: zero-init residuals stalled pretraining of
         # this small net on 52 letter classes for hundreds of steps.
@@ -76,7 +76,7 @@ class SmallResNet(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         conv = lambda f, k, s, name: Conv(f, k, s, self.conv_impl, self.dtype, name=name)  # noqa: E731
         x = conv(self.widths[0], 3, self.stem_stride, "stem_conv")(x.astype(self.dtype))
-        x = nn.relu(_batch_norm(train, self.dtype, "stem_bn")(x))
+        x = nn.relu(batch_norm(train, self.dtype, "stem_bn")(x))
         for i, (width, n) in enumerate(zip(self.widths, self.blocks, strict=True)):
             for j in range(n):
                 strides = 2 if (i > 0 and j == 0) else 1
@@ -89,7 +89,7 @@ class SmallResNet(nn.Module):
                 self.sow("intermediates", f"{name}_pooled", pooled)
         if self.feature_dim:
             x = conv(self.feature_dim, 1, 1, "widen_conv")(x)
-            x = nn.relu(_batch_norm(train, self.dtype, "widen_bn")(x))
+            x = nn.relu(batch_norm(train, self.dtype, "widen_bn")(x))
         return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
 
 

@@ -1,5 +1,6 @@
 """Layers the backbones and the classifier share: inverted feature dropout, drop path
-(stochastic depth) and its per-block rates, and the convnets' bias-free convolution.
+(stochastic depth) and its per-block rates, the convnets' bias-free convolution and BatchNorm,
+and GELU and softmax that keep one tensor for the backward pass.
 
 They live with the models (not with the training methods) so `richft_jax.models` imports
 nothing from `richft_jax.methods`. Every rate may be a traced scalar, so a schedule
@@ -47,6 +48,14 @@ def depth_rates(rate: jax.Array | float, depth: int) -> list[jax.Array]:
     if depth == 1:
         return [rate]
     return [rate * (i / (depth - 1)) for i in range(depth)]
+
+
+def batch_norm(train: bool, dtype: jnp.dtype, name: str) -> nn.BatchNorm:
+    """BatchNorm with torch's defaults (eps 1e-5, momentum 0.1 = Flax 0.9); the running
+    statistics update only when `train`."""
+    return nn.BatchNorm(
+        use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name
+    )
 
 
 def conv_as_dot(impl: str, window: int, out_hw: tuple[int, int]) -> bool:

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from richft_jax.models.layers import Conv
+from richft_jax.models.layers import Conv, batch_norm
 
 # name -> (block kind, blocks per stage)
 VARIANTS = {
@@ -22,13 +22,6 @@ VARIANTS = {
     "resnet101": {"block": "bottleneck", "stage_sizes": (3, 4, 23, 3)},
 }
 EXPANSION = {"basic": 1, "bottleneck": 4}
-
-
-def _bn(train: bool, dtype: jnp.dtype, name: str) -> nn.BatchNorm:
-    """BatchNorm with torch's defaults; running statistics update only when `train`."""
-    return nn.BatchNorm(
-        use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name
-    )
 
 
 class Block(nn.Module):
@@ -48,20 +41,17 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         out_features = self.width * EXPANSION[self.kind]
+        bn = lambda name: batch_norm(train, self.dtype, name)  # noqa: E731
         if self.kind == "basic":
-            y = nn.relu(
-                _bn(train, self.dtype, "bn1")(self.conv(self.width, 3, self.stride, "conv1")(x))
-            )
-            y = _bn(train, self.dtype, "bn2")(self.conv(self.width, 3, 1, "conv2")(y))
+            y = nn.relu(bn("bn1")(self.conv(self.width, 3, self.stride, "conv1")(x)))
+            y = bn("bn2")(self.conv(self.width, 3, 1, "conv2")(y))
         else:
-            y = nn.relu(_bn(train, self.dtype, "bn1")(self.conv(self.width, 1, 1, "conv1")(x)))
-            y = nn.relu(
-                _bn(train, self.dtype, "bn2")(self.conv(self.width, 3, self.stride, "conv2")(y))
-            )
-            y = _bn(train, self.dtype, "bn3")(self.conv(out_features, 1, 1, "conv3")(y))
+            y = nn.relu(bn("bn1")(self.conv(self.width, 1, 1, "conv1")(x)))
+            y = nn.relu(bn("bn2")(self.conv(self.width, 3, self.stride, "conv2")(y)))
+            y = bn("bn3")(self.conv(out_features, 1, 1, "conv3")(y))
         if self.stride != 1 or x.shape[-1] != out_features:
             x = self.conv(out_features, 1, self.stride, "downsample_0")(x)
-            x = _bn(train, self.dtype, "downsample_1")(x)
+            x = bn("downsample_1")(x)
         return nn.relu(x + y)
 
 
@@ -104,7 +94,7 @@ class ResNet(nn.Module):
             raise ValueError(f"ResNet block={self.block!r} is not one of {sorted(EXPANSION)}.")
         stem = Conv(self.width, 7, 2, self.conv_impl, self.dtype, name="conv1")
         x = stem(images.astype(self.dtype))
-        x = nn.relu(_bn(train, self.dtype, "bn1")(x))
+        x = nn.relu(batch_norm(train, self.dtype, "bn1")(x))
         x = nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])
         for i, n in enumerate(self.stage_sizes):
             for j in range(n):
