@@ -48,11 +48,9 @@ gs:// TFDS data_dir is not tested.
 """
 
 import contextlib
-import ctypes
 import json
 import os
 import pathlib
-import signal
 import socket
 import subprocess
 import sys
@@ -80,11 +78,21 @@ def binary() -> pathlib.Path:
     return found[0]
 
 
-def _die_with_parent() -> None:
-    """In the emulator's process before it starts: on Linux, SIGTERM when the test process
-    dies (a killed pytest leaves no emulator behind)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG.
+# Starts the emulator so that it gets SIGTERM when the test process dies (a killed pytest leaves
+# no emulator behind): a single-threaded Python sets PR_SET_PDEATHSIG (which execve keeps) and
+# execs it. Not a preexec_fn: that forks this multithreaded process (JAX's threads) and runs
+# Python in the child, which can deadlock.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGTERM); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
+def _with_parent_death_signal(command: list[str]) -> list[str]:
+    """`command` behind the PR_SET_PDEATHSIG launcher on Linux, unchanged elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return command
+    return [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, *command]
 
 
 def _free_port() -> int:
@@ -104,20 +112,20 @@ class Emulator:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = tempfile.TemporaryFile()
+        command = [
+            str(binary()),
+            "-backend=memory",
+            "-scheme=http",
+            "-host=127.0.0.1",
+            f"-port={self.port}",
+            f"-external-url={self.url}",
+            "-log-level=warn",
+        ]
         self.process = subprocess.Popen(
-            [
-                str(binary()),
-                "-backend=memory",
-                "-scheme=http",
-                "-host=127.0.0.1",
-                f"-port={self.port}",
-                f"-external-url={self.url}",
-                "-log-level=warn",
-            ],
+            _with_parent_death_signal(command),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
         )
         try:
             self._wait(timeout)

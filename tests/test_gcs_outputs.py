@@ -115,3 +115,41 @@ def test_events_and_checkpoints_go_to_the_bucket_through_epath(gcs, tmp_path):
     assert len([n for n in names if n.startswith("run/events.out.tfevents.")]) == 1
     assert "run/checkpoints/2/commit_success.txt" in names
     assert os.listdir(tmp_path) == []
+
+
+def test_the_emulator_dies_with_the_process_that_started_it():
+    """A test process killed outright (SIGKILL: no cleanup runs) leaves no emulator behind,
+    and starting one does not fork this multithreaded process (no preexec_fn)."""
+    import signal  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    starter = (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); import gcs_emulator; "
+        "e = gcs_emulator.Emulator(); print(e.process.pid, flush=True); time.sleep(120)"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", starter, os.path.join(REPO, "tests")], stdout=subprocess.PIPE
+    )
+    try:
+        pid = int(parent.stdout.readline())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:  # The emulator itself (exec'd), alive.
+            assert b"-backend=memory" in f.read()
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _running(pid):
+            time.sleep(0.05)
+        assert not _running(pid), f"emulator {pid} outlived the process that started it"
+    finally:
+        parent.kill()
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a live process (not gone, not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
