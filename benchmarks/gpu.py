@@ -48,6 +48,7 @@ MIN_GROUP_S = 30  # A group is not started with less of the budget left.
 DEMO_MIN_S = 10  # Nor the demo.
 # Table order within a configuration; jit_<impl>: the ViT with jax.nn.dot_product_attention.
 MODES = ("jit", "jit_cudnn", "jit_xla", "compile", "eager", "channels_last")
+PROFILE_STEPS, PROFILE_TOP = 3, 8  # Each JAX row's XLA ops: steps traced, kinds kept.
 UNMEASURED = {
     "images_per_s": None,
     "peak_memory_gib": None,
@@ -299,7 +300,13 @@ def jax_row(bench: Any, row: dict, opts: Options, peak: float, tracker: JaxPeak)
     )
     util = throughput.flop_utilisation(flops, images_per_s, batch, peak)
     gib, source = tracker(throughput.step_memory(bench, costs["peak_bytes"]), costs["peak_bytes"])
+    try:
+        ops = throughput.profile_ops(lambda: bench.run_step(0.9), PROFILE_STEPS)[:PROFILE_TOP]
+        top_ops = {kind: round(ms, 3) for kind, ms in ops}
+    except Exception as e:  # noqa: BLE001 (a profiler problem costs only this field)
+        top_ops = {"not profiled": short(e)}
     return row | {
+        "top_ops_ms": top_ops,
         "status": "ok",
         "images_per_s": images_per_s,
         "gflops_per_step": flops / 1e9,
@@ -810,7 +817,23 @@ def markdown(report: dict) -> str:
     lines += ["", "| " + " | ".join(name for name, _ in COLUMNS) + " |"]
     lines.append("|" + "---|" * len(COLUMNS))
     lines += ["| " + " | ".join(str(cell(r)) for _, cell in COLUMNS) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + top_ops_lines(rows)) + "\n"
+
+
+def top_ops_lines(rows: list[dict]) -> list[str]:
+    """Where each measured JAX step's time goes: its top XLA op kinds, ms per step."""
+    lines = []
+    for r in rows:
+        if r.get("top_ops_ms"):
+            ops = ", ".join(
+                f"`{k}` {v:.2f}" if isinstance(v, float) else f"{k}: {v}"
+                for k, v in r["top_ops_ms"].items()
+            )
+            lines.append(
+                f"- {r['label']}, batch {r['batch']}, {r['dtype']}"
+                f"{', remat' if r['remat'] else ''}, {MODE_LABELS[r['mode']]}: {ops}"
+            )
+    return ["", "XLA ops of each JAX step (ms per step, largest first):", *lines] if lines else []
 
 
 def write_outputs(report: dict, opts: Options) -> tuple[pathlib.Path, pathlib.Path]:

@@ -115,29 +115,29 @@ def _subjaxprs(params: dict) -> list:
 
 def profile_ops(fn: Callable[[], object], steps: int) -> list[tuple[str, float]]:
     """Where a jitted step's time goes: XLA op kinds (HLO names without their numeric suffix)
-    and their milliseconds per step, summed over the executor threads, largest first.
+    and their milliseconds per step, largest first.
 
-    A jax.profiler trace of `steps` calls, read back from its XPlane file (the protobuf
-    TensorFlow ships); thread-pool bookkeeping events (ThunkExecutor) are left out.
+    A jax.profiler trace of `steps` calls, read back with jax.profiler.ProfileData (no
+    TensorFlow: the GPU image has none). On a GPU or TPU, the devices' "XLA Ops" lines; on a
+    CPU, the executor threads summed (thread-pool bookkeeping left out).
     """
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: PLC0415 (TF is a dep)
-
     with tempfile.TemporaryDirectory() as logdir:
         with jax.profiler.trace(logdir):
             for _ in range(steps):
                 fn()
-        space = xplane_pb2.XSpace()
-        space.ParseFromString(next(pathlib.Path(logdir).rglob("*.xplane.pb")).read_bytes())
+        trace = next(pathlib.Path(logdir).rglob("*.xplane.pb"))
+        planes = list(jax.profiler.ProfileData.from_file(str(trace)).planes)
+    devices = [p for p in planes if p.name.startswith("/device:")]
+    if devices:
+        lines = [line for p in devices for line in p.lines if line.name == "XLA Ops"]
+    else:
+        lines = [line for p in planes for line in p.lines if line.name != "python"]
     totals: collections.Counter = collections.Counter()
-    for plane in space.planes:
-        for line in plane.lines:
-            if line.name == "python":
+    for line in lines:
+        for event in line.events:
+            if event.name.startswith(("ThunkExecutor", "ThreadpoolListener", "$")):
                 continue
-            for event in line.events:
-                name = plane.event_metadata[event.metadata_id].name
-                if name.startswith(("ThunkExecutor", "$")):
-                    continue
-                totals[re.sub(r"(\.\d+)+$", "", name)] += event.duration_ps / 1e9 / steps
+            totals[re.sub(r"(\.\d+)+$", "", event.name)] += event.duration_ns / 1e6 / steps
     return totals.most_common()
 
 

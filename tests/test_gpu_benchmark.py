@@ -80,6 +80,9 @@ def test_tiny_run_writes_every_row_field_and_goal(tmp_path, monkeypatch):
         assert r["step_ms"] == pytest.approx(1000 * r["batch"] / r["images_per_s"])
         if r["framework"] == "jax" or r["mode"] == "eager":  # What the backward pass keeps.
             assert r["kept_mib_per_image"] > 0, r
+        if r["framework"] == "jax":  # Where its time goes: XLA op kinds, ms per step.
+            assert len(r["top_ops_ms"]) == gpu.PROFILE_TOP, r["top_ops_ms"]
+            assert all(ms > 0 for ms in r["top_ops_ms"].values()), r["top_ops_ms"]
         assert r["vs_torch_compile"] is None  # No torch.compile row measured.
         assert r["wall_s"] > 0, r  # What each measurement took, for planning a GPU's time.
         assert (r["setup_s"] > 0) if r["framework"] == "jax" else ("setup_s" not in r), r
@@ -137,6 +140,9 @@ def test_tiny_run_writes_every_row_field_and_goal(tmp_path, monkeypatch):
     assert all(line.count("|") == len(gpu.COLUMNS) + 1 for line in table)
     assert "Goals: JAX ≥ 1.0× torch.compile" in md
     assert "**pass**" in md or "**FAIL**" in md
+    jax_rows = [r for r in rows if r["framework"] == "jax" and r["mode"] != "demo"]
+    ops = md.split("XLA ops of each JAX step (ms per step, largest first):\n", 1)[1]
+    assert len([line for line in ops.splitlines() if line.startswith("- ")]) == len(jax_rows)
 
 
 def test_gpu_sh_help_and_dry_run_exit_0():
