@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from benchmarks.measure import peak_rss_growth, timeit
 from richft_jax import config_checks, config_lib, parallel, steps
@@ -265,24 +264,14 @@ def saved_activation_mb(bench: Bench, batches: tuple[int, int] = (1, 2)) -> floa
     parameters and their casts cancel. Before XLA's fusion: what autodiff asks to keep, the
     platform-independent part of the step's memory traffic; torch_twins.saved_activation_mb
     counts the same for PyTorch."""
-    model, config = bench.model, bench.config
+    loss = steps.make_loss(bench.model, bench.config.data.normalize)
     params, stats = bench.variables["params"], bench.variables["batch_stats"]
     size = bench.host_batch["image"].shape[1]
 
-    def loss(p, images, labels):
-        (logits, _), _ = model.apply(
-            {"params": p, "batch_stats": stats},
-            pixels.normalize(images, config.data.normalize),
-            train=True,
-            dropout_rate=jnp.float32(0.9),
-            backbone_rates={},
-            rngs={"dropout": jax.random.key(0)},
-            mutable=["batch_stats"],
-        )
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
     def residuals(p, images, labels):
-        return jax.tree.leaves(jax.vjp(lambda q: loss(q, images, labels), p)[1])
+        batch, key = {"image": images, "label": labels}, jax.random.key(0)
+        f = lambda q: loss(q, stats, batch, jnp.float32(0.9), key, 0)[0]  # noqa: E731
+        return jax.tree.leaves(jax.vjp(f, p)[1])
 
     def kept_bytes(batch: int) -> int:
         images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8)

@@ -164,6 +164,33 @@ def _no_post_update(params: Any, extras: Any, step: jax.Array) -> tuple[Any, Any
     return params, extras
 
 
+def make_loss(model, normalize: str, label_transform: Callable | None = None) -> Callable:
+    """The train step's loss: `(params, batch_stats, batch, rates, key, step) -> (loss,
+    (logits, new batch_stats))`, differentiated in `params`; `rates` as make_train_step's.
+    Also what the benchmarks trace to count what the backward pass keeps."""
+
+    def loss_fn(params, batch_stats, batch: dict, rates: jax.Array | dict, key, step):
+        rates = dict(rates) if isinstance(rates, dict) else {"feature": rates}
+        feature_rate = rates.pop("feature")
+        (logits, _), updates = model.apply(
+            {"params": params, "batch_stats": batch_stats},
+            pixels.normalize(batch["image"], normalize),
+            train=True,
+            dropout_rate=feature_rate,
+            backbone_rates=rates,
+            rngs={"dropout": key},
+            mutable=["batch_stats"],
+        )
+        labels, weights = batch["label"], None
+        if label_transform is not None:
+            labels, weights = label_transform(logits, labels, step)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        loss = ce.mean() if weights is None else jnp.sum(weights * ce)
+        return loss, (logits, updates.get("batch_stats", batch_stats))
+
+    return loss_fn
+
+
 def make_train_step(
     model,
     tx: optax.GradientTransformation,
@@ -179,33 +206,14 @@ def make_train_step(
     `post_update(params, extras, steps_done) -> (params, extras)`.
     """
 
+    loss_fn = make_loss(model, normalize, label_transform)
+
     def train_step(
         state: TrainState, batch: dict, rates: jax.Array | dict, learning_rate: jax.Array
     ):
         key = jax.random.fold_in(state.rng, state.step)
-        images = pixels.normalize(batch["image"], normalize)
-        rates = dict(rates) if isinstance(rates, dict) else {"feature": rates}
-        feature_rate = rates.pop("feature")
-
-        def loss_fn(params):
-            (logits, _), updates = model.apply(
-                {"params": params, "batch_stats": state.batch_stats},
-                images,
-                train=True,
-                dropout_rate=feature_rate,
-                backbone_rates=rates,
-                rngs={"dropout": key},
-                mutable=["batch_stats"],
-            )
-            labels, weights = batch["label"], None
-            if label_transform is not None:
-                labels, weights = label_transform(logits, labels, state.step)
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-            loss = ce.mean() if weights is None else jnp.sum(weights * ce)
-            return loss, (logits, updates.get("batch_stats", state.batch_stats))
-
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params
+            state.params, state.batch_stats, batch, rates, key, state.step
         )
         updates, opt_state = tx.update(
             grads, state.opt_state, state.params, learning_rate=learning_rate

@@ -5,6 +5,10 @@ emulator's environment; the bucket read back through the emulator's own JSON API
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import gcs_emulator
 import pytest
@@ -120,11 +124,6 @@ def test_events_and_checkpoints_go_to_the_bucket_through_epath(gcs, tmp_path):
 def test_the_emulator_dies_with_the_process_that_started_it():
     """A test process killed outright (SIGKILL: no cleanup runs) leaves no emulator behind,
     and starting one does not fork this multithreaded process (no preexec_fn)."""
-    import signal  # noqa: PLC0415
-    import subprocess  # noqa: PLC0415
-    import sys  # noqa: PLC0415
-    import time  # noqa: PLC0415
-
     starter = (
         "import sys, time; sys.path.insert(0, sys.argv[1]); import gcs_emulator; "
         "e = gcs_emulator.Emulator(); print(e.process.pid, flush=True); time.sleep(120)"
