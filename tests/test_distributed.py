@@ -60,12 +60,16 @@ def env_with_devices(n: int) -> dict:
     return env
 
 
-def failure_excerpt(log: str, limit: int = 3000) -> str:
-    """The log's tail, and where the process crashed natively its "Fatal Python error" lines
-    (faulthandler prints them before a long list of extension modules that would fill the tail)."""
+def failure_excerpt(log: str, limit: int = 2500) -> str:
+    """What a crashed process said: where it crashed natively, the native message before
+    faulthandler's "Fatal Python error" and the crashing thread's stack (not the list of
+    extension modules that ends the log); otherwise the log's tail."""
     fatal = log.find("Fatal Python error")
-    head = log[fatal : fatal + limit] + "\n...\n" if fatal >= 0 else ""
-    return head + log[-limit:]
+    if fatal < 0:
+        return log[-limit:]
+    current = log.find("Current thread", fatal)
+    stack = log[current : log.find("\n\n", current)] if current >= 0 else ""
+    return f"{log[max(0, fatal - limit) : fatal + 200]}\n...\n{stack[:limit]}"
 
 
 @pytest.fixture(scope="module")
@@ -75,28 +79,37 @@ def runs(data_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("distributed")
     one, two = root / "one_process", root / "two_processes"
     flags = [f"--coordinator_address=127.0.0.1:{free_port()}", "--num_processes=2"]
+    # Their logs go to files, not pipes: a pipe nobody drains while this process trains (or
+    # waits on the other) fills at 64 KiB, and a process blocked writing its log stalls the
+    # other at the next collective until XLA aborts it.
+    log_paths = {i: root / f"process_{i}.log" for i in range(2)}
     procs = {}
     for i in range(2):
-        procs[i] = subprocess.Popen(
-            command(data_dir, two, *flags, f"--process_id={i}"),
-            cwd=REPO,
-            env=env_with_devices(4),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-    logs = {}
+        with log_paths[i].open("w") as log:
+            procs[i] = subprocess.Popen(
+                command(data_dir, two, *flags, f"--process_id={i}"),
+                cwd=REPO,
+                env=env_with_devices(4),
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
     try:
         assert jax.device_count() == 8 and jax.process_count() == 1
         train.train_and_evaluate(in_process_config(data_dir), str(one))
-        for name, proc in procs.items():
-            _, logs[name] = proc.communicate(timeout=400)
+        for proc in procs.values():
+            proc.wait(timeout=400)
     finally:
         for proc in procs.values():
             if proc.poll() is None:
                 proc.kill()
-    for name, proc in procs.items():
-        assert proc.returncode == 0, f"{name}: {failure_excerpt(logs[name])}"
+    logs = {name: path.read_text() for name, path in log_paths.items()}
+    # Every failed process's words: one that dies takes the other down with it (the coordination
+    # service aborts the survivor), so the first one's log alone can hide the cause.
+    failed = {name: p.returncode for name, p in procs.items() if p.returncode != 0}
+    assert not failed, "\n\n".join(
+        f"process {name} exited {code}:\n{failure_excerpt(logs[name])}"
+        for name, code in failed.items()
+    )
     return one, two, logs
 
 
