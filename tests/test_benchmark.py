@@ -15,7 +15,7 @@ import pytest
 import torch
 from absl import flags
 
-from benchmarks import benchmark, measure, throughput, torch_twins
+from benchmarks import attention, benchmark, measure, throughput, torch_twins
 from richft_jax import config_checks, config_lib, run, steps
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -372,3 +372,19 @@ def test_a_backbone_at_a_git_revision_for_in_process_ab():
     assert vit.__mro__[1].__module__ == "richft_jax.models.vit@HEAD"
     with pytest.raises(ValueError, match=r"--a_rev=no-such-rev: git cannot show richft_jax/models"):
         throughput.backbone_at("no-such-rev", "small_vit")
+
+
+def test_attention_core_rows_time_the_same_function():
+    """Each attention row (the ViT's einsum core, jax.nn.dot_product_attention, PyTorch's
+    SDPA) has the einsum core's gradients, and its GFLOP/s is the core's FLOPs over its time."""
+    b, t, h, dh = shape = (2, 5, 2, 4)
+    result = attention.measure(shape, "float32", 2, torch=True)
+    rows = {(r["framework"], r["impl"]): r for r in result["rows"]}
+    assert set(rows) == {("jax", "einsum"), ("jax", "xla"), ("torch", "sdpa (cpu)")}
+    assert rows["jax", "einsum"]["max_grad_diff_vs_einsum"] == 0.0
+    for r in rows.values():
+        assert r["max_grad_diff_vs_einsum"] < 1e-5
+        flops = 12 * b * h * t * t * dh
+        assert r["gflop_per_s"] == pytest.approx(flops / (r["fwd_bwd_ms"] / 1e3) / 1e9)
+        expected = r["gflop_per_s"] / result["projection_gflop_per_s"]
+        assert r["of_projection_matmul"] == pytest.approx(expected)

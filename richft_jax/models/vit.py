@@ -120,6 +120,21 @@ class _DenseParams(nn.Module):
 ATTENTION = VIT_ATTENTION[1:]  # jax.nn.dot_product_attention's implementations.
 
 
+def attend(qkv: jax.Array, attention: str = "einsum") -> jax.Array:
+    """Scaled dot-product self-attention of q, k, v = qkv[:, :, 0..2] (batch, tokens, heads,
+    head_dim each) in qkv's dtype, by `attention` (MultiHeadAttention's); (batch, tokens,
+    heads, head_dim) out."""
+    if attention == "einsum":
+        q = qkv[:, :, 0] / jnp.sqrt(qkv.shape[-1]).astype(qkv.dtype)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, qkv[:, :, 1])
+        weights = softmax(logits).astype(qkv.dtype)
+        return jnp.einsum("bhqk,bkhd->bqhd", weights, qkv[:, :, 2])
+    if attention in ATTENTION:
+        q, k, v = (qkv[:, :, i] for i in range(3))
+        return jax.nn.dot_product_attention(q, k, v, implementation=attention)
+    raise ValueError(f"ViT attention={attention!r}: one of einsum, {ATTENTION}.")
+
+
 class MultiHeadAttention(nn.Module):
     """Self-attention with nn.MultiHeadDotProductAttention's parameters (`query`, `key`,
     `value`: kernel (D, heads, head_dim), bias (heads, head_dim); `out`: kernel (heads,
@@ -146,17 +161,7 @@ class MultiHeadAttention(nn.Module):
         bias = jnp.concatenate([b.reshape(d) for _, b in params])
         rows = x.astype(self.dtype).reshape(n * t, d)
         qkv = rows @ kernel.astype(self.dtype) + bias.astype(self.dtype)
-        qkv = qkv.reshape(n, t, 3, heads, head_dim)
-        if self.attention == "einsum":
-            q = qkv[:, :, 0] / jnp.sqrt(head_dim).astype(self.dtype)
-            logits = jnp.einsum("bqhd,bkhd->bhqk", q, qkv[:, :, 1])
-            weights = softmax(logits).astype(self.dtype)
-            y = jnp.einsum("bhqk,bkhd->bqhd", weights, qkv[:, :, 2])
-        elif self.attention in ATTENTION:
-            q, k, v = (qkv[:, :, i] for i in range(3))
-            y = jax.nn.dot_product_attention(q, k, v, implementation=self.attention)
-        else:
-            raise ValueError(f"ViT attention={self.attention!r}: one of einsum, {ATTENTION}.")
+        y = attend(qkv.reshape(n, t, 3, heads, head_dim), self.attention)
         y = y.reshape(n * t, d)
         y = y @ out_kernel.reshape(d, d).astype(self.dtype) + out_bias.astype(self.dtype)
         return y.reshape(n, t, d)
