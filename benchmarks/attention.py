@@ -2,20 +2,23 @@
 next to PyTorch's scaled_dot_product_attention and a projection-sized matmul on the same device.
 
   python -m benchmarks.attention [--batch=16] [--tokens=197] [--heads=12] [--head_dim=64]
-      [--dtype=float32|bfloat16] [--repeats=15] [--out=attention.json]
+      [--dtype=float32|bfloat16] [--repeats=5] [--rounds=4] [--out=attention.json]
 
 The ViT-B/16 step's FLOPs are mostly its projections and MLP (large 2-D matmuls); attention's
 are small batched ones (a tokens x head_dim by head_dim x tokens product per image and head),
 about 4 % of the FLOPs at 224 px but more of the time. One row per implementation: JAX's
-`models.vit.attend` (the ViT's own core) for each `attention` that runs on this backend, under
-jit, and PyTorch's (when importable) in eager mode; each the gradient of sum(y * g) w.r.t. q, k
-and v, median milliseconds of `repeats` calls, GFLOP/s (forward 4·B·H·T²·Dh, backward twice
-that), that rate over the projection matmul's (the (B·T, D) x (D, 3D) q/k/v matmul, same
-dtype), and the largest difference of its gradient from the einsum core's.
+`models.vit.attend` (the ViT's own core) under jit for each `attention` that runs on this
+backend, and PyTorch's SDPA (when importable) in eager mode. Each is the gradient of
+sum(y * g) w.r.t. q, k and v; the rows are timed in turn, `rounds` rounds of `repeats` calls
+(the median round is kept: the machine's speed moves between rounds), with GFLOP/s (forward
+4·B·H·T²·Dh, backward twice that), that rate over the projection matmul's (the (B·T, D) x
+(D, 3D) q/k/v matmul, same dtype) and the largest difference of its gradient from the
+einsum core's.
 """
 
 import importlib.util
 import json
+from collections.abc import Callable
 
 import numpy as np
 from absl import app, flags
@@ -27,16 +30,18 @@ TOKENS = flags.DEFINE_integer("tokens", 197, "Tokens per image (ViT-B/16 at 224 
 HEADS = flags.DEFINE_integer("heads", 12, "Attention heads.", lower_bound=1)
 HEAD_DIM = flags.DEFINE_integer("head_dim", 64, "Features per head.", lower_bound=1)
 DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
-REPEATS = flags.DEFINE_integer("repeats", 15, "Timed calls per row.", lower_bound=1)
+REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per row and round.", lower_bound=1)
+ROUNDS = flags.DEFINE_integer("rounds", 4, "Rounds over all rows.", lower_bound=1)
 OUT = flags.DEFINE_string("out", None, "Also write the rows as JSON here.")
+
+Row = tuple[dict, Callable[[], object], np.ndarray]  # (row, one blocking call, gradients)
 
 
 def jax_rows(
-    shape: tuple[int, int, int, int], dtype: str, repeats: int
-) -> tuple[list[dict], float, tuple[np.ndarray, np.ndarray]]:
-    """The JAX rows (one per `attention` implementation that runs here, each with its
-    gradients as float32 numpy for the comparison), the projection matmul's GFLOP/s, and the
-    inputs (qkv, g) as float32 numpy."""
+    shape: tuple[int, int, int, int], dtype: str
+) -> tuple[list[Row], Callable[[], object], tuple[np.ndarray, np.ndarray]]:
+    """The JAX rows (one per `attention` implementation that runs here; gradients as
+    float32 numpy (3, b, t, h, dh)), one call of the projection matmul, and the inputs."""
     import jax  # noqa: PLC0415 (flags first)
     import jax.numpy as jnp  # noqa: PLC0415
 
@@ -49,25 +54,24 @@ def jax_rows(
     impls = ["einsum", "xla"] + (["cudnn"] if jax.default_backend() == "gpu" else [])
     rows = []
     for impl in impls:
-        grad = jax.jit(jax.grad(lambda x, impl=impl: jnp.sum(vit.attend(x, impl) * g)))
+        loss = lambda x, impl=impl: jnp.sum(vit.attend(x, impl) * g)  # noqa: E731
+        grad = jax.jit(jax.grad(loss))
+        row = {"framework": "jax", "impl": impl}
         try:
             dqkv = grad(qkv).block_until_ready()
         except Exception as e:  # noqa: BLE001 (an implementation this backend lacks: say so)
-            rows.append({"framework": "jax", "impl": impl, "error": f"{type(e).__name__}: {e}"})
+            rows.append((row | {"error": f"{type(e).__name__}: {e}"}, None, None))
             continue
-        seconds = timeit(lambda grad=grad: grad(qkv).block_until_ready(), repeats)
-        grads = np.asarray(dqkv.astype(jnp.float32)).transpose(2, 0, 1, 3, 4)  # (3, b, t, h, dh)
-        rows.append({"framework": "jax", "impl": impl, "seconds": seconds, "grads": grads})
+        grads = np.asarray(dqkv.astype(jnp.float32)).transpose(2, 0, 1, 3, 4)
+        rows.append((row, lambda grad=grad: grad(qkv).block_until_ready(), grads))
     x = jnp.ones((b * t, h * dh), dtype)
     w = jnp.ones((h * dh, 3 * h * dh), dtype)
     matmul = jax.jit(lambda x, w: x @ w)
-    seconds = timeit(lambda: matmul(x, w).block_until_ready(), repeats)
-    projection = 2 * b * t * (h * dh) * (3 * h * dh) / seconds / 1e9
     inputs = (np.asarray(qkv.astype(jnp.float32)), np.asarray(g.astype(jnp.float32)))
-    return rows, projection, inputs
+    return rows, lambda: matmul(x, w).block_until_ready(), inputs
 
 
-def torch_row(qkv: np.ndarray, g: np.ndarray, dtype: str, repeats: int) -> dict:
+def torch_row(qkv: np.ndarray, g: np.ndarray, dtype: str) -> Row:
     """PyTorch eager's scaled_dot_product_attention (the torch twin's), same inputs, on CUDA
     when there is one."""
     import torch  # noqa: PLC0415
@@ -89,27 +93,41 @@ def torch_row(qkv: np.ndarray, g: np.ndarray, dtype: str, repeats: int) -> dict:
         if device == "cuda":
             torch.cuda.synchronize()
 
-    seconds = timeit(step, repeats)
+    step()
     grads = np.stack([x.grad.transpose(1, 2).float().cpu().numpy() for x in (q, k, v)])
-    return {"framework": "torch", "impl": f"sdpa ({device})", "seconds": seconds, "grads": grads}
+    return {"framework": "torch", "impl": f"sdpa ({device})"}, step, grads
 
 
-def measure(shape: tuple[int, int, int, int], dtype: str, repeats: int, torch: bool) -> dict:
-    """Every row (without its gradients) and the projection matmul's GFLOP/s."""
-    rows, projection, inputs = jax_rows(shape, dtype, repeats)
+def measure(
+    shape: tuple[int, int, int, int], dtype: str, repeats: int, rounds: int, torch: bool
+) -> dict:
+    """Every row (its gradients compared, not kept) and the projection matmul's GFLOP/s."""
+    rows, matmul, inputs = jax_rows(shape, dtype)
     if torch:
-        rows.append(torch_row(*inputs, dtype, repeats))
+        rows.append(torch_row(*inputs, dtype))
+    timed = [(row, fn) for row, fn, _ in rows if fn is not None] + [({}, matmul)]
+    seconds = {id(row): [] for row, _ in timed}
+    for _ in range(rounds):
+        for row, fn in timed:
+            seconds[id(row)].append(timeit(fn, repeats))
     b, t, h, dh = shape
+    projection = 2 * b * t * (h * dh) * (3 * h * dh) / np.median(seconds[id(timed[-1][0])]) / 1e9
     flops = 3 * 4 * b * h * t * t * dh
-    reference = next(r["grads"] for r in rows if r.get("impl") == "einsum")
-    for r in rows:
-        if "seconds" in r:
-            r["fwd_bwd_ms"] = r["seconds"] * 1e3
-            r["gflop_per_s"] = flops / r.pop("seconds") / 1e9
-            r["of_projection_matmul"] = r["gflop_per_s"] / projection
-            r["max_grad_diff_vs_einsum"] = float(np.max(np.abs(r.pop("grads") - reference)))
-    shape_names = dict(zip(("batch", "tokens", "heads", "head_dim"), shape, strict=True))
-    return {**shape_names, "dtype": dtype, "projection_gflop_per_s": projection, "rows": rows}
+    reference = next(grads for row, _, grads in rows if row["impl"] == "einsum")
+    for row, fn, grads in rows:
+        if fn is not None:
+            s = float(np.median(seconds[id(row)]))
+            row["fwd_bwd_ms"] = s * 1e3
+            row["gflop_per_s"] = flops / s / 1e9
+            row["of_projection_matmul"] = row["gflop_per_s"] / projection
+            row["max_grad_diff_vs_einsum"] = float(np.max(np.abs(grads - reference)))
+    names = dict(zip(("batch", "tokens", "heads", "head_dim"), shape, strict=True))
+    return {
+        **names,
+        "dtype": dtype,
+        "projection_gflop_per_s": projection,
+        "rows": [r for r, _, _ in rows],
+    }
 
 
 def main(argv: list[str]) -> None:
@@ -119,7 +137,7 @@ def main(argv: list[str]) -> None:
     xla_cpu.tune()  # Before JAX starts: the flags the train steps run with.
     shape = (BATCH.value, TOKENS.value, HEADS.value, HEAD_DIM.value)
     has_torch = importlib.util.find_spec("torch") is not None
-    result = measure(shape, DTYPE.value, REPEATS.value, has_torch)
+    result = measure(shape, DTYPE.value, REPEATS.value, ROUNDS.value, has_torch)
     print(
         f"attention core fwd+bwd, batch {shape[0]}, {shape[1]} tokens, {shape[2]} heads x "
         f"{shape[3]}, {DTYPE.value}; projection matmul "
