@@ -105,22 +105,22 @@ def measure(
     rows, matmul, inputs = jax_rows(shape, dtype)
     if torch:
         rows.append(torch_row(*inputs, dtype))
-    timed = [(row, fn) for row, fn, _ in rows if fn is not None] + [({}, matmul)]
-    seconds = {id(row): [] for row, _ in timed}
-    for _ in range(rounds):
-        for row, fn in timed:
-            seconds[id(row)].append(timeit(fn, repeats))
+    timed = [r for r in rows if r[1] is not None]
+    calls = [fn for _, fn, _ in timed] + [matmul]
+    seconds: list[list[float]] = [[] for _ in calls]
+    for _ in range(rounds):  # In turn: each row sees the machine's speed of every round.
+        for times, fn in zip(seconds, calls, strict=True):
+            times.append(timeit(fn, repeats))
+    *row_s, matmul_s = (float(np.median(times)) for times in seconds)
     b, t, h, dh = shape
-    projection = 2 * b * t * (h * dh) * (3 * h * dh) / np.median(seconds[id(timed[-1][0])]) / 1e9
+    projection = 2 * b * t * (h * dh) * (3 * h * dh) / matmul_s / 1e9
     flops = 3 * 4 * b * h * t * t * dh
     reference = next(grads for row, _, grads in rows if row["impl"] == "einsum")
-    for row, fn, grads in rows:
-        if fn is not None:
-            s = float(np.median(seconds[id(row)]))
-            row["fwd_bwd_ms"] = s * 1e3
-            row["gflop_per_s"] = flops / s / 1e9
-            row["of_projection_matmul"] = row["gflop_per_s"] / projection
-            row["max_grad_diff_vs_einsum"] = float(np.max(np.abs(grads - reference)))
+    for (row, _, grads), s in zip(timed, row_s, strict=True):
+        row["fwd_bwd_ms"] = s * 1e3
+        row["gflop_per_s"] = flops / s / 1e9
+        row["of_projection_matmul"] = row["gflop_per_s"] / projection
+        row["max_grad_diff_vs_einsum"] = float(np.max(np.abs(grads - reference)))
     names = dict(zip(("batch", "tokens", "heads", "head_dim"), shape, strict=True))
     return {
         **names,

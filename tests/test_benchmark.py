@@ -388,3 +388,24 @@ def test_attention_core_rows_time_the_same_function():
         assert r["gflop_per_s"] == pytest.approx(flops / (r["fwd_bwd_ms"] / 1e3) / 1e9)
         expected = r["gflop_per_s"] / result["projection_gflop_per_s"]
         assert r["of_projection_matmul"] == pytest.approx(expected)
+
+
+def test_attention_implementation_the_backend_lacks_is_a_row_that_says_so(monkeypatch):
+    from richft_jax.models import vit  # noqa: PLC0415
+
+    attend = vit.attend
+
+    def without_xla(qkv, attention="einsum"):
+        if attention == "xla":
+            raise NotImplementedError("no xla attention here")
+        return attend(qkv, attention)
+
+    monkeypatch.setattr(vit, "attend", without_xla)
+    rows = attention.measure((2, 5, 2, 4), "float32", 1, 1, torch=False)["rows"]
+    assert [r["impl"] for r in rows] == ["einsum", "xla"]
+    assert rows[1] == {
+        "framework": "jax",
+        "impl": "xla",
+        "error": "NotImplementedError: no xla attention here",
+    }
+    assert rows[0]["fwd_bwd_ms"] > 0
