@@ -7,6 +7,8 @@ nothing from `richft_jax.methods`. Every rate may be a traced scalar, so a sched
 (methods/feature_dropout.py) can change it every step without recompiling the train step.
 """
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -122,3 +124,44 @@ def _softmax_jvp(primals: tuple, tangents: tuple) -> tuple[jax.Array, jax.Array]
     (x,), (dx,) = primals, tangents
     y = softmax(x)
     return y, y * (dx - jnp.sum(dx * y, axis=-1, keepdims=True))
+
+
+# Parameter gradients as sums over rows. The gradient of a (D,) bias or scale broadcast over a
+# (batch, tokens, D) array is a sum over its leading axes, which XLA's CPU backend tree-reduces
+# in 32 x 32 windows of the 3-D array: 1.58 ms for (16, 197, 768) against 0.66 ms for the same
+# sum over the rows of the (3152, 768) array behind an optimization barrier (without the
+# barrier XLA folds the reshape back into the 3-D reduction). On other backends the plain
+# broadcast (one fused reduction, no extra pass over memory).
+def broadcast_rows(v: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """`v` (D,) broadcast to `shape` (..., D); on a CPU through (rows, D) behind an
+    optimization barrier, so its transpose (a gradient's sum) runs over 2-D rows."""
+    if jax.default_backend() != "cpu" or len(shape) < 3:
+        return jnp.broadcast_to(v, shape)
+    rows = jnp.broadcast_to(v, (math.prod(shape[:-1]), shape[-1]))
+    return lax.optimization_barrier(rows).reshape(shape)
+
+
+@jax.custom_jvp
+def add_bias(x: jax.Array, bias: jax.Array) -> jax.Array:
+    """x + bias over the last axis; bias's gradient summed over rows (`broadcast_rows`)."""
+    return x + bias
+
+
+@add_bias.defjvp
+def _add_bias_jvp(primals: tuple, tangents: tuple) -> tuple[jax.Array, jax.Array]:
+    (x, bias), (dx, dbias) = primals, tangents
+    return add_bias(x, bias), dx + broadcast_rows(dbias, x.shape)
+
+
+@jax.custom_jvp
+def scale_bias(x: jax.Array, scale: jax.Array, bias: jax.Array) -> jax.Array:
+    """x * scale + bias over the last axis (LayerNorm's affine); the parameters' gradients
+    summed over rows (`broadcast_rows`)."""
+    return x * scale + bias
+
+
+@scale_bias.defjvp
+def _scale_bias_jvp(primals: tuple, tangents: tuple) -> tuple[jax.Array, jax.Array]:
+    (x, scale, bias), (dx, dscale, dbias) = primals, tangents
+    dy = dx * scale + x * broadcast_rows(dscale, x.shape) + broadcast_rows(dbias, x.shape)
+    return scale_bias(x, scale, bias), dy
