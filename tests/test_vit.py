@@ -225,34 +225,3 @@ def test_small_vit_rows_layout_is_flax_layers_function():
     want = jax.jit(jax.value_and_grad(lambda p: _train_loss(ref, p, x, rates)))(params)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-
-
-def test_bias_and_scale_gradients_are_sums_over_rows():
-    """layers.add_bias and layers.scale_bias are x + b and x * s + b, with the same gradients
-    and jvps; on a CPU their parameters' gradients are reductions over one (rows) axis of the
-    (batch * tokens, D) array, not over the leading axes of the 3-D one (the slow form)."""
-    import re  # noqa: PLC0415
-
-    from richft_jax.models import layers  # noqa: PLC0415
-
-    x = jax.random.normal(jax.random.key(0), (8, 50, 32))
-    s, b = jax.random.normal(jax.random.key(1), (2, 32))
-
-    def loss(fn):
-        return lambda x, s, b: jnp.sum(jnp.sin(fn(x, s, b)) * x)
-
-    new = {"add_bias": lambda x, s, b: layers.add_bias(x, b), "scale_bias": layers.scale_bias}
-    old = {"add_bias": lambda x, s, b: x + b, "scale_bias": lambda x, s, b: x * s + b}
-    for name in new:
-        grad_new = jax.jit(jax.grad(loss(new[name]), argnums=(0, 1, 2)))
-        got, want = grad_new(x, s, b), jax.grad(loss(old[name]), argnums=(0, 1, 2))(x, s, b)
-        for a, c in zip(got, want, strict=True):
-            np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-5)
-        tangents = (jnp.ones_like(x), jnp.ones_like(s), jnp.ones_like(b))
-        got = jax.jvp(new[name], (x, s, b), tangents)
-        want = jax.jvp(old[name], (x, s, b), tangents)
-        for a, c in zip(got, want, strict=True):
-            np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-5)
-        hlo = grad_new.lower(x, s, b).compile().as_text()
-        to_d = re.findall(r"f32\[32\]\{0\} reduce\(\S+ \S+\), dimensions=\{([\d,]+)\}", hlo)
-        assert to_d and all(dims == "0" for dims in to_d), (name, to_d)
