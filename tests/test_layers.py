@@ -87,3 +87,25 @@ def test_frozen_batch_norm_is_nn_batch_norm_with_running_statistics(dtype, monke
         np.testing.assert_allclose(np.float32(a), np.float32(c), **tol)
     assert isinstance(layers.batch_norm(True, dtype, "bn"), nn.BatchNorm)
     assert isinstance(layers.batch_norm(False, dtype, "bn"), layers.FrozenBatchNorm)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("side", [8, 9])
+def test_max_pool_is_nn_max_pool_with_its_gradient(dtype, side):
+    """max_pool_3x3_s2: nn.max_pool's values, gradients and jvps bit for bit, ties included
+    (after a ReLU most windows hold several zeros; the first in row-major order gets the
+    gradient); an odd side takes nn.max_pool itself."""
+    x = jax.random.normal(jax.random.key(0), (2, side, side, 3))
+    x = jnp.round(jax.nn.relu(x) * 2).astype(dtype)  # Ties: zeros and repeated values.
+    ref = lambda x: nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])  # noqa: E731
+    y, y_ref = jax.jit(layers.max_pool_3x3_s2)(x), ref(x)
+    assert y.dtype == y_ref.dtype == dtype and y.shape == y_ref.shape
+    np.testing.assert_array_equal(np.float32(y), np.float32(y_ref))
+    ct = jax.random.normal(jax.random.key(1), y.shape).astype(dtype)
+    grad = jax.jit(lambda x: jax.vjp(layers.max_pool_3x3_s2, x)[1](ct)[0])(x)
+    grad_ref = jax.vjp(ref, x)[1](ct)[0]
+    assert float(jnp.sum(grad != 0)) < x.size / 2  # Routed to one input a window, not spread.
+    np.testing.assert_array_equal(np.float32(grad), np.float32(grad_ref))
+    tangent = jax.random.normal(jax.random.key(2), x.shape).astype(dtype)
+    jvp = jax.jit(lambda x: jax.jvp(layers.max_pool_3x3_s2, (x,), (tangent,))[1])(x)
+    np.testing.assert_array_equal(np.float32(jvp), np.float32(jax.jvp(ref, (x,), (tangent,))[1]))

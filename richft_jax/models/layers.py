@@ -7,6 +7,7 @@ nothing from `richft_jax.methods`. Every rate may be a traced scalar, so a sched
 (methods/feature_dropout.py) can change it every step without recompiling the train step.
 """
 
+import functools
 import math
 
 import flax.linen as nn
@@ -124,6 +125,34 @@ class Conv(nn.Module):
         windows = [x[:, r, slice(j, j + s * (wo - 1) + 1, s)] for r in rows for j in cols]
         patches = jnp.concatenate(windows, axis=-1).reshape(n * ho * wo, -1)
         return (patches @ kernel.reshape(-1, self.features)).reshape(n, ho, wo, self.features)
+
+
+def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+    """nn.max_pool(x, (3, 3), (2, 2), padding 1): the ResNet stem's pool, same values and
+    gradients (the window's first maximum in row-major order gets the gradient, as XLA's
+    select-and-scatter gives it).
+
+    On a CPU, for even sides, it is computed from the 9 windows of a (2 x 2)-phase view
+    (unit-stride slices, so the backward pass is pads and selects): XLA's CPU select-and-scatter
+    took 186 ms for the gradient of a (16, 112, 112, 64) input (ResNet-50's stem at batch 16,
+    a tenth of its step), this 41 ms (forward included)."""
+    n, h, w, c = x.shape
+    if jax.default_backend() != "cpu" or h % 2 or w % 2:
+        return nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])
+    ho, wo = h // 2, w // 2
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+    phases = padded.reshape(n, ho + 1, 2, wo + 1, 2, c)  # padded[2u + a, 2v + b] at (u, a, v, b)
+    windows = [
+        phases[:, i // 2 : i // 2 + ho, i % 2, j // 2 : j // 2 + wo, j % 2]
+        for i in range(3)
+        for j in range(3)
+    ]
+    values = [lax.stop_gradient(win) for win in windows]
+    top = functools.reduce(jnp.maximum, values)
+    first = jnp.full(top.shape, len(windows) - 1, jnp.int8)  # The first window holding the max.
+    for k in reversed(range(len(windows) - 1)):
+        first = jnp.where(values[k] == top, jnp.int8(k), first)
+    return sum(jnp.where(first == k, win, 0) for k, win in enumerate(windows))
 
 
 # What the backward pass keeps. Autodiff keeps every intermediate of an element-wise chain it

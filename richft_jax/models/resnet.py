@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from richft_jax.models.layers import Conv, batch_norm
+from richft_jax.models.layers import Conv, batch_norm, max_pool_3x3_s2
 
 # name -> (block kind, blocks per stage)
 VARIANTS = {
@@ -95,7 +95,7 @@ class ResNet(nn.Module):
         stem = Conv(self.width, 7, 2, self.conv_impl, self.dtype, name="conv1")
         x = stem(images.astype(self.dtype))
         x = nn.relu(batch_norm(train, self.dtype, "bn1")(x))
-        x = nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])
+        x = max_pool_3x3_s2(x)
         for i, n in enumerate(self.stage_sizes):
             for j in range(n):
                 stride = 2 if i > 0 and j == 0 else 1
