@@ -4,6 +4,7 @@ loaded machine (both sides see the same load, interleaved).
   python -m benchmarks.model_ab [--model=resnet18] [--kwargs='{"width": 16}']
       [--a='{}'] [--b='{"KWARG": VALUE}'] [--a_rev=GIT_REVISION] [--batch=128]
       [--image_size=32] [--repeats=7] [--steps=3] [--dtype=bfloat16]
+      [--a_set='{"richft_jax.models.layers.ROWS_MIN_SIZE": 1e30}']
 
 Both sides are the benchmark's train step (throughput.setup: the demo config with `--model`,
 config.model.kwargs = `--kwargs` updated by `--a` / `--b`), from the same θ0. It checks the
@@ -16,7 +17,9 @@ median of the per-round ratios B / A, and the load average. XLA flags cannot be 
 `--a_rev=REV` A/Bs a change to a model's code: side A's backbone class comes from its module's
 source at git revision REV (`git show REV:richft_jax/models/....py`, loaded under another
 name; it imports the current versions of the package's other modules), side B is the
-working tree's.
+working tree's. `--a_set` sets module constants (JSON {"package.module.NAME": value}) while
+side A is built, traced and compiled, then restores them: an A/B of a rule a constant switches
+(the example traces side A with every parameter-gradient sum over the leading axes).
 """
 
 import json
@@ -47,6 +50,9 @@ RATE = flags.DEFINE_float("rate", 0.9, "Feature-dropout rate of the timed steps.
 DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 A_REV = flags.DEFINE_string(
     "a_rev", None, "Git revision of side A's backbone module (e.g. HEAD~1); default: the tree's."
+)
+A_SET = flags.DEFINE_string(
+    "a_set", "{}", 'JSON {"package.module.NAME": value}: constants while side A is traced.'
 )
 
 
@@ -91,21 +97,26 @@ def main(argv):
     if A_REV.value:
         registry.BACKBONES[FLAGS.value] = throughput.backbone_at(A_REV.value, FLAGS.value)
     try:
-        a = build(kw_a)
+        with throughput.module_constants(
+            json.loads(A_SET.value)
+        ):  # Side A built and traced with them.
+            a = build(kw_a)
+            loss_a = first_loss(a, a.variables)
+            time_steps(a, 2)  # compile + warm up
     finally:
         registry.BACKBONES[FLAGS.value] = current
     b = build(kw_b)
     if shapes(a) != shapes(b):
         raise SystemExit(f"parameter trees differ:\n{shapes(a)}\n{shapes(b)}")
-    loss_a, loss_b = first_loss(a, a.variables), first_loss(b, a.variables)
+    loss_b = first_loss(b, a.variables)
+    time_steps(b, 2)
     at = f" (backbone module at {A_REV.value})" if A_REV.value else ""
+    at += f" (constants {A_SET.value})" if json.loads(A_SET.value) else ""
     print(
         f"A={kw_a}{at}\nB={kw_b}\nsame parameter tree; first-step loss A {loss_a:.6f} "
         f"B {loss_b:.6f} (diff {abs(loss_a - loss_b):.2e})",
         flush=True,
     )
-    for bench in (a, b):  # compile + warm up
-        time_steps(bench, 2)
     times = {"A": [], "B": []}
     for r in range(REPEATS.value):
         for side in "AB" if r % 2 == 0 else "BA":

@@ -10,7 +10,9 @@ in PyTorch (torch_twins.py: eager, channels-last, torch.compile) timed in the sa
 """
 
 import collections
+import contextlib
 import dataclasses
+import importlib
 import importlib.util
 import math
 import pathlib
@@ -175,6 +177,30 @@ def backbone_at(rev: str, name: str) -> type:
     if cls is base:
         return old
     return registry.variant(name, old, {k: getattr(cls, k) for k in cls.__annotations__})
+
+
+@contextlib.contextmanager
+def module_constants(settings: dict):
+    """Sets module attributes {"package.module.NAME": value} for the block, then restores them;
+    a name the module lacks is refused (a typo would silently A/B nothing)."""
+    saved = []
+    try:
+        for path, value in settings.items():
+            module_name, _, name = path.rpartition(".")
+            try:
+                module = importlib.import_module(module_name)
+            except (ImportError, ValueError):  # No such module, or an empty name.
+                module = None
+            if module is None or not hasattr(module, name):
+                raise ValueError(
+                    f"--a_set: {path!r} names no module constant (package.module.NAME)."
+                )
+            saved.append((module, name, getattr(module, name)))
+            setattr(module, name, value)
+        yield
+    finally:
+        for module, name, value in reversed(saved):
+            setattr(module, name, value)
 
 
 def benchmark_config(model_name: str, dtype: str, remat: bool = False) -> ml_collections.ConfigDict:

@@ -409,3 +409,25 @@ def test_attention_implementation_the_backend_lacks_is_a_row_that_says_so(monkey
         "error": "NotImplementedError: no xla attention here",
     }
     assert rows[0]["fwd_bwd_ms"] > 0
+
+
+def test_model_ab_sets_module_constants_for_side_a_only():
+    """model_ab --a_set: the named module constants hold inside the block and are restored
+    after it, also when it raises; a name no module has is refused naming it."""
+    from richft_jax.models import layers  # noqa: PLC0415
+
+    before = layers.ROWS_MIN_SIZE
+    with throughput.module_constants({"richft_jax.models.layers.ROWS_MIN_SIZE": 7}):
+        assert layers.ROWS_MIN_SIZE == 7
+    assert layers.ROWS_MIN_SIZE == before
+    with (
+        pytest.raises(RuntimeError),
+        throughput.module_constants({"richft_jax.models.layers.ROWS_MIN_SIZE": 8}),
+    ):
+        raise RuntimeError
+    assert layers.ROWS_MIN_SIZE == before
+    for bad in ("richft_jax.models.layers.ROWS_MIN", "no_such_module.X", "X"):
+        with pytest.raises(ValueError, match=f"--a_set: '{bad}' names no module constant"):
+            with throughput.module_constants({bad: 1}):
+                pass
+    assert layers.ROWS_MIN_SIZE == before

@@ -1,7 +1,7 @@
-"""The shared layers' parameter-gradient sums (models/layers.py: add_bias, scale_bias,
-broadcast_rows) and FrozenBatchNorm: the same function, gradients and jvps as the plain
-expressions and nn.BatchNorm, with the parameters' gradients reduced over 2-D rows on a CPU
-where the array is large enough."""
+"""The shared layers' parameter-gradient sums (models/layers.py: scale_bias, broadcast_rows),
+FrozenBatchNorm and the stem's max-pool: the same function, gradients and jvps as the plain
+expression, nn.BatchNorm and nn.max_pool, with the parameters' gradients reduced over 2-D rows
+on a CPU where the array is large enough."""
 
 import re
 
@@ -20,29 +20,27 @@ def _reductions_to_d(fn, *args) -> list[str]:
     return re.findall(r"f32\[32\]\{0\} reduce\(\S+ \S+\), dimensions=\{([\d,]+)\}", hlo)
 
 
-@pytest.mark.parametrize("name", ["add_bias", "scale_bias"])
-def test_bias_and_scale_gradients_are_sums_over_rows(name, monkeypatch):
-    """x + b and x * s + b with the same gradients and jvps; their parameters' gradients are
+def test_scale_and_bias_gradients_are_sums_over_rows(monkeypatch):
+    """scale_bias is x * s + b with the same gradients and jvps; its parameters' gradients are
     reductions over the rows of the (batch * tokens, D) array from ROWS_MIN_SIZE elements on,
     over the leading axes of the 3-D array below it."""
     x = jax.random.normal(jax.random.key(0), (8, 50, 32))
     s, b = jax.random.normal(jax.random.key(1), (2, 32))
-    new = {"add_bias": lambda x, s, b: layers.add_bias(x, b), "scale_bias": layers.scale_bias}
-    old = {"add_bias": lambda x, s, b: x + b, "scale_bias": lambda x, s, b: x * s + b}
+    new, old = layers.scale_bias, lambda x, s, b: x * s + b
 
     def grads(fn):
         return jax.grad(lambda x, s, b: jnp.sum(jnp.sin(fn(x, s, b)) * x), argnums=(0, 1, 2))
 
     for min_size, dims in ((x.size, "0"), (x.size + 1, "0,1")):
         monkeypatch.setattr(layers, "ROWS_MIN_SIZE", min_size)
-        got, want = jax.jit(grads(new[name]))(x, s, b), grads(old[name])(x, s, b)
+        got, want = jax.jit(grads(new))(x, s, b), grads(old)(x, s, b)
         for a, c in zip(got, want, strict=True):
             np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-5)
         ones = (jnp.ones_like(x), jnp.ones_like(s), jnp.ones_like(b))
-        got = jax.jit(lambda *p, t=ones: jax.jvp(new[name], p, t))(x, s, b)
-        for a, c in zip(got, jax.jvp(old[name], (x, s, b), ones), strict=True):
+        got = jax.jit(lambda *p, t=ones: jax.jvp(new, p, t))(x, s, b)
+        for a, c in zip(got, jax.jvp(old, (x, s, b), ones), strict=True):
             np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-5)
-        found = _reductions_to_d(grads(new[name]), x, s, b)
+        found = _reductions_to_d(grads(new), x, s, b)
         assert found and set(found) == {dims}, (min_size, found)
 
 

@@ -180,14 +180,14 @@ def _softmax_jvp(primals: tuple, tangents: tuple) -> tuple[jax.Array, jax.Array]
     return y, y * (dx - jnp.sum(dx * y, axis=-1, keepdims=True))
 
 
-# Parameter gradients as sums over rows. The gradient of a (D,) bias or scale broadcast over a
-# (batch, tokens, D) or (batch, h, w, D) array is a sum over its leading axes, which XLA's CPU
-# backend tree-reduces in windows of the 3-D / 4-D array: 1.58 ms for (16, 197, 768) and 94 ms
-# for (32, 56, 56, 256), against 0.66 and 35 ms for the same sums over the rows of the 2-D
-# array behind an optimization barrier (without it XLA folds the reshape back into the N-D
-# reduction). The barrier costs fusions: below ROWS_MIN_SIZE elements (the demo ResNet's
-# BatchNorms, at most 0.5 M) the plain broadcast was faster (that step 0.73x with rows
-# everywhere). On other backends the plain broadcast (one fused reduction, no extra pass).
+# Parameter gradients as sums over rows. The gradient of a (D,) scale or bias broadcast over a
+# (batch, h, w, D) array is a sum over its leading axes, which XLA's CPU backend tree-reduces in
+# windows of the 4-D array: 94 ms for (32, 56, 56, 256) and 10.5 ms for (32, 7, 7, 2048) against
+# 35 and 0.9 ms over the rows of the 2-D array behind an optimization barrier (without it XLA
+# folds the reshape back into the 4-D reduction). The barrier costs fusions: below
+# ROWS_MIN_SIZE elements (the demo ResNet's BatchNorms, at most 0.5 M) the plain broadcast was
+# faster (that step 0.73x with rows everywhere), and in ViT-B/16's LayerNorms the two broke
+# even. On other backends the plain broadcast (one fused reduction, no extra pass).
 ROWS_MIN_SIZE = 1 << 20
 
 
@@ -201,21 +201,9 @@ def broadcast_rows(v: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 
 
 @jax.custom_jvp
-def add_bias(x: jax.Array, bias: jax.Array) -> jax.Array:
-    """x + bias over the last axis; bias's gradient summed over rows (`broadcast_rows`)."""
-    return x + bias
-
-
-@add_bias.defjvp
-def _add_bias_jvp(primals: tuple, tangents: tuple) -> tuple[jax.Array, jax.Array]:
-    (x, bias), (dx, dbias) = primals, tangents
-    return add_bias(x, bias), dx + broadcast_rows(dbias, x.shape)
-
-
-@jax.custom_jvp
 def scale_bias(x: jax.Array, scale: jax.Array, bias: jax.Array) -> jax.Array:
-    """x * scale + bias over the last axis (LayerNorm's affine); the parameters' gradients
-    summed over rows (`broadcast_rows`)."""
+    """x * scale + bias over the last axis (a normalisation's affine); the parameters'
+    gradients summed over rows (`broadcast_rows`)."""
     return x * scale + bias
 
 

@@ -17,15 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from richft_jax.config_checks import VIT_ATTENTION
-from richft_jax.models.layers import (
-    add_bias,
-    depth_rates,
-    drop_path,
-    feature_dropout,
-    gelu,
-    scale_bias,
-    softmax,
-)
+from richft_jax.models.layers import depth_rates, drop_path, feature_dropout, gelu, softmax
 
 # Table 2 of Steiner et al. 2021 ("How to train your ViT"); patch size 16.
 VARIANTS = {
@@ -100,7 +92,7 @@ def _layer_norm(
         mean, mean2 = x32.mean(-1, keepdims=True), (x32 * x32).mean(-1, keepdims=True)
     var = jnp.maximum(mean2 - mean * mean, 0.0)
     normed = (x32 - mean) * jax.lax.rsqrt(var + epsilon)
-    return scale_bias(normed, scale, bias).astype(dtype)
+    return (normed * scale + bias).astype(dtype)
 
 
 class _DenseParams(nn.Module):
@@ -171,8 +163,8 @@ class MultiHeadAttention(nn.Module):
         qkv = rows @ kernel.astype(self.dtype) + bias.astype(self.dtype)
         y = attend(qkv.reshape(n, t, 3, heads, head_dim), self.attention)
         y = y.reshape(n * t, d)
-        y = (y @ out_kernel.reshape(d, d).astype(self.dtype)).reshape(n, t, d)
-        return add_bias(y, out_bias.astype(self.dtype))
+        y = y @ out_kernel.reshape(d, d).astype(self.dtype) + out_bias.astype(self.dtype)
+        return y.reshape(n, t, d)
 
 
 class MlpBlock(nn.Module):
@@ -190,8 +182,8 @@ class MlpBlock(nn.Module):
         rows = x.astype(self.dtype).reshape(n * t, d)
         y = rows @ k0.astype(self.dtype) + b0.astype(self.dtype)
         y = dropout(gelu(y).reshape(n, t, self.mlp_dim))
-        y = (y.reshape(n * t, self.mlp_dim) @ k1.astype(self.dtype)).reshape(n, t, d)
-        return add_bias(y, b1.astype(self.dtype))
+        y = y.reshape(n * t, self.mlp_dim) @ k1.astype(self.dtype)
+        return (y + b1.astype(self.dtype)).reshape(n, t, d)
 
 
 class EncoderBlock(nn.Module):
