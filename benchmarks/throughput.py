@@ -529,14 +529,17 @@ def benchmark_backbone(
     out = header(bench, remat)
     if compile_only:
         return out | compiled_step(bench)[0]
+    peaks = [matmul_peak()]  # Around the timed steps: a VM's speed drifts over minutes.
     out |= time_train_step(bench, num_steps)
+    peaks.append(matmul_peak())
     jax_rate = out["train_images_per_s_dropout0.9"]
     if profile:
         out |= profile_step(bench, num_steps, profile)
     compiled, costs = compiled_step(bench)
     flops = model_flops(bench.step, bench.state, bench.dev_batch, jnp.float32(0.9), bench.lr)
     out |= compiled | {"model_gflops_per_step": flops / 1e9}
-    out |= flop_utilisation(flops, jax_rate, batch)
+    out |= flop_utilisation(flops, jax_rate, batch, max(peaks))
+    out["peak_gflops_per_s_before_after_steps"] = [p / 1e9 for p in peaks]
     out |= step_memory(bench, costs["peak_bytes"])
     out["jax_saved_activation_mb_per_image"] = saved_activation_mb(bench)
     if torch:
@@ -551,7 +554,12 @@ def format_table(rows: list[dict]) -> str:
     """One markdown table: a line per measurement, a column per backbone; then each backbone's
     profile (op kind: ms per step), when one was taken."""
     keys = list(dict.fromkeys(k for r in rows for k in r if not isinstance(r[k], dict)))
-    cell = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+
+    def cell(v) -> str:
+        if isinstance(v, list):
+            return " / ".join(cell(x) for x in v)
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
     lines = ["| | " + " | ".join(str(r["model"]) for r in rows) + " |"]
     lines.append("|---|" + "---|" * len(rows))
     lines += [f"| {k} | " + " | ".join(cell(r.get(k)) for r in rows) + " |" for k in keys]

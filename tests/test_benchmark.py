@@ -71,6 +71,9 @@ def test_benchmark_reports_all_measurements(tmp_path, data_dir, monkeypatch):
         / (row["peak_gflops_per_s"] * 1e9)
     )
     assert 0 < row["mfu"] < 1.5
+    # The peak is the better of two measured right before and right after the timed steps.
+    assert row["peak_gflops_per_s"] == max(row["peak_gflops_per_s_before_after_steps"])
+    assert len(row["peak_gflops_per_s_before_after_steps"]) == 2
     assert row["devices"] == 8 and row["image_size"] == 32 and row["dtype"] == "float32"
     assert row["jax_over_torch_eager"] == pytest.approx(
         row["train_images_per_s_dropout0.9"] / row["torch_eager_images_per_s"]
