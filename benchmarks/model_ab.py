@@ -97,9 +97,8 @@ def main(argv):
     if A_REV.value:
         registry.BACKBONES[FLAGS.value] = throughput.backbone_at(A_REV.value, FLAGS.value)
     try:
-        with throughput.module_constants(
-            json.loads(A_SET.value)
-        ):  # Side A built and traced with them.
+        # Side A built, traced and compiled with --a_set's constants.
+        with throughput.module_constants(json.loads(A_SET.value)):
             a = build(kw_a)
             loss_a = first_loss(a, a.variables)
             time_steps(a, 2)  # compile + warm up

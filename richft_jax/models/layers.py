@@ -1,6 +1,7 @@
 """Layers the backbones and the classifier share: inverted feature dropout, drop path
-(stochastic depth) and its per-block rates, the convnets' bias-free convolution and BatchNorm,
-and GELU and softmax that keep one tensor for the backward pass.
+(stochastic depth) and its per-block rates, the convnets' bias-free convolution, BatchNorm
+(frozen: its parameters' gradients summed over rows on a CPU) and stem max-pool, and GELU and
+softmax that keep one tensor for the backward pass.
 
 They live with the models (not with the training methods) so `richft_jax.models` imports
 nothing from `richft_jax.methods`. Every rate may be a traced scalar, so a schedule
