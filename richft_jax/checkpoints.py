@@ -35,12 +35,22 @@ def manager(directory: str | os.PathLike, keep: int = 2) -> ocp.CheckpointManage
     killed write never looks finished (on a bucket, where renames are copies, a step counts once
     Orbax's commit marker is written); `cleanup_tmp_directories` removes such leftovers.
     `directory`: a local path (made absolute, as Orbax requires) or a gs:// URL, as is.
+
+    Its name prefixes the manager's cross-process barrier keys: Orbax keys them by step alone,
+    so the periodic and the best-step managers saving the same step on several hosts met at one
+    barrier ("Barrier _async_write_complete.3 is already ongoing"), and the hosts aborted.
     """
     use_replica_parallel(jax.process_count() > 1)
+    directory = paths.path(directory, "checkpoint directory")
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, cleanup_tmp_directories=True
+        max_to_keep=keep,
+        create=True,
+        cleanup_tmp_directories=True,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            barrier_sync_key_prefix=directory.name
+        ),
     )
-    return ocp.CheckpointManager(paths.path(directory, "checkpoint directory"), options=options)
+    return ocp.CheckpointManager(directory, options=options)
 
 
 def use_replica_parallel(on: bool) -> None:

@@ -60,3 +60,21 @@ def test_resuming_with_another_optimizer_state_is_a_clear_error(tmp_path):
     ):
         checkpoints.restore_latest(mngr, new)
     mngr.close()
+
+
+def test_a_runs_two_managers_sync_hosts_at_their_own_barriers(tmp_path):
+    """The periodic and the best-step managers save the same step; Orbax keys its cross-host
+    barriers by step, so each manager prefixes them with its directory's name (without it, two
+    hosts met at one barrier and aborted: "_async_write_complete.3 is already ongoing")."""
+    managers = [
+        checkpoints.manager(tmp_path / checkpoints.LATEST),
+        checkpoints.manager(tmp_path / checkpoints.BEST, 1),
+    ]
+    try:
+        # Orbax has no public accessor for a manager's multiprocessing options.
+        prefixes = [m._multiprocessing_options.barrier_sync_key_prefix for m in managers]
+    finally:
+        for m in managers:
+            m.close()
+    assert prefixes == [checkpoints.LATEST, checkpoints.BEST]
+    assert checkpoints.LATEST != checkpoints.BEST
