@@ -53,8 +53,13 @@ class EvalMetrics(metrics.Collection):
 
 def keys(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
     """(init key, root key of the train state), both from config.seed."""
-    init_key, root = jax.random.split(jax.random.PRNGKey(config.seed))
+    init_key, root = _split_seed(config.seed)
     return init_key, root
+
+
+@functools.partial(jax.jit, static_argnums=0)  # One program, not one per eager op.
+def _split_seed(seed: int) -> jax.Array:
+    return jax.random.split(jax.random.PRNGKey(seed))
 
 
 def create_train_state(

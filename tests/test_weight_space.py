@@ -92,3 +92,23 @@ def test_models_per_pass_is_the_request_or_one_at_a_time_on_a_cpu(monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert ws.models_per_pass(0) is None
     assert ws.models_per_pass(3) == 3
+
+
+def test_stack_and_copy_are_one_program_with_the_eager_values():
+    """`stack` and `copy_tree` (each one compiled program) give what the eager tree maps give;
+    the copy is never an alias, so it can be donated beside the original."""
+    trees = [{"a": {"w": np.full((3, 2), i, np.float32)}, "b": np.arange(4) + i} for i in range(3)]
+    stacked = ws.stack(trees)
+    np.testing.assert_array_equal(stacked["a"]["w"], np.stack([t["a"]["w"] for t in trees]))
+    np.testing.assert_array_equal(stacked["b"], np.stack([t["b"] for t in trees]))
+    assert stacked["b"].dtype == jnp.asarray(trees[0]["b"]).dtype
+    with pytest.raises(ValueError, match=r"parameter \['b'\] has shape"):
+        ws.stack([trees[0], {**trees[1], "b": np.arange(5)}])
+    original = jax.tree.map(jnp.asarray, trees[0])
+    copied = ws.copy_tree(original)
+    for x, y in zip(jax.tree.leaves(original), jax.tree.leaves(copied), strict=True):
+        np.testing.assert_array_equal(x, y)
+        assert x.unsafe_buffer_pointer() != y.unsafe_buffer_pointer()
+    # Donating the copy leaves the original intact (an alias would be deleted with it).
+    jax.jit(lambda t: jax.tree.map(lambda x: x + 1, t), donate_argnums=0)(copied)
+    np.testing.assert_array_equal(original["a"]["w"], trees[0]["a"]["w"])

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from richft_jax import results
+from richft_jax.methods import weight_space
 from richft_jax.methods.method import Method
 
 
@@ -36,7 +37,7 @@ def method(config: ml_collections.ConfigDict) -> Method | None:
     def init_extras(params: Any) -> Any:
         # A copy, not an alias: the state is donated to the step, and a buffer donated twice
         # (as params and as the average) crashes XLA.
-        return jax.tree.map(lambda x: jnp.array(x, copy=True), params)
+        return weight_space.copy_tree(params)
 
     def post_update(params: Any, average: Any, steps_done: jax.Array) -> tuple[Any, Any]:
         return params, update(average, params, steps_done, start)

