@@ -3,6 +3,7 @@ compilation cache, nothing in $RICHFT_CACHE), then again into a new workdir (eve
 
   python -m benchmarks.first_run [--out=FILE.json] [--steps=N] [--home=DIR] [-- --config.KEY=V ...]
   python -m benchmarks.first_run --ab='{"a": [], "b": ["--config.KEY=V"]}' [--rounds=2]
+  python -m benchmarks.first_run --a_rev=GIT_REVISION [--rounds=2]
 
 Prints two lines per run: wall seconds, whether it pretrained (it should not: the backbone ships
 with the package), the backbone sha256 the run recorded, the selected step's OOD accuracy, and
@@ -25,9 +26,15 @@ from richft_jax import timing
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def one_run(home: pathlib.Path, workdir: pathlib.Path, steps: int | None, extra: list[str]) -> dict:
-    """Runs the demo command (and `extra` flags) with `home` as HOME (cache and TFDS data
-    inside); what it did."""
+def one_run(
+    home: pathlib.Path,
+    workdir: pathlib.Path,
+    steps: int | None,
+    extra: list[str],
+    repo: pathlib.Path = REPO,
+) -> dict:
+    """Runs the demo command (and `extra` flags) from the source tree `repo`, with `home` as
+    HOME (cache and TFDS data inside); what it did."""
     fresh = ("RICHFT_CACHE", "TFDS_DATA_DIR", "RICHFT_COMPILATION_CACHE")
     env = {k: v for k, v in os.environ.items() if k not in fresh}
     env["HOME"] = str(home)
@@ -35,7 +42,7 @@ def one_run(home: pathlib.Path, workdir: pathlib.Path, steps: int | None, extra:
     command += [f"--workdir={workdir}"] + ([f"--config.num_steps={steps}"] if steps else [])
     command += extra
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if done.returncode:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
@@ -73,11 +80,13 @@ def run_lines(name: str, r: dict, cpus: int | None) -> str:
     )
 
 
-def ab_variants(parser: argparse.ArgumentParser, text: str | None) -> dict[str, list[str]]:
-    """--ab's {name: [flags]} (checked: a usage error names what is wrong), or the plain
-    benchmark's one cached variant."""
+def ab_variants(
+    parser: argparse.ArgumentParser, text: str | None, a_rev: str | None = None
+) -> dict[str, list[str]]:
+    """--ab's {name: [flags]} (checked: a usage error names what is wrong); with only --a_rev,
+    the revision's code against this tree's; else the plain benchmark's one cached variant."""
     if not text:
-        return {"cached": []}
+        return {f"at {a_rev}": [], "this tree": []} if a_rev else {"cached": []}
     try:
         variants = json.loads(text)
     except json.JSONDecodeError as e:
@@ -92,6 +101,19 @@ def ab_variants(parser: argparse.ArgumentParser, text: str | None) -> dict[str, 
     return variants
 
 
+def worktree(rev: str, where: pathlib.Path) -> pathlib.Path:
+    """A detached checkout of `rev` at `where` (git worktree), or a usage error naming it."""
+    done = subprocess.run(
+        ["git", "worktree", "add", "--detach", str(where), rev],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode:
+        raise SystemExit(f"--a_rev={rev}: git cannot check it out: {done.stderr.strip()}")
+    return where
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="Also write the results as JSON here.")
@@ -104,12 +126,32 @@ def main() -> None:
         help="JSON {name: [flags]}: after one first run, cached runs of each variant, "
         "alternating, --rounds times (an A/B of a change on a noisy machine).",
     )
+    parser.add_argument(
+        "--a_rev",
+        help="Git revision whose code runs the first variant (a checkout in a temporary "
+        "worktree; the others run this tree's): an A/B of a change to the code.",
+    )
     parser.add_argument("--rounds", type=int, default=2, help="Rounds of --ab's variants.")
     parser.add_argument("extra", nargs="*", help="After --: flags for every demo run.")
     args = parser.parse_args()
-    variants = ab_variants(parser, args.ab)
-    order = ["first"] + [n for _ in range(args.rounds if args.ab else 1) for n in variants]
+    variants = ab_variants(parser, args.ab, args.a_rev)
+    ab = bool(args.ab or args.a_rev)
+    order = ["first"] + [n for _ in range(args.rounds if ab else 1) for n in variants]
+    try:
+        runs = _runs(args, variants, order)
+    finally:
+        if args.a_rev:  # The temporary worktree is gone: drop git's record of it.
+            subprocess.run(["git", "worktree", "prune"], cwd=REPO, check=False)
+    if args.out:
+        pathlib.Path(args.out).write_text(json.dumps(runs, indent=2) + "\n")
+
+
+def _runs(args: argparse.Namespace, variants: dict, order: list[str]) -> dict:
+    """The first run, then the cached runs in `order`, each printed as it ends."""
     with tempfile.TemporaryDirectory(prefix="richft_first_run_") as tmp:
+        repos = {name: REPO for name in variants}
+        if args.a_rev:
+            repos[next(iter(variants))] = worktree(args.a_rev, pathlib.Path(tmp) / "a_rev")
         home = pathlib.Path(args.home or pathlib.Path(tmp) / "home").absolute()
         home.mkdir(parents=True, exist_ok=True)
         if any(home.iterdir()):
@@ -118,13 +160,12 @@ def main() -> None:
         for i, name in enumerate(order):
             # The first run compiles the first variant's programs; the others' first rounds
             # compile theirs (each line shows its compilation time).
-            flags = args.extra + variants[next(iter(variants)) if name == "first" else name]
-            r = one_run(home, pathlib.Path(tmp) / f"run_{i}", args.steps, flags)
+            variant = next(iter(variants)) if name == "first" else name
+            flags = args.extra + variants[variant]
+            r = one_run(home, pathlib.Path(tmp) / f"run_{i}", args.steps, flags, repos[variant])
             runs.setdefault(name, []).append(r)
             print(run_lines(name, r, os.cpu_count()), flush=True)
-        runs = {k: v[0] if len(v) == 1 else v for k, v in runs.items()}
-    if args.out:
-        pathlib.Path(args.out).write_text(json.dumps(runs, indent=2) + "\n")
+        return {k: v[0] if len(v) == 1 else v for k, v in runs.items()}
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 steps' own time and the two lines printed from a made-up run's summary timings."""
 
 import argparse
+import subprocess
 
 import pytest
 
@@ -58,3 +59,24 @@ def test_ab_variants_are_named_flag_lists_and_anything_else_is_refused_by_name()
     for bad in ("nope", "{}", '{"first": []}', '{"a": "--x=1"}', '["a"]', '{"a": [1]}'):
         with pytest.raises(SystemExit):
             first_run.ab_variants(parser, bad)
+
+
+def test_a_rev_runs_the_revisions_code_against_this_trees(tmp_path):
+    """--a_rev alone: two variants, the revision's code first; its checkout is a worktree at
+    that revision, and a revision git does not know is refused by name."""
+    parser = argparse.ArgumentParser(prog="first_run")
+    assert first_run.ab_variants(parser, None, "HEAD~1") == {"at HEAD~1": [], "this tree": []}
+
+    def head(repo):
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout
+
+    where = first_run.worktree("HEAD", tmp_path / "a_rev")
+    try:
+        assert head(where) == head(first_run.REPO)
+        assert (where / "richft_jax" / "main.py").is_file()
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", where], cwd=first_run.REPO)
+    with pytest.raises(SystemExit, match="--a_rev=no-such-revision: git cannot check it out"):
+        first_run.worktree("no-such-revision", tmp_path / "bad")
