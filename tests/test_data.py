@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import richft_jax.data  # noqa: F401  (hides accelerators from TensorFlow before tfds loads)
-from richft_jax.data import digits_domains, letters, render, sources, splits
+from richft_jax.data import digits_domains, letters, pipeline, render, sources, splits
 
 
 @pytest.fixture(scope="module")
@@ -228,3 +228,26 @@ def test_in_out_split():
     assert not np.array_equal(splits.in_out_split(n, 1, 2)[1], outside)
     assert not np.array_equal(splits.in_out_split(n, 0, 3)[1], outside)
     assert len(splits.in_out_split(100, 0, 0, holdout_fraction=0.5)[1]) == 50
+
+
+@pytest.mark.parametrize("shape", [(6, 32, 32, 3), (5, 7, 9, 1), (3, 5, 5, 2)])
+def test_crop_reads_the_reflect_padded_image(shape):
+    """The crop augmentations equal cropping a reflect-padded copy (np.pad "reflect" = tf.pad
+    "REFLECT") at the same stateless offsets; a host's rows are its rows of the whole batch."""
+    tf = pipeline.tf
+    images = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    n, h, w, _ = shape
+    seed, pad = tf.constant([7, 11], tf.int64), 4
+    offsets = tf.random.stateless_uniform([n, 2], seed, 0, 2 * pad + 1, dtype=tf.int32).numpy()
+    flips = tf.random.stateless_uniform([n, 1, 1, 1], seed + 1).numpy().ravel() < 0.5
+    padded = np.pad(images, [(0, 0), (pad, pad), (pad, pad), (0, 0)], mode="reflect")
+    crops = np.stack([padded[i, r : r + h, c : c + w] for i, (r, c) in enumerate(offsets)])
+    assert len({tuple(o) for o in offsets}) > 1 and {0, 2 * pad} & set(offsets.ravel())
+    np.testing.assert_array_equal(pipeline._augment(tf.constant(images), "crop", seed), crops)
+    flipped = np.where(flips[:, None, None, None], crops[:, :, ::-1], crops)
+    out = pipeline._augment(tf.constant(images), "flip_crop", seed)
+    np.testing.assert_array_equal(out, flipped)
+    share = pipeline._augment(tf.constant(images[1:3]), "flip_crop", seed, rows=(1, n))
+    np.testing.assert_array_equal(share, flipped[1:3])
+    with pytest.raises(ValueError, match=r"augment='crop' crops 4 reflected pixels .* not 4x9"):
+        pipeline._augment(tf.zeros((2, 4, 9, 1), tf.uint8), "crop", seed)

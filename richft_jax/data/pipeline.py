@@ -127,18 +127,32 @@ def _augment(
     if kind not in ("crop", "flip_crop"):
         raise ValueError(f"config.data.augment: unknown augmentation {kind!r}.")
     b, h, w = tf.shape(images)[0], images.shape[1], images.shape[2]
+    if pad >= min(h, w):
+        raise ValueError(
+            f"config.data.augment={kind!r} crops {pad} reflected pixels beyond each side: the "
+            f"images need sides over {pad} pixels, not {h}x{w} (or augment='none')."
+        )
     start, total = rows if rows is not None else (0, b)
-    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
     offsets = tf.random.stateless_uniform([total, 2], seed, 0, 2 * pad + 1, dtype=tf.int32)
-    offsets = offsets[start : start + b]
-    rows = offsets[:, :1] + tf.range(h)[None]
-    cols = offsets[:, 1:] + tf.range(w)[None]
-    images = tf.gather(padded, rows, axis=1, batch_dims=1)
-    images = tf.gather(images, cols, axis=2, batch_dims=1)
+    offsets = offsets[start : start + b] - pad
+    # The crop of the reflect-padded image (tf.pad's "REFLECT") read from the image itself:
+    # padding the batch first took 60% of a demo batch's time (uint8 MirrorPad is slow).
+    images = tf.gather(
+        images, _reflect(offsets[:, :1] + tf.range(h)[None], h), axis=1, batch_dims=1
+    )
+    images = tf.gather(
+        images, _reflect(offsets[:, 1:] + tf.range(w)[None], w), axis=2, batch_dims=1
+    )
     if kind == "flip_crop":
         flip = tf.random.stateless_uniform([total, 1, 1, 1], seed + 1)[start : start + b] < 0.5
         images = tf.where(flip, tf.reverse(images, axis=[2]), images)
     return images
+
+
+def _reflect(index: "tf.Tensor", size: int) -> "tf.Tensor":
+    """Indices in [-size + 1, 2 * size - 2] mirrored into [0, size) without repeating the edge
+    (tf.pad's "REFLECT", numpy's "reflect": -1 -> 1, size -> size - 2)."""
+    return (size - 1) - tf.abs((size - 1) - tf.abs(index))
 
 
 def train_dataset(
