@@ -304,6 +304,31 @@ def test_domainbed_augmentation_is_deterministic_per_step_and_host_independent()
         augment.domainbed_train(images[..., :1], seed)
 
 
+def test_domainbed_augmentation_is_its_steps_composed_as_written():
+    """The fused flip / jitter / grayscale program gives what the ops give one at a time, up to
+    float rounding (a uint8 value off by one, rarely), from the same draws."""
+    images = tf.constant(np.random.default_rng(3).integers(0, 256, (64, 24, 24, 3), np.uint8))
+    seed = tf.constant([5, 9], tf.int64)
+    seeds = tf.random.split(seed, 5)
+    u = augment._draws([4 * augment.CROP_ATTEMPTS], seeds[0], None, 64)
+    x = tf.image.crop_and_resize(
+        tf.cast(images, tf.float32) / 255.0,
+        augment.crop_boxes(u, 24, 24),
+        tf.range(64),
+        [24, 24],
+        "bilinear",
+    )
+    x = tf.where(augment._draws([1, 1, 1], seeds[1], None, 64) < 0.5, x[:, :, ::-1], x)
+    u = augment._draws([4], seeds[2], None, 64).numpy()
+    factors = np.concatenate([1 + 0.3 * (2 * u[:, :3] - 1), 0.3 * (2 * u[:, 3:] - 1)], 1)
+    x = augment.color_jitter(x, tf.constant(factors, tf.float32))
+    grey = augment._draws([1, 1, 1], seeds[3], None, 64) < augment.GRAYSCALE_P
+    x = tf.where(grey, tf.tile(augment.grayscale(x), [1, 1, 1, 3]), x)
+    expected = np.round(x.numpy() * 255.0).astype(int)
+    diff = np.abs(augment.domainbed_train(images, seed).numpy().astype(int) - expected)
+    assert diff.max() <= 1 and diff.mean() < 1e-3, (diff.max(), diff.mean())
+
+
 def test_train_dataset_with_domainbed_augment_replays_steps(pacs):
     data = pipeline.load_domains("pacs", "0", 0, data_dir=str(pacs["data"]), image_size=16)
     assert data.get("photo", "in").images.shape[1:] == (16, 16, 3)
