@@ -434,3 +434,22 @@ def test_model_ab_sets_module_constants_for_side_a_only():
             with throughput.module_constants({bad: 1}):
                 pass
     assert layers.ROWS_MIN_SIZE == before
+
+
+def test_augmentation_benchmark_times_this_tree_against_a_revision():
+    """benchmarks.augmentation at toy sizes: one row per (code, kind) with positive rates, the
+    revision's pipeline calling its own augment module; an unknown revision is named."""
+    from benchmarks import augmentation  # noqa: PLC0415 (TensorFlow: this test only)
+
+    rows = augmentation.measure(["crop", "domainbed"], 16, 4, 1, 1, "HEAD")
+    assert [(r["code"], r["kind"]) for r in rows] == [
+        ("at HEAD", "crop"),
+        ("at HEAD", "domainbed"),
+        ("this tree", "crop"),
+        ("this tree", "domainbed"),
+    ]
+    assert all(r["images_per_s"] > 0 and r["batch"] == 4 for r in rows)
+    old = augmentation.augmenters("HEAD")["at HEAD"]
+    assert old.augment.__name__ == "richft_jax.data.augment@HEAD"
+    with pytest.raises(ValueError, match="--a_rev=no-such-rev: git cannot show"):
+        augmentation.augmenters("no-such-rev")
