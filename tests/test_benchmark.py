@@ -45,6 +45,8 @@ def test_benchmark_reports_all_measurements(tmp_path, data_dir, monkeypatch):
         "train_images_per_s_dropout0.9",
         "input_images_per_s",
         "input_over_step",
+        "input_images_per_cpu_s",
+        "input_cpus_at_step_rate",
         "peak_gflops_per_s",
         "ensemble2_over_2_singles",
         "ensemble2_over_2_singles_one_per_pass",
@@ -75,6 +77,9 @@ def test_benchmark_reports_all_measurements(tmp_path, data_dir, monkeypatch):
     assert row["peak_gflops_per_s"] == max(row["peak_gflops_per_s_before_after_steps"])
     assert len(row["peak_gflops_per_s_before_after_steps"]) == 2
     assert row["devices"] == 8 and row["image_size"] == 32 and row["dtype"] == "float32"
+    assert row["input_cpus_at_step_rate"] == pytest.approx(
+        row["train_images_per_s_dropout0.9"] / row["input_images_per_cpu_s"]
+    )
     assert row["jax_over_torch_eager"] == pytest.approx(
         row["train_images_per_s_dropout0.9"] / row["torch_eager_images_per_s"]
     )
