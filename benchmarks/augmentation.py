@@ -13,46 +13,26 @@ cores it needs at the step's rate. `--a_rev`: the same rows with the augmentatio
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import pathlib
 import statistics
-import subprocess
-import tempfile
 import time
 import types
 
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _module_at(rev: str, path: str, name: str) -> types.ModuleType:
-    """The module at `path` as its source at git revision `rev` defines it (`git show`)."""
-    shown = subprocess.run(
-        ["git", "show", f"{rev}:{path}"], cwd=REPO, capture_output=True, text=True, check=False
-    )
-    if shown.returncode:
-        raise ValueError(f"--a_rev={rev}: git cannot show {path}: {shown.stderr.strip()}")
-    with tempfile.TemporaryDirectory() as tmp:
-        file = pathlib.Path(tmp) / pathlib.Path(path).name
-        file.write_text(shown.stdout, encoding="utf-8")
-        spec = importlib.util.spec_from_file_location(f"{name}@{rev}", file)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return module
-
 
 def augmenters(a_rev: str | None) -> dict[str, types.ModuleType]:
     """{code name: a pipeline module}: this tree's, and the revision's (its pipeline calling its
     own augment module)."""
-    from richft_jax.data import pipeline  # noqa: PLC0415 (TensorFlow: imported when measuring)
+    from benchmarks.throughput import module_at  # noqa: PLC0415 (JAX, TensorFlow: when measuring)
+    from richft_jax.data import augment, pipeline  # noqa: PLC0415
 
     out = {"this tree": pipeline}
     if a_rev:
-        old = _module_at(a_rev, "richft_jax/data/pipeline.py", pipeline.__name__)
-        old.augment = _module_at(a_rev, "richft_jax/data/augment.py", "richft_jax.data.augment")
+        old = module_at(a_rev, pipeline.__name__)
+        old.augment = module_at(a_rev, augment.__name__)
         out = {f"at {a_rev}": old, **out}
     return out
 

@@ -20,6 +20,7 @@ import re
 import subprocess
 import tempfile
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -155,13 +156,10 @@ def device_peak_bytes() -> int | None:
 
 
 # ----------------------------------------------------------------------------- the benchmarked step
-def backbone_at(rev: str, name: str) -> type:
-    """The registry's backbone `name` as its module's source at git revision `rev` defines it
-    (`git show`, loaded under another name; a published-layout variant keeps its presets): one
-    side of an in-process A/B of a model change (model_ab --a_rev)."""
-    cls = registry.BACKBONES[name]
-    base = next(c for c in cls.__mro__ if c.__module__ != registry.__name__)
-    path = base.__module__.replace(".", "/") + ".py"
+def module_at(rev: str, name: str) -> types.ModuleType:
+    """The repository's module `name` (package.module) as its source at git revision `rev`
+    defines it (`git show`), loaded as "name@rev" beside this tree's: one side of an A/B."""
+    path = name.replace(".", "/") + ".py"
     repo = pathlib.Path(__file__).resolve().parents[1]
     shown = subprocess.run(
         ["git", "show", f"{rev}:{path}"], cwd=repo, capture_output=True, text=True, check=False
@@ -171,10 +169,19 @@ def backbone_at(rev: str, name: str) -> type:
     with tempfile.TemporaryDirectory() as tmp:
         file = pathlib.Path(tmp) / pathlib.Path(path).name
         file.write_text(shown.stdout, encoding="utf-8")
-        spec = importlib.util.spec_from_file_location(f"{base.__module__}@{rev}", file)
+        spec = importlib.util.spec_from_file_location(f"{name}@{rev}", file)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-    old = getattr(module, base.__name__)
+    return module
+
+
+def backbone_at(rev: str, name: str) -> type:
+    """The registry's backbone `name` as its module's source at git revision `rev` defines it
+    (`git show`, loaded under another name; a published-layout variant keeps its presets): one
+    side of an in-process A/B of a model change (model_ab --a_rev)."""
+    cls = registry.BACKBONES[name]
+    base = next(c for c in cls.__mro__ if c.__module__ != registry.__name__)
+    old = getattr(module_at(rev, base.__module__), base.__name__)
     if cls is base:
         return old
     return registry.variant(name, old, {k: getattr(cls, k) for k in cls.__annotations__})
