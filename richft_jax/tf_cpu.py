@@ -3,10 +3,12 @@
 TensorFlow is only used for tf.data, TFDS and summaries. If it sees the GPUs it
 grabs their memory and, imported through clu's writers, can break multi-GPU JAX
 collectives; so every module that imports TensorFlow goes through `tf()` here.
+XLA_FLAGS is JAX's too: TensorFlow's own XLA is kept from reading it (`xla_flags_for_jax_only`).
 """
 
 import functools
 import os
+import threading
 
 
 @functools.cache
@@ -34,3 +36,22 @@ def data_options(**threading):
     for name, value in threading.items():
         setattr(options.threading, name, value)
     return options
+
+
+_ENVIRON_LOCK = threading.Lock()  # os.environ is the process's: one change at a time.
+
+
+@functools.cache
+def xla_flags_for_jax_only() -> None:
+    """Makes TensorFlow's XLA (its `jit_compile=True` functions) read its flags from an empty
+    XLA_FLAGS, once per process, before its first compilation: XLA_FLAGS holds flags for JAX's
+    XLA, and TensorFlow's older copy aborts the process on one it does not know (each copy
+    parses the variable once, at its first use). Its own flags still come from TF_XLA_FLAGS."""
+    with _ENVIRON_LOCK:
+        saved = os.environ.pop("XLA_FLAGS", None)
+        try:
+            with tf().init_scope():  # Eagerly, even while a tf.function is being traced.
+                tf().function(lambda x: x + 1, jit_compile=True)(tf().constant(0.0))
+        finally:
+            if saved is not None:
+                os.environ["XLA_FLAGS"] = saved

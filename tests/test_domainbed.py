@@ -4,7 +4,10 @@ ColoredMNIST definitions, the paper's augmentation, and tiny runs of the real tr
 import dataclasses
 import json
 import logging
+import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -327,6 +330,36 @@ def test_domainbed_augmentation_is_its_steps_composed_as_written():
     expected = np.round(x.numpy() * 255.0).astype(int)
     diff = np.abs(augment.domainbed_train(images, seed).numpy().astype(int) - expected)
     assert diff.max() <= 1 and diff.mean() < 1e-3, (diff.max(), diff.mean())
+
+
+# A training pipeline with DomainBed's augmentation, in a process whose XLA_FLAGS holds a flag
+# no XLA knows (as JAX's flags can be to TensorFlow's older XLA).
+_FOREIGN_FLAGS = r"""
+import os, numpy as np
+from richft_jax.data import pipeline
+rng = np.random.default_rng(0)
+def split(domain, name):
+    images = rng.integers(0, 256, (8, 12, 12, 3), np.uint8)
+    return pipeline.Split(domain, name, domain == "c", images, np.arange(8, dtype=np.int32) % 2)
+splits = [split(d, s) for d in "abc" for s in ("in", "out")]
+data = pipeline.DomainData("toy", ("a", "b", "c"), ("c",), 2, tuple(splits))
+ds = pipeline.train_dataset(data, seed=0, batch_size_per_domain=4, start_step=0, num_steps=3,
+                            augment="domainbed")
+batches = list(ds.as_numpy_iterator())
+print(len(batches), batches[0]["image"].shape, os.environ["XLA_FLAGS"])
+"""
+
+
+def test_domainbed_augmentation_runs_whatever_xla_flags_jax_was_given():
+    """TensorFlow's XLA never reads XLA_FLAGS (it would abort the process on a flag only
+    JAX's newer XLA knows); the variable is left as it was for JAX."""
+    flags = "--xla_flag_only_a_newer_xla_knows=1"
+    env = {**os.environ, "XLA_FLAGS": flags}
+    done = subprocess.run(
+        [sys.executable, "-c", _FOREIGN_FLAGS], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[-2] == f"3 (8, 12, 12, 3) {flags}"
 
 
 def test_train_dataset_with_domainbed_augment_replays_steps(pacs):

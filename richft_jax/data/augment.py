@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 from richft_jax.tf_cpu import tf as _tf
+from richft_jax.tf_cpu import xla_flags_for_jax_only
 
 tf = _tf()
 
@@ -116,6 +117,7 @@ def domainbed_train(images: tf.Tensor, seed: tf.Tensor, rows: tuple | None = Non
     u = _draws([4], seeds[2], rows, b)
     factors = tf.concat([1.0 + JITTER * (2 * u[:, :3] - 1), JITTER * (2 * u[:, 3:] - 1)], 1)
     grey = _draws([1, 1, 1], seeds[3], rows, b) < GRAYSCALE_P
+    xla_flags_for_jax_only()  # Before TensorFlow's XLA first compiles (at run time, not here).
     return _flip_jitter_grey(x, flip, factors, grey)
 
 
