@@ -94,9 +94,9 @@ def test_models_per_pass_is_the_request_or_one_at_a_time_on_a_cpu(monkeypatch):
     assert ws.models_per_pass(3) == 3
 
 
-def test_stack_and_copy_are_one_program_with_the_eager_values():
-    """`stack` and `copy_tree` (each one compiled program) give what the eager tree maps give;
-    the copy is never an alias, so it can be donated beside the original."""
+def test_stack_and_copy_give_the_eager_values_and_copies_are_never_aliases():
+    """`stack` (one compiled program) and `copy_tree` (a transfer) give what the eager tree
+    maps give; the copy is never an alias, so it can be donated beside the original."""
     trees = [{"a": {"w": np.full((3, 2), i, np.float32)}, "b": np.arange(4) + i} for i in range(3)]
     stacked = ws.stack(trees)
     np.testing.assert_array_equal(stacked["a"]["w"], np.stack([t["a"]["w"] for t in trees]))
