@@ -2,8 +2,10 @@
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
+import pytest
 
 from richft_jax import config_lib, parallel
 from richft_jax import steps as steps_lib
@@ -133,3 +135,14 @@ def test_summary_reads_as_the_runs_result(tmp_path):
     assert "selected step 600" in text and "ID 91.2%  OOD 51.9%" in text
     assert f"python -m richft_jax.report {tmp_path}" in text
     assert f"tensorboard --logdir {tmp_path}" in text
+
+
+@pytest.mark.parametrize("seed", [0, 7, 2**31 + 5])
+def test_keys_are_the_seeds_key_split_in_two(seed):
+    """steps.keys (one compiled program per seed) gives jax.random's eager split of the seed's
+    key: the init key and the train state's root, whatever the seed's size."""
+    init_key, root = steps_lib.keys(ml_collections.ConfigDict({"seed": seed}))
+    want = jax.random.split(jax.random.PRNGKey(seed))
+    np.testing.assert_array_equal(init_key, want[0])
+    np.testing.assert_array_equal(root, want[1])
+    assert not np.array_equal(init_key, root)
