@@ -26,14 +26,14 @@ def tf():
     return tf_module
 
 
-def data_options(**threading):
+def data_options(**threading_fields):
     """tf.data options for this project's pipelines: autotuning off (its model thread can hold
     a finished iterator's deletion for up to ~16 s, measured at the end of demo runs); a map
-    given `tf.data.AUTOTUNE` then runs with the CPU count's parallelism. `threading` sets
+    given `tf.data.AUTOTUNE` then runs with the CPU count's parallelism. `threading_fields` sets
     `options.threading` fields."""
     options = tf().data.Options()
     options.autotune.enabled = False
-    for name, value in threading.items():
+    for name, value in threading_fields.items():
         setattr(options.threading, name, value)
     return options
 
