@@ -18,19 +18,25 @@ def test_summary_adds_up_processes_and_compile_seconds_per_file():
             "test": "tests/test_a.py::t2",
             "seconds": 2.0,
             "tensorflow": False,
-            "events": {f"tests/test_a.py::t2|{COMPILE}": 1.0},
+            "events": {
+                f"tests/test_a.py::t2|{COMPILE}": 3.0,
+                f"tests/test_a.py::t2|{COMPILE}#n": 3,
+                f"tests/test_a.py::t2|{COMPILE}#under_floor": 2.4,
+                f"tests/test_a.py::t2|{summarize.LOAD}": 1.6,
+            },
         },
         {
             "test": "",
             "seconds": 99.0,
             "tensorflow": True,
-            "events": {f"tests/test_b.py::t|{COMPILE}": 9.0},
+            "events": {f"tests/test_b.py::t|{COMPILE}": 10.0},
         },
     ]
     table = summarize.summarize(records).splitlines()
-    assert table[2] == "| tests/test_b.py | 0 | 0 | 0 | 9 | 0 | 0 |"  # The most seconds first.
-    assert table[3] == "| tests/test_a.py | 2 | 1 | 6 | 1 | 0 | 0 |"
-    assert table[4] == "| total | 2 | 1 | 6 | 10 | 0 | 0 |"  # The worker's own life is not counted.
+    assert table[0].startswith("| file | processes | tensorflow | process_s | compile_s | compiles")
+    assert table[2] == "| tests/test_b.py | 0 | 0 | 0 | 10 | 0 | 0 | 0 | 0 | 0 |"  # Slowest first.
+    assert table[3] == "| tests/test_a.py | 2 | 1 | 6 | 3 | 3 | 2 | 0 | 2 | 0 |"
+    assert table[4] == "| total | 2 | 1 | 6 | 13 | 3 | 2 | 0 | 2 | 0 |"  # Not the worker's life.
 
 
 def test_a_process_is_recorded_with_its_compiles_and_without_importing_jax(tmp_path):
@@ -48,4 +54,7 @@ def test_a_process_is_recorded_with_its_compiles_and_without_importing_jax(tmp_p
     ]
     assert first["test"] == second["test"] == "tests/test_x.py::t"
     assert not first["jax"] and not first["events"] and second["jax"]
-    assert second["events"][f"tests/test_x.py::t|{COMPILE}"] > 0
+    compiled = second["events"][f"tests/test_x.py::t|{COMPILE}"]
+    assert compiled > 0 and second["events"][f"tests/test_x.py::t|{COMPILE}#n"] >= 1
+    # A tiny function compiles under the cache's floor: all of its compile time counts there.
+    assert second["events"][f"tests/test_x.py::t|{COMPILE}#under_floor"] == compiled

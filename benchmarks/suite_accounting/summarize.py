@@ -16,6 +16,7 @@ TRACE = (
     "/jax/core/compile/jaxpr_to_mlir_module_duration",
 )
 SAVED = "/jax/compilation_cache/compile_time_saved_sec"
+LOAD = "/jax/compilation_cache/cache_retrieval_time_sec"
 
 
 def summarize(records: list[dict]) -> str:
@@ -31,7 +32,11 @@ def summarize(records: list[dict]) -> str:
             row["compile_s"] += seconds if event == COMPILE else 0
             row["trace_lower_s"] += seconds if event in TRACE else 0
             row["cache_saved_s"] += seconds if event == SAVED else 0
-    cols = ("processes", "tensorflow", "process_s", "compile_s", "trace_lower_s", "cache_saved_s")
+            row["cache_load_s"] += seconds if event == LOAD else 0
+            row["compiles"] += seconds if event == COMPILE + "#n" else 0
+            row["under_floor_s"] += seconds if event == COMPILE + "#under_floor" else 0
+    cols = ("processes", "tensorflow", "process_s", "compile_s", "compiles", "under_floor_s")
+    cols += ("trace_lower_s", "cache_load_s", "cache_saved_s")
     lines = ["| file | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     order = sorted(per, key=lambda f: -(per[f]["process_s"] + per[f]["compile_s"]))
     total = sum((per[f] for f in per), collections.Counter())
