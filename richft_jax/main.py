@@ -48,12 +48,11 @@ def check_inputs() -> None:
 
 def main(argv: list[str]) -> None:
     del argv
-    # After the preflight (check_inputs): these import TensorFlow and JAX.
-    import jax  # noqa: PLC0415
+    with cli.importing():  # After the preflight (check_inputs): TensorFlow's and JAX's.
+        import jax  # noqa: PLC0415
 
-    from richft_jax import combine, console, timing, train  # noqa: PLC0415
+        from richft_jax import combine, console, timing, train  # noqa: PLC0415
 
-    cli.settle_imports()  # These imports came after cli.run's.
     if _DISTRIBUTED.value or _COORDINATOR.value:
         jax.distributed.initialize(
             coordinator_address=_COORDINATOR.value,

@@ -1,8 +1,14 @@
 """Test setup: 8 simulated CPU devices, so every test also exercises data parallelism."""
 
 import ast
+import gc
 import os
 import tempfile
+
+# The garbage collector stays off while the worker imports JAX, TensorFlow and the test files
+# (millions of objects that never become garbage), then what is alive is frozen out of its sight
+# (pytest_runtestloop), as the entry points do (cli.importing).
+gc.disable()
 
 # LLVM at -O0 for the tests' programs: the same HLO, shardings and numerics to rounding, compiled
 # about a third faster (tests/test_methods.py alone, an empty cache: 63.9 -> 42.1 s), and most of
@@ -43,6 +49,23 @@ SLOW_FIRST = (
     "test_distributed.py",
     "test_benchmark.py",
 )
+
+
+# Collections of the youngest generation every 10,000 net allocations (Python's default: 700):
+# tests trace and compile thousands of small programs, whose objects made the collector 13 % of
+# a test file's CPU time (perf, tests/test_paper_schedule.py) and each full collection walk all
+# that the worker keeps alive. The same objects are collected, less often.
+GC_THRESHOLD = (10_000, 10, 10)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session):
+    """Before the tests (after collection; in xdist's controller and workers alike): garbage
+    collected once, the rest frozen, the collector back on (GC_THRESHOLD)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
+    gc.enable()
 
 
 def pytest_collection_modifyitems(config, items):
