@@ -10,6 +10,7 @@ within a second of the start.
 
 import contextlib
 import gc
+import importlib
 import logging as py_logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -71,12 +72,14 @@ def run(
     extra_key_flags: tuple[str, ...] = (),
     first: Callable[[], None] | None = None,
     uses_jax: bool = True,
+    imports: tuple[str, ...] = (),
 ) -> None:
     """Defines the flags, makes `--help` show `doc` and the module's flags, runs `main`.
 
     `first` runs once the flags are parsed, before the console and JAX's compilation cache are
     set up: checks that should fail fast, such as main's preflight. `uses_jax=False` leaves
-    JAX unimported (the report)."""
+    JAX unimported (the report). `imports`: the modules `main` imports (after the flags, to
+    answer --help fast), imported before it within `importing`."""
     if define_flags is not None:
         define_flags()
     if "library_logs" not in flags.FLAGS:
@@ -106,6 +109,8 @@ def run(
             console.set_verbose(flags.FLAGS.verbose)
             if uses_jax:
                 compile_cache.enable()
+            for name in imports:
+                importlib.import_module(name)
         return main(argv)
 
     app.run(main_with_quiet_libraries)

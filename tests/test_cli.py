@@ -240,25 +240,28 @@ def test_analysis_commands_parse_their_flags_before_importing_jax_or_tensorflow(
     assert probe(code) == "[]"
 
 
-def test_entry_points_import_without_the_collector_then_freeze_what_is_alive():
-    """cli.run imports the entry point's libraries (its `first` step, JAX's cache) with the
-    garbage collector off, then freezes what is alive (cli.importing) before the entry point's
-    main: collecting while TensorFlow's objects piled up took 0.8 s of a run's start-up, and the
-    interpreter's last collection at exit skips them (1.1 s a process with TensorFlow). The
-    collector is on again in main; nothing was frozen before."""
+def test_entry_points_import_without_the_collector_then_freeze_what_is_alive(tmp_path):
+    """cli.run imports the entry point's libraries (its `first` step, JAX's cache, its
+    `imports`) with the garbage collector off, then freezes what is alive (cli.importing) before
+    the entry point's main: collecting while TensorFlow's objects piled up took 0.8 s of a run's
+    start-up, and the interpreter's last collection at exit skips them (1.1 s a process with
+    TensorFlow). The collector is on again in main; nothing was frozen before."""
+    (tmp_path / "heavy_module.py").write_text("import gc\nCOLLECTING = gc.isenabled()\n")
     code = (
         "import gc, sys\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
         "from richft_jax import cli\n"
         "before = gc.get_freeze_count()\n"
         "def first():\n"
-        "    import json\n"
         "    print('first', gc.isenabled())\n"
         "def main(argv):\n"
-        "    print('main', before, gc.get_freeze_count() > 1000, gc.isenabled())\n"
+        "    heavy = sys.modules['heavy_module'].COLLECTING\n"
+        "    print('main', before, gc.get_freeze_count() > 1000, gc.isenabled(), heavy)\n"
         "sys.argv = ['probe']\n"
-        "cli.run(main, '__main__', 'probe', first=first, uses_jax=False)\n"
+        "kwargs = dict(first=first, imports=('heavy_module',), uses_jax=False)\n"
+        "cli.run(main, '__main__', 'probe', **kwargs)\n"
     )
-    assert probe(code) == "first False\nmain 0 True True"
+    assert probe(code) == "first False\nmain 0 True True False"
 
 
 def test_importing_turns_the_collector_back_on_after_an_error_and_leaves_it_off_if_it_was():

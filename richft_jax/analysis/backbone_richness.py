@@ -61,7 +61,8 @@ def measure_flags(f: flags.FlagValues) -> dict:
 
 def run() -> None:
     """`python -m richft_jax.analysis.backbone_richness`: every input is a flag."""
-    cli.run_flags(measure_flags, __name__, __doc__, define_flags)
+    imports = ("richft_jax.analysis.richness",)
+    cli.run_flags(measure_flags, __name__, __doc__, define_flags, imports=imports)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,14 @@ def main(argv: list[str]) -> None:
 
 def run_cli() -> None:
     """`python -m richft_jax.analysis.gradient_stats` and the `richft-gradient-stats` script."""
-    cli.run(main, __name__, __doc__, define_flags, extra_key_flags=("config",))
+    cli.run(
+        main,
+        __name__,
+        __doc__,
+        define_flags,
+        extra_key_flags=("config",),
+        imports=("richft_jax.analysis.gradient_directions",),
+    )
 
 
 if __name__ == "__main__":

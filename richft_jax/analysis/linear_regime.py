@@ -75,7 +75,8 @@ def analyze_flags(f: flags.FlagValues) -> dict:
 
 def run() -> None:
     """`python -m richft_jax.analysis.linear_regime` and the `richft-linear-regime` script."""
-    cli.run_flags(analyze_flags, __name__, __doc__, define_flags)
+    imports = ("richft_jax.analysis.regime",)
+    cli.run_flags(analyze_flags, __name__, __doc__, define_flags, imports=imports)
 
 
 if __name__ == "__main__":
