@@ -277,3 +277,13 @@ def test_importing_turns_the_collector_back_on_after_an_error_and_leaves_it_off_
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_tests_run_with_the_collector_on_and_the_imports_frozen():
+    """tests/conftest.py turns the collector off for the worker's imports; its runtestloop hook
+    must have turned it back on (GC_THRESHOLD), or a worker would never collect a cycle."""
+    import conftest  # noqa: PLC0415
+
+    assert gc.isenabled()
+    assert gc.get_threshold() == conftest.GC_THRESHOLD
+    assert gc.get_freeze_count() > 100_000  # JAX's, TensorFlow's and the test files' objects.
