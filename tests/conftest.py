@@ -53,7 +53,7 @@ SLOW_FIRST = (
 
 # Collections of the youngest generation every 10,000 net allocations (Python's default: 700):
 # tests trace and compile thousands of small programs, whose objects made the collector 13 % of
-# a test file's CPU time (perf, tests/test_paper_schedule.py) and each full collection walk all
+# a test file's CPU time (perf, tests/test_paper_schedule.py), each full collection walking all
 # that the worker keeps alive. The same objects are collected, less often.
 GC_THRESHOLD = (10_000, 10, 10)
 

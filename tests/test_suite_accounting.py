@@ -6,7 +6,8 @@ import os
 import subprocess
 import sys
 
-from benchmarks.suite_accounting import summarize
+from benchmarks.suite_accounting import sitecustomize, summarize
+from richft_jax import compile_cache
 
 COMPILE = summarize.COMPILE
 
@@ -58,3 +59,7 @@ def test_a_process_is_recorded_with_its_compiles_and_without_importing_jax(tmp_p
     assert compiled > 0 and second["events"][f"tests/test_x.py::t|{COMPILE}#n"] >= 1
     # A tiny function compiles under the cache's floor: all of its compile time counts there.
     assert second["events"][f"tests/test_x.py::t|{COMPILE}#under_floor"] == compiled
+
+
+def test_the_floor_it_counts_under_is_the_compilation_caches():
+    assert sitecustomize.CACHE_FLOOR_S == compile_cache.MIN_COMPILE_SECONDS
