@@ -4,6 +4,7 @@ compilation cache, nothing in $RICHFT_CACHE), then again into a new workdir (eve
   python -m benchmarks.first_run [--out=FILE.json] [--steps=N] [--home=DIR] [-- --config.KEY=V ...]
   python -m benchmarks.first_run --ab='{"a": [], "b": ["--config.KEY=V"]}' [--rounds=2]
   python -m benchmarks.first_run --a_rev=GIT_REVISION [--rounds=2]
+  python -m benchmarks.first_run --a_pythonpath=DIR [--rounds=2]   # DIR: pip install --target
 
 Prints two lines per run: wall seconds, whether it pretrained (it should not: the backbone ships
 with the package), the backbone sha256 the run recorded, the selected step's OOD accuracy, and
@@ -32,12 +33,11 @@ def one_run(
     steps: int | None,
     extra: list[str],
     repo: pathlib.Path = REPO,
+    pythonpath: str | None = None,
 ) -> dict:
     """Runs the demo command (and `extra` flags) from the source tree `repo`, with `home` as
-    HOME (cache and TFDS data inside); what it did."""
-    fresh = ("RICHFT_CACHE", "TFDS_DATA_DIR", "RICHFT_COMPILATION_CACHE")
-    env = {k: v for k, v in os.environ.items() if k not in fresh}
-    env["HOME"] = str(home)
+    HOME (cache and TFDS data inside) and `pythonpath` first on PYTHONPATH; what it did."""
+    env = run_env(home, pythonpath)
     command = [sys.executable, "-m", "richft_jax.main", "--config=configs/demo.py"]
     command += [f"--workdir={workdir}"] + ([f"--config.num_steps={steps}"] if steps else [])
     command += extra
@@ -61,6 +61,17 @@ def one_run(
     }
 
 
+def run_env(home: pathlib.Path, pythonpath: str | None = None) -> dict[str, str]:
+    """This process's environment without the caches' variables, `home` as HOME, `pythonpath`
+    (if given) first on PYTHONPATH."""
+    fresh = ("RICHFT_CACHE", "TFDS_DATA_DIR", "RICHFT_COMPILATION_CACHE")
+    env = {k: v for k, v in os.environ.items() if k not in fresh}
+    env["HOME"] = str(home)
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [pythonpath, env.get("PYTHONPATH")]))
+    return env
+
+
 def steps_seconds(timings: dict) -> float:
     """The train steps' own time: the loop's steps and the input waits between them (the step
     runs asynchronously, so the waits overlap it)."""
@@ -81,12 +92,17 @@ def run_lines(name: str, r: dict, cpus: int | None) -> str:
 
 
 def ab_variants(
-    parser: argparse.ArgumentParser, text: str | None, a_rev: str | None = None
+    parser: argparse.ArgumentParser,
+    text: str | None,
+    a_rev: str | None = None,
+    a_pythonpath: str | None = None,
 ) -> dict[str, list[str]]:
-    """--ab's {name: [flags]} (checked: a usage error names what is wrong); with only --a_rev,
-    the revision's code against this tree's; else the plain benchmark's one cached variant."""
+    """--ab's {name: [flags]} (checked: a usage error names what is wrong); with only --a_rev
+    and/or --a_pythonpath, that code or those packages against this tree as installed; else the
+    plain benchmark's one cached variant."""
     if not text:
-        return {f"at {a_rev}": [], "this tree": []} if a_rev else {"cached": []}
+        first = [f"at {a_rev}"] * bool(a_rev) + [f"with {a_pythonpath}"] * bool(a_pythonpath)
+        return {" ".join(first): [], "this tree": []} if first else {"cached": []}
     try:
         variants = json.loads(text)
     except json.JSONDecodeError as e:
@@ -131,11 +147,18 @@ def main() -> None:
         help="Git revision whose code runs the first variant (a checkout in a temporary "
         "worktree; the others run this tree's): an A/B of a change to the code.",
     )
+    parser.add_argument(
+        "--a_pythonpath",
+        help="A folder put first on the first variant's PYTHONPATH (`pip install --target DIR "
+        "PKG==VERSION`): an A/B of a dependency's version.",
+    )
     parser.add_argument("--rounds", type=int, default=2, help="Rounds of --ab's variants.")
     parser.add_argument("extra", nargs="*", help="After --: flags for every demo run.")
     args = parser.parse_args()
-    variants = ab_variants(parser, args.ab, args.a_rev)
-    ab = bool(args.ab or args.a_rev)
+    if args.a_pythonpath and not pathlib.Path(args.a_pythonpath).is_dir():
+        parser.error(f"--a_pythonpath={args.a_pythonpath} is not a folder.")
+    variants = ab_variants(parser, args.ab, args.a_rev, args.a_pythonpath)
+    ab = bool(args.ab or args.a_rev or args.a_pythonpath)
     order = ["first"] + [n for _ in range(args.rounds if ab else 1) for n in variants]
     try:
         runs = _runs(args, variants, order)
@@ -150,8 +173,11 @@ def _runs(args: argparse.Namespace, variants: dict, order: list[str]) -> dict:
     """The first run, then the cached runs in `order`, each printed as it ends."""
     with tempfile.TemporaryDirectory(prefix="richft_first_run_") as tmp:
         repos = {name: REPO for name in variants}
+        paths = dict.fromkeys(variants)
         if args.a_rev:
             repos[next(iter(variants))] = worktree(args.a_rev, pathlib.Path(tmp) / "a_rev")
+        if args.a_pythonpath:
+            paths[next(iter(variants))] = str(pathlib.Path(args.a_pythonpath).absolute())
         home = pathlib.Path(args.home or pathlib.Path(tmp) / "home").absolute()
         home.mkdir(parents=True, exist_ok=True)
         if any(home.iterdir()):
@@ -162,7 +188,8 @@ def _runs(args: argparse.Namespace, variants: dict, order: list[str]) -> dict:
             # compile theirs (each line shows its compilation time).
             variant = next(iter(variants)) if name == "first" else name
             flags = args.extra + variants[variant]
-            r = one_run(home, pathlib.Path(tmp) / f"run_{i}", args.steps, flags, repos[variant])
+            run_dir = pathlib.Path(tmp) / f"run_{i}"
+            r = one_run(home, run_dir, args.steps, flags, repos[variant], paths[variant])
             runs.setdefault(name, []).append(r)
             print(run_lines(name, r, os.cpu_count()), flush=True)
         return {k: v[0] if len(v) == 1 else v for k, v in runs.items()}

@@ -2,6 +2,7 @@
 steps' own time and the two lines printed from a made-up run's summary timings."""
 
 import argparse
+import os
 import subprocess
 
 import pytest
@@ -59,6 +60,23 @@ def test_ab_variants_are_named_flag_lists_and_anything_else_is_refused_by_name()
     for bad in ("nope", "{}", '{"first": []}', '{"a": "--x=1"}', '["a"]', '{"a": [1]}'):
         with pytest.raises(SystemExit):
             first_run.ab_variants(parser, bad)
+
+
+def test_a_pythonpath_runs_the_first_variant_on_those_packages(tmp_path, monkeypatch):
+    """--a_pythonpath: the first variant's processes find that folder's packages first (an A/B
+    of a dependency's version); the caches' variables never reach any run."""
+    parser = argparse.ArgumentParser(prog="first_run")
+    assert first_run.ab_variants(parser, None, None, "/p") == {"with /p": [], "this tree": []}
+    both = first_run.ab_variants(parser, None, "HEAD~1", "/p")
+    assert both == {"at HEAD~1 with /p": [], "this tree": []}
+    monkeypatch.setenv("PYTHONPATH", "/already")
+    monkeypatch.setenv("RICHFT_CACHE", "/cache")
+    env = first_run.run_env(tmp_path, "/p")
+    assert env["PYTHONPATH"] == os.pathsep.join(["/p", "/already"])
+    assert env["HOME"] == str(tmp_path) and "RICHFT_CACHE" not in env
+    assert first_run.run_env(tmp_path)["PYTHONPATH"] == "/already"
+    monkeypatch.delenv("PYTHONPATH")
+    assert first_run.run_env(tmp_path, "/p")["PYTHONPATH"] == "/p"
 
 
 def test_a_rev_runs_the_revisions_code_against_this_trees(tmp_path):
