@@ -32,7 +32,7 @@ def _test() -> str:
 
 # Compiles shorter than this are never stored in the persistent cache (compile_cache.py's
 # MIN_COMPILE_SECONDS): every process pays them again. Kept here so JAX is never imported.
-CACHE_FLOOR_S = 0.2
+CACHE_FLOOR_S = 0.01
 
 
 def _listen(event: str, duration: float, **_) -> None:
