@@ -1,10 +1,13 @@
 """The suite-time accounting: its sitecustomize records a process's life and JAX's compile
 events by test, without importing JAX itself; the summary adds them up per test file."""
 
+import collections
 import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 from benchmarks.suite_accounting import sitecustomize, summarize
 from richft_jax import compile_cache
@@ -56,10 +59,23 @@ def test_a_process_is_recorded_with_its_compiles_and_without_importing_jax(tmp_p
     assert first["test"] == second["test"] == "tests/test_x.py::t"
     assert not first["jax"] and not first["events"] and second["jax"]
     compiled = second["events"][f"tests/test_x.py::t|{COMPILE}"]
-    assert compiled > 0 and second["events"][f"tests/test_x.py::t|{COMPILE}#n"] >= 1
+    assert compiled > 0 and second["events"][f"tests/test_x.py::t|{COMPILE}#n"] == 1
     # One compile: its time counts under the cache's floor exactly when it is shorter.
     under = compiled if compiled < sitecustomize.CACHE_FLOOR_S else 0.0
     assert second["events"].get(f"tests/test_x.py::t|{COMPILE}#under_floor", 0.0) == under
+
+
+def test_only_compiles_shorter_than_the_floor_count_under_it(monkeypatch):
+    monkeypatch.setattr(sitecustomize, "_EVENTS", collections.Counter())
+    monkeypatch.setenv("PYTEST_CURRENT_TEST", "tests/test_x.py::t (call)")
+    floor = sitecustomize.CACHE_FLOOR_S
+    for seconds in (floor / 2, floor * 10, floor / 4):
+        sitecustomize._listen(COMPILE, seconds)
+    sitecustomize._listen("/jax/core/compile/jaxpr_trace_duration", floor / 2)
+    key = f"tests/test_x.py::t|{COMPILE}"
+    events = sitecustomize._EVENTS
+    assert events[key] == pytest.approx(floor * 10.75) and events[key + "#n"] == 3
+    assert events[key + "#under_floor"] == pytest.approx(floor * 0.75)
 
 
 def test_the_floor_it_counts_under_is_the_compilation_caches():
