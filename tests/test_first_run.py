@@ -4,6 +4,7 @@ steps' own time and the two lines printed from a made-up run's summary timings."
 import argparse
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -77,6 +78,18 @@ def test_a_pythonpath_runs_the_first_variant_on_those_packages(tmp_path, monkeyp
     assert first_run.run_env(tmp_path)["PYTHONPATH"] == "/already"
     monkeypatch.delenv("PYTHONPATH")
     assert first_run.run_env(tmp_path, "/p")["PYTHONPATH"] == "/p"
+
+
+def test_a_pythonpath_that_is_not_a_folder_is_refused_before_any_run(tmp_path):
+    missing = tmp_path / "no_such_dir"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.first_run", f"--a_pythonpath={missing}"],
+        cwd=first_run.REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert f"--a_pythonpath={missing} is not a folder" in done.stderr
 
 
 def test_a_rev_runs_the_revisions_code_against_this_trees(tmp_path):
