@@ -5,6 +5,10 @@ import gc
 import os
 import tempfile
 
+from jaxlib import version as jaxlib_version  # The version only: no backend starts.
+
+from richft_jax import xla_cpu  # Imports neither JAX nor TensorFlow.
+
 # The garbage collector stays off while the worker imports JAX, TensorFlow and the test files
 # (millions of objects that never become garbage), then what is alive is frozen out of its sight
 # (pytest_runtestloop), as the entry points do (cli.importing).
@@ -20,11 +24,11 @@ gc.disable()
 # of the file's CPU in ParallelFusionEmitter::CompileFusion, 7 % loading dialects). Empty cache,
 # one file at a time: test_methods 49.8 -> 40.6 s, test_vit 36.1 -> 25.3 s, test_linearization
 # 27.9 -> 15.3 s. Not for users' runs: the small ViT's step measured up to 10 % slower with it.
-TEST_XLA_FLAGS = (
-    "--xla_force_host_platform_device_count=8",
-    "--xla_backend_optimization_level=0",
-    "--xla_cpu_use_fusion_emitters=false",
-)
+# Like xla_cpu's flags, only on the jaxlib versions it was measured on (XLA aborts on a flag it
+# does not know, and this one names an emitter XLA may retire).
+TEST_XLA_FLAGS = ("--xla_force_host_platform_device_count=8", "--xla_backend_optimization_level=0")
+if jaxlib_version.__version__.startswith(xla_cpu.MEASURED_ON):
+    TEST_XLA_FLAGS += ("--xla_cpu_use_fusion_emitters=false",)
 _given = {f.split("=")[0] for f in os.environ.get("XLA_FLAGS", "").split()}
 os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), *(f for f in TEST_XLA_FLAGS if f.split("=")[0] not in _given)]
@@ -37,7 +41,7 @@ os.environ.setdefault(
     "RICHFT_COMPILATION_CACHE", os.path.join(tempfile.gettempdir(), "richft_tests_jax_cache")
 )
 
-from richft_jax import compile_cache, xla_cpu  # noqa: E402
+from richft_jax import compile_cache  # noqa: E402
 
 xla_cpu.tune()  # The CPU flags the entry points use: tests run what users run.
 compile_cache.enable()
