@@ -6,16 +6,34 @@ collectives; so every module that imports TensorFlow goes through `tf()` here.
 XLA_FLAGS is JAX's too: TensorFlow's own XLA is kept from reading it (`xla_flags_for_jax_only`).
 """
 
+import contextlib
 import functools
+import importlib
 import os
+import sys
 import threading
+import types
+
+# What imports Keras eagerly with TensorFlow, though nothing here uses it: TensorFlow's own
+# __init__ (to register Keras optimizers for SavedModels; it skips this module when it cannot
+# be imported) and TensorBoard's hparams API, which clu's summary writer imports and whose
+# Keras callback subclasses `tf.keras.callbacks.Callback` when its module is imported.
+KERAS_BY_TENSORFLOW = "keras.src.optimizers"
+KERAS_BY_HPARAMS = "tensorboard.plugins.hparams._keras"
 
 
 @functools.cache
 def tf():
-    """Imports TensorFlow with GPUs and TPUs hidden from it, and returns the module."""
+    """Imports TensorFlow with GPUs and TPUs hidden from it, and returns the module.
+
+    Keras is left to load on first use (`tf.keras`, `import keras`), not with TensorFlow: 1.7 of
+    the 4.4 s `import tensorflow, clu.metric_writers` takes on a 2-core CPU (scikit-learn and
+    more come with it), in every process that trains or evaluates."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf_module  # noqa: PLC0415  (deliberately late import)
+    with _keras_deferred():
+        import tensorflow as tf_module  # noqa: PLC0415  (deliberately late import)
+
+        _import_hparams_api_without_keras()
 
     for kind in ("GPU", "TPU"):
         try:
@@ -55,3 +73,47 @@ def xla_flags_for_jax_only() -> None:
         finally:
             if saved is not None:
                 os.environ["XLA_FLAGS"] = saved
+
+
+@contextlib.contextmanager
+def _keras_deferred():
+    """While TensorFlow is imported for the first time in a process without Keras: its eager
+    import of KERAS_BY_TENSORFLOW fails (a None entry in sys.modules), which TensorFlow skips;
+    afterwards the module imports as usual. A no-op where either is already imported."""
+    if "tensorflow" in sys.modules or "keras" in sys.modules:
+        yield
+        return
+    sys.modules[KERAS_BY_TENSORFLOW] = None
+    try:
+        yield
+    finally:
+        if KERAS_BY_TENSORFLOW in sys.modules and sys.modules[KERAS_BY_TENSORFLOW] is None:
+            del sys.modules[KERAS_BY_TENSORFLOW]
+
+
+class _HparamsKerasCallback:
+    """TensorBoard's `hparams.api.KerasCallback` until first use: creating one imports the real
+    callback module (and Keras) and returns its `Callback`."""
+
+    def __new__(cls, *args, **kwargs):
+        return importlib.import_module(KERAS_BY_HPARAMS).Callback(*args, **kwargs)
+
+
+def _import_hparams_api_without_keras() -> None:
+    """Imports TensorBoard's hparams API with a stand-in for its Keras callback module, which is
+    then dropped again, so the real one imports on a later `import` as usual."""
+    api = "tensorboard.plugins.hparams.api"
+    if "keras" in sys.modules or api in sys.modules or KERAS_BY_HPARAMS in sys.modules:
+        return
+    stand_in = types.ModuleType(KERAS_BY_HPARAMS)
+    stand_in.Callback = _HparamsKerasCallback
+    sys.modules[KERAS_BY_HPARAMS] = stand_in
+    try:
+        importlib.import_module(api)
+    except ImportError:
+        pass  # No TensorBoard: clu's summary writer will say so where it needs it.
+    finally:
+        del sys.modules[KERAS_BY_HPARAMS]
+        package = sys.modules.get("tensorboard.plugins.hparams")
+        if getattr(package, "_keras", None) is stand_in:
+            delattr(package, "_keras")

@@ -13,7 +13,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import parameter_overview, periodic_actions
+from clu import parameter_overview
 from etils import epath
 from jax.experimental import multihost_utils
 
@@ -300,9 +300,7 @@ def _train_and_evaluate(
     with phases("restore"):
         state = resume(workdir, mngr, state, config)
     start_step = int(state.step)
-    progress = periodic_actions.ReportProgress(
-        num_train_steps=config.num_steps, writer=writer, every_steps=config.log_every
-    )
+    progress = writers.progress(writer, config.num_steps, config.log_every)
     progress_line = console.Progress(config.num_steps, start_step)
     evaluate_and_log = make_evaluate_and_log(ctx, eval_steps, writer, meta)
     initial = hooks.initial_weights(state.params)

@@ -9,10 +9,12 @@ import time
 from collections.abc import Mapping
 
 from absl import logging
-from clu import metric_writers
 from etils import epath
 
-from richft_jax import console, paths
+from richft_jax import console, paths, tf_cpu
+
+tf_cpu.tf()  # TensorFlow through its one door, before clu's writers import it.
+from clu import metric_writers, periodic_actions  # noqa: E402
 
 
 def make_writer(workdir: str | os.PathLike, is_main: bool) -> metric_writers.MetricWriter:
@@ -27,6 +29,15 @@ def make_writer(workdir: str | os.PathLike, is_main: bool) -> metric_writers.Met
         else:
             writers.append(metric_writers.SummaryWriter(os.fspath(workdir)))
     return metric_writers.AsyncMultiWriter(writers)
+
+
+def progress(
+    writer: metric_writers.MetricWriter, num_steps: int, every_steps: int
+) -> periodic_actions.ReportProgress:
+    """clu's steps/s and ETA, written every `every_steps` steps; call it with each step."""
+    return periodic_actions.ReportProgress(
+        num_train_steps=num_steps, writer=writer, every_steps=every_steps
+    )
 
 
 class MirroredSummaryWriter(metric_writers.SummaryWriter):
