@@ -57,7 +57,24 @@ def env(tmp_path_factory, data_dir, pretraining_data_dir):
     return {"root": root, "pre": pre, "runs": runs, "data_dir": data_dir}
 
 
-def test_every_part_is_what_its_function_measures(env):
+def spy(monkeypatch, module, name: str) -> list[tuple[tuple, dict, object]]:
+    """Records (args, kwargs, returned) of every call of module.name, which still runs."""
+    calls, real = [], getattr(module, name)
+
+    def recorded(*args, **kwargs):
+        calls.append((args, kwargs, real(*args, **kwargs)))
+        return calls[-1][2]
+
+    monkeypatch.setattr(module, name, recorded)
+    return calls
+
+
+def test_every_part_is_what_its_function_measures(env, monkeypatch):
+    """Each part is what the function it reuses returned, called with the record's inputs (each
+    function's own tests check what it computes)."""
+    probed = spy(monkeypatch, richness, "linear_probes")
+    taylors = spy(monkeypatch, regime, "taylor")
+    distortions = spy(monkeypatch, regime, "distortion")
     runs = [str(env["runs"]["erm"]), str(env["runs"]["dropout"])]
     record = richness.measure(
         str(env["pre"]), runs, config=probe_config(env["data_dir"]), max_examples=MAX
@@ -72,9 +89,14 @@ def test_every_part_is_what_its_function_measures(env):
     assert letters["letters_test_accuracy"] == summary["last"]["ood_accuracy"]
     assert 0 <= letters["letters_test_accuracy"] <= 1
     assert letters["step"] == 30 and {r["domain"] for r in letters["rows"]} == {"train", "test"}
-    # Probes: per digits domain, what linear_probes returns for the same inputs.
+    # Probes: per digits domain, what linear_probes returned for the backbone and the config.
     probes = record["linear_probe"]
-    again = richness.linear_probes(env["pre"], str(env["data_dir"]), probe_config(env["data_dir"]))
+    [(args, kwargs, again)] = probed
+    backbone, data_dir, config, model = args
+    assert (backbone, data_dir, kwargs) == (env["pre"], None, {})
+    assert model == record["backbone"]["model"]
+    assert config.pretrained.path == str(env["pre"])
+    assert config.data.data_dir == str(env["data_dir"]) and config.lp_c_grid == C_GRID
     assert probes["domains"] == again and set(again) == DOMAINS
     assert probes["c_grid"] == list(C_GRID)
     for v in again.values():
@@ -82,18 +104,23 @@ def test_every_part_is_what_its_function_measures(env):
         assert v["c"] in C_GRID
     tests = [v["test_accuracy"] for v in again.values()]
     assert probes["mean_test_accuracy"] == pytest.approx(np.mean(tests))
-    # Runs: the Taylor summary and the distortion analysis.regime measures.
+    # Runs: the Taylor summary and the distortion analysis.regime measures, per run in order.
     assert [r["run"] for r in record["runs"]] == runs
-    mesh = richness.parallel.make_mesh()
-    for got in record["runs"]:
-        run = regime.load(got["run"])
-        want = regime.summarize(regime.taylor(run, mesh, MAX), run.step)
-        assert got["taylor"] == want and got["step"] == run.step
+    assert len(taylors) == len(distortions) == len(runs)
+    for got, (t_args, _, taylor), (d_args, _, distortion) in zip(
+        record["runs"], taylors, distortions, strict=True
+    ):
+        run, _, max_examples = t_args
+        assert str(run.path) == got["run"] and d_args == (run, MAX) and max_examples == MAX
+        selected = json.loads((pathlib.Path(got["run"]) / "summary.json").read_text())["selected"]
+        assert run.step == selected["step"] == got["step"]  # The best checkpoint (which="best").
+        want = regime.summarize(taylor, run.step)
+        assert got["taylor"] == want
         assert 0 <= want["agreement"]["id"] <= 1 and 0 <= want["agreement"]["ood"] <= 1
         logged = results.read_rows(got["run"])
         ood = [r["accuracy"] for r in logged if r["step"] == run.step and results.is_ood(r)]
         assert want["network_accuracy"]["ood"] == pytest.approx(np.mean(ood), abs=1e-6)
-        assert got["feature_distortion"] == regime.distortion(run, MAX)
+        assert got["feature_distortion"] == distortion
     erm, drop = record["runs"]
     assert (erm["dropout_rate"], drop["dropout_rate"]) == (0.0, 0.9)
     delta = record["erm_vs_dropout"]["dropout_minus_erm"]

@@ -232,9 +232,10 @@ def test_combine_checkpoints_along_one_run(first_run, dirs):
     assert len(_accuracies(rows, "erm+ensemble_sum_logits")) == 8
 
 
-# The SIGTERM run's length: the signal comes at step 5, this leaves it 35 steps (over a second at
-# the tiny sizes) to arrive before the end, and the rerun trains the rest.
-SIGTERM_STEPS = 40
+# The SIGTERM run's length: the signal comes at step 5, this leaves it 15 steps to arrive before
+# the end (≈ 3 s: a tiny step takes ≈ 0.2 s on jax.distributed's CPU collectives, gloo), and
+# the rerun trains the rest.
+SIGTERM_STEPS = 20
 
 
 def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(first_run, dirs):
