@@ -233,9 +233,12 @@ def test_combine_checkpoints_along_one_run(first_run, dirs):
 
 
 # The SIGTERM run's length: the signal comes at step 5, this leaves it 15 steps to arrive before
-# the end (≈ 3 s: a tiny step takes ≈ 0.2 s on jax.distributed's CPU collectives, gloo), and
-# the rerun trains the rest.
+# the end (over a second: a tiny step takes ≈ 0.1 s on jax.distributed's CPU collectives, gloo),
+# and the rerun trains the rest.
 SIGTERM_STEPS = 20
+# Its simulated devices: two (not the tests' eight) are a mesh to shard over, and gloo's
+# collectives and start-up grow with the devices (a 20-step run 10.1 s with 2, 15.2 s with 8).
+SIGTERM_DEVICES = 2
 
 
 def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(first_run, dirs):
@@ -258,7 +261,9 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(first_run, dirs):
         "--num_processes=1",
         "--process_id=0",
     )
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    flags.append(f"--xla_force_host_platform_device_count={SIGTERM_DEVICES}")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags))
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
@@ -275,7 +280,8 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(first_run, dirs):
     reader.join()
     err = "".join(lines)
     assert proc.returncode == 0, err[-3000:]
-    assert "Process 0 of 1; 8 local / 8 global devices." in err
+    devices = f"{SIGTERM_DEVICES} local / {SIGTERM_DEVICES} global devices."
+    assert f"Process 0 of 1; {devices}" in err
     assert "SIGTERM: saved a checkpoint at step" in err
     saved = sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
     assert len(saved) == 1 and 5 <= saved[0] < SIGTERM_STEPS, saved
@@ -283,7 +289,7 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(first_run, dirs):
     assert not (workdir / "summary.json").exists()
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "Process 0 of 1; 8 local / 8 global devices." in done.stderr
+    assert f"Process 0 of 1; {devices}" in done.stderr
     assert f"Resumed from step {saved[0]}" in done.stderr
     assert json.loads((workdir / "summary.json").read_text())["num_steps"] == SIGTERM_STEPS
 
