@@ -57,6 +57,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_boolean("torch_compile", True, "Also time the torch.compile variant.", **fv)
     flags.DEFINE_integer("k", 4, "Ensemble size.", lower_bound=1, **fv)
     flags.DEFINE_integer(
+        "peak_size", 2048, "Side of the matmul that measures the peak FLOP/s.", lower_bound=1, **fv
+    )
+    flags.DEFINE_integer(
         "profile", 0, "Print the N op kinds the train step spends most on.", lower_bound=0, **fv
     )
     flags.DEFINE_string("out", None, "Write the results as JSON here.", **fv)
@@ -107,6 +110,7 @@ def benchmark_all(f: flags.FlagValues = flags.FLAGS) -> list[dict]:
             profile=f.profile,
             remat=f.remat,
             compile_only=f.compile_only,
+            peak_size=f.peak_size,
         )
         for name in f.model
     ]

@@ -537,17 +537,19 @@ def benchmark_backbone(
     profile: int = 0,
     remat: bool = False,
     compile_only: bool = False,
+    peak_size: int = 2048,
 ) -> dict:
     """All measurements of one backbone (and its PyTorch twin when `torch`) as one row; with
-    `profile`, the top XLA op kinds of the train step; `compile_only`: XLA's numbers only."""
+    `profile`, the top XLA op kinds of the train step; `compile_only`: XLA's numbers only; MFU
+    against the peak of a `peak_size`² matmul."""
     image_size = image_size or (32 if model_name in DEMO_MODELS else 224)
     bench = setup(model_name, batch, image_size, dtype, remat, devices)
     out = header(bench, remat)
     if compile_only:
         return out | compiled_step(bench)[0]
-    peaks = [matmul_peak()]  # Around the timed steps: a VM's speed drifts over minutes.
+    peaks = [matmul_peak(peak_size)]  # Around the timed steps: a VM's speed drifts over minutes.
     out |= time_train_step(bench, num_steps)
-    peaks.append(matmul_peak())
+    peaks.append(matmul_peak(peak_size))
     jax_rate = out["train_images_per_s_dropout0.9"]
     if profile:
         out |= profile_step(bench, num_steps, profile)
@@ -556,6 +558,7 @@ def benchmark_backbone(
     out |= compiled | {"model_gflops_per_step": flops / 1e9}
     out |= flop_utilisation(flops, jax_rate, batch, max(peaks))
     out["peak_gflops_per_s_before_after_steps"] = [p / 1e9 for p in peaks]
+    out["peak_matmul_size"] = peak_size
     out |= step_memory(bench, costs["peak_bytes"])
     out["jax_saved_activation_mb_per_image"] = saved_activation_mb(bench)
     if torch:

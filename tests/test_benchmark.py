@@ -33,7 +33,9 @@ def test_benchmark_reports_all_measurements(tmp_path, data_dir, monkeypatch):
         throughput, "benchmark_config", _tiny_config(throughput.benchmark_config, "small_resnet")
     )
     out = tmp_path / "bench.json"
+    # A 256² matmul for the peak: the same measurement, 1 % of the 2048² one's FLOPs.
     args = ["--batch", "24", "--steps", "2", "--k", "2", "--out", str(out), "--torch"]
+    args += ["--peak_size", "256"]
     flag_values = flags.FlagValues()
     benchmark.define_flags(flag_values)
     argv = ["benchmark", *args, "--no-torch_compile", "--data_dir", str(data_dir)]
@@ -76,6 +78,7 @@ def test_benchmark_reports_all_measurements(tmp_path, data_dir, monkeypatch):
     # The peak is the better of two measured right before and right after the timed steps.
     assert row["peak_gflops_per_s"] == max(row["peak_gflops_per_s_before_after_steps"])
     assert len(row["peak_gflops_per_s_before_after_steps"]) == 2
+    assert row["peak_matmul_size"] == 256
     assert row["devices"] == 8 and row["image_size"] == 32 and row["dtype"] == "float32"
     assert row["input_cpus_at_step_rate"] == pytest.approx(
         row["train_images_per_s_dropout0.9"] / row["input_images_per_cpu_s"]
