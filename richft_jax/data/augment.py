@@ -124,7 +124,7 @@ def domainbed_train(images: tf.Tensor, seed: tf.Tensor, rows: tuple | None = Non
 # One XLA program (TF's CPU JIT): unfused, each of the ~20 element-wise ops read and wrote the
 # whole float batch; fused, the augmentation takes 4.5x less CPU per image at 224 px. The rounding
 # to uint8 can differ by 1 from the unfused ops' in about 1 value in 10^5.
-@tf.function(jit_compile=True, reduce_retracing=True)
+@tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
 def _flip_jitter_grey(x: tf.Tensor, flip: tf.Tensor, factors: tf.Tensor, grey: tf.Tensor):
     x = tf.where(flip, tf.reverse(x, axis=[2]), x)
     x = color_jitter(x, factors)

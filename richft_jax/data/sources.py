@@ -132,7 +132,9 @@ def read_split(
     )
     n = int(ds.cardinality())  # Known for prepared TFDS splits; else (< 0) grown batch by batch.
     ds = ds.map(
-        lambda ex: (_decode_resize(ex["image"], size), ex["label"]),
+        tf.autograph.experimental.do_not_convert(
+            lambda ex: (_decode_resize(ex["image"], size), ex["label"])
+        ),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     ).batch(256)
