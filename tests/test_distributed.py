@@ -10,7 +10,7 @@ import subprocess
 import jax
 import numpy as np
 import pytest
-from cli import demo_command
+from cli import demo_command, env_with_devices
 
 from richft_jax import checkpoints, config_lib, parallel, results, train
 from richft_jax.data import pipeline, sources
@@ -47,17 +47,6 @@ def in_process_config(data_dir):
         section, _, name = key.rpartition(".")
         (c[section] if section else c)[name] = value
     return c
-
-
-def env_with_devices(n: int) -> dict:
-    """This process's environment (its XLA flags too: the runs are compared) with n devices."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    flags = [f for f in env.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f]
-    # A cross-process collective (Orbax's save barriers) waits up to 5 min, not XLA's 40 s, before
-    # aborting: on 2 loaded cores one process can lag the other that long (seen: -6 at a save).
-    flags.append("--xla_cpu_collective_call_terminate_timeout_seconds=300")
-    env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={n}"])
-    return env
 
 
 def failure_excerpt(log: str, limit: int = 2500) -> str:

@@ -13,7 +13,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from cli import demo_command
+from cli import demo_command, env_with_devices
 
 from richft_jax import checkpoints, combine, config_lib, results, run, train
 from richft_jax.data import letters, sources
@@ -261,9 +261,7 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(first_run, dirs):
         "--num_processes=1",
         "--process_id=0",
     )
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
-    flags.append(f"--xla_force_host_platform_device_count={SIGTERM_DEVICES}")
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags))
+    env = env_with_devices(SIGTERM_DEVICES)
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
