@@ -5,8 +5,9 @@ Numbers, not assertions: train-step images/s and model FLOP utilisation against 
 peak of this device (a large jitted matmul timed in the same process), peak memory of the
 step, feature-dropout overhead (rate 0.9 vs 0), input-pipeline images/s against the step, the
 cost of a K-model vmapped ensemble evaluation against K single evaluations, and of a
-Taylor-model evaluation (one jvp) against a forward pass. With torch installed, the same step
-in PyTorch (torch_twins.py: eager, channels-last, torch.compile) timed in the same run.
+Taylor-model evaluation (one jvp) against a forward pass, evaluation images/s (the eval step
+every evaluation round runs). With torch installed, the same step in PyTorch (torch_twins.py:
+eager, channels-last, torch.compile) and its evaluation forward timed in the same run.
 """
 
 import collections
@@ -370,6 +371,42 @@ def time_train_step(bench: Bench, num_steps: int) -> dict:
     return out
 
 
+def time_eval(bench: Bench, num_steps: int) -> dict:
+    """Evaluation images/s: the eval step every evaluation round runs (`steps.make_eval_step`:
+    the forward pass in eval mode, loss and accuracy over a masked batch) on the benchmark's
+    batch, with θ0's weights."""
+    batch = bench.host_batch["image"].shape[0]
+    step = jax.jit(
+        steps.make_eval_step(steps.model_logits(bench.model), bench.config.data.normalize),
+        out_shardings=parallel.replicated(bench.mesh),
+    )
+    host = {**bench.host_batch, "mask": np.ones(batch, bool)}
+    eval_batch = parallel.global_batch(host, bench.mesh)
+    variables = jax.device_put(bench.variables, parallel.replicated(bench.mesh))
+    seconds = timeit(lambda: jax.block_until_ready(step(variables, eval_batch)), num_steps)
+    return {"eval_images_per_s": batch / seconds}
+
+
+def time_torch_eval(bench: Bench, num_steps: int, jax_eval_images_per_s: float) -> dict:
+    """The torch twin's evaluation forward on the same batch (torch_twins.eval_benchmark), and
+    JAX / PyTorch for each of its layouts."""
+    from benchmarks import torch_twins  # noqa: PLC0415 (optional dependency)
+
+    config = bench.config
+    out = torch_twins.eval_benchmark(
+        config.model.name,
+        config_checks.architecture_kwargs(config.model.kwargs),
+        bench.host_batch["image"],
+        steps=num_steps,
+        dtype=config.model.dtype,
+        freeze_bn=config.model.freeze_bn,
+    )
+    for key, rate in list(out.items()):
+        variant = key.removeprefix("torch_eval_").removesuffix("_images_per_s")
+        out[f"jax_eval_over_torch_eval_{variant}"] = jax_eval_images_per_s / rate
+    return out
+
+
 def profile_step(bench: Bench, num_steps: int, top: int) -> dict:
     """The `top` XLA op kinds of the train step (profile_ops), ms per step, and their total."""
     ops = profile_ops(lambda: bench.run_step(0.9), num_steps)
@@ -561,8 +598,10 @@ def benchmark_backbone(
     out["peak_matmul_size"] = peak_size
     out |= step_memory(bench, costs["peak_bytes"])
     out["jax_saved_activation_mb_per_image"] = saved_activation_mb(bench)
+    out |= time_eval(bench, num_steps)
     if torch:
         out |= time_torch(bench, num_steps, torch_compile, jax_rate)
+        out |= time_torch_eval(bench, num_steps, out["eval_images_per_s"])
     out |= time_input_pipeline(bench.config, batch, data_dir)
     out["input_over_step"] = out["input_images_per_s"] / jax_rate
     out["input_cpus_at_step_rate"] = jax_rate / out["input_images_per_cpu_s"]

@@ -446,6 +446,53 @@ def saved_activation_mb(
     return (saved_bytes(large) - saved_bytes(small)) / (large - small) / 2**20
 
 
+def make_eval_forward(
+    model: nn.Module, autocast_dtype: torch.dtype | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`uint8 images NCHW -> logits` of `model` in eval mode (no dropout, BatchNorm's running
+    statistics), without autograd: what an evaluation round computes."""
+    model.eval()
+    device_type = "cuda" if next(model.parameters()).is_cuda else "cpu"
+
+    @torch.inference_mode()
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type, autocast_dtype, enabled=autocast_dtype is not None):
+            return model(normalize(images))
+
+    return forward
+
+
+def eval_benchmark(
+    name: str,
+    kwargs: dict,
+    images: np.ndarray,
+    *,
+    steps: int = 10,
+    dtype: str = "float32",
+    freeze_bn: bool = True,
+    num_classes: int = 10,
+) -> dict:
+    """Images/s of the torch evaluation forward (eval mode, `torch.inference_mode`) on the JAX
+    benchmark's uint8 NHWC `images`: eager, and channels-last for the ResNets."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    autocast = {"float32": None, "bfloat16": torch.bfloat16}[dtype]
+    nhwc = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    convnet = "resnet" in name
+    out = {}
+    size = images.shape[1]
+    for variant in ["eager", "channels_last"] if convnet else ["eager"]:
+        layout = torch.channels_last if variant == "channels_last" else torch.contiguous_format
+        backbone = build_backbone(name, kwargs, size)
+        model = Classifier(backbone, feature_dim_of(backbone, size), num_classes, freeze_bn)
+        forward = make_eval_forward(model.to(device, memory_format=layout), autocast)
+        x = nhwc.permute(0, 3, 1, 2).contiguous(memory_format=layout)
+        seconds = _time_per_step(forward, (x,), steps, device)
+        out[f"torch_eval_{variant}_images_per_s"] = images.shape[0] / seconds
+    return out
+
+
 def benchmark(
     name: str,
     kwargs: dict,

@@ -17,6 +17,7 @@ from absl import flags
 
 from benchmarks import attention, benchmark, measure, throughput, torch_twins
 from richft_jax import config_checks, config_lib, run, steps
+from richft_jax.data import pixels
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -60,8 +61,16 @@ def test_benchmark_reports_all_measurements(tmp_path, data_dir, monkeypatch):
         "jax_over_torch_channels_last",
         "jax_saved_activation_mb_per_image",
         "torch_saved_activation_mb_per_image",
+        "eval_images_per_s",
+        "torch_eval_eager_images_per_s",
+        "torch_eval_channels_last_images_per_s",
+        "jax_eval_over_torch_eval_eager",
+        "jax_eval_over_torch_eval_channels_last",
     ):
         assert row[key] > 0, key
+    assert row["jax_eval_over_torch_eval_eager"] == pytest.approx(
+        row["eval_images_per_s"] / row["torch_eval_eager_images_per_s"]
+    )
     assert row["train_step_gflops"] > 0.01  # XLA's cost analysis counted the convolutions.
     # MFU from the jaxpr's count of the whole step (model_flops), near XLA's CPU count of one
     # device's share times the devices (XLA adds element-wise FLOPs, leaves out padding taps).
@@ -217,6 +226,21 @@ def test_torch_step_computes_the_jax_step(name):
     head = np.asarray(state.params["head"]["kernel"])
     np.testing.assert_allclose(torch_model.head.weight.detach().numpy().T, head, atol=2e-5)
     assert np.abs(head - np.asarray(params["head"]["kernel"])).max() > 1e-3  # it was trained
+
+
+@pytest.mark.parametrize("name", ["small_resnet", "small_vit"])
+def test_torch_eval_forward_computes_the_jax_eval_step(name):
+    """Same weights and batch: the torch evaluation forward (eval mode) gives the logits of the
+    JAX eval step's forward (BatchNorm's running statistics, no dropout)."""
+    _, model, params, stats, torch_model = _jax_and_torch(name, lr=0.05)
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    variables = {"params": params, "batch_stats": stats}
+    logits = steps.model_logits(model)(variables, pixels.normalize(images, "minus_one_one"))
+    torch_model.dropout_rate = 0.9  # Eval mode must not apply it.
+    forward = torch_twins.make_eval_forward(torch_model)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    np.testing.assert_allclose(forward(x).numpy(), np.asarray(logits), rtol=1e-4, atol=1e-4)
+    assert not torch_model.training
 
 
 def test_flax_weights_are_matched_one_to_one():
