@@ -1,6 +1,8 @@
 """Tests of the embedded datasets: rendering, the TFDS builders, loading and DomainBed splits."""
 
 import hashlib
+import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -184,6 +186,39 @@ def test_load_arrays_subset_reuses_prepared(loaded_digits, data_dir, monkeypatch
     subset = sources.load_arrays("digits_domains", data_dir, domains=["syn", "mnist"])
     assert list(subset) == ["syn", "mnist"]
     np.testing.assert_array_equal(subset["syn"][0], loaded_digits["syn"][0])
+
+
+def test_a_later_load_gets_the_decoded_arrays_until_the_files_change(
+    loaded_digits, data_dir, monkeypatch
+):
+    """The same prepared files load once per process: later loads get the same (read-only)
+    arrays without decoding; a changed file, or arrays over DECODED_CACHE_BYTES, decode again."""
+    decoded = []
+    resize = sources._resize
+    monkeypatch.setattr(sources, "_resize", lambda x, size: decoded.append(1) or resize(x, size))
+    monkeypatch.setattr(sources, "_decoded", type(sources._decoded)())
+
+    first = sources.load_arrays("digits_domains", data_dir, domains=["syn"])["syn"]
+    again = sources.load_arrays("digits_domains", data_dir, domains=["syn", "mnist"])
+    assert len(decoded) == 2  # syn once, mnist once.
+    assert again["syn"][0] is first[0] and again["syn"][1] is first[1]
+    with pytest.raises(ValueError, match="read-only"):
+        first[0][0, 0, 0, 0] = 1
+    np.testing.assert_array_equal(first[0], loaded_digits["syn"][0])
+
+    prepared = sources.builder_of("digits_domains", data_dir).data_dir
+    info = pathlib.Path(prepared) / "dataset_info.json"
+    stat = info.stat()
+    os.utime(info, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # A rewritten file.
+    changed = sources.load_arrays("digits_domains", data_dir, domains=["syn"])["syn"]
+    assert len(decoded) == 3 and changed[0] is not first[0]
+    np.testing.assert_array_equal(changed[0], first[0])
+
+    monkeypatch.setattr(sources, "DECODED_CACHE_BYTES", changed[0].nbytes - 1)
+    monkeypatch.setattr(sources, "_decoded", type(sources._decoded)())
+    loads = [sources.load_arrays("digits_domains", data_dir, domains=["syn"]) for _ in range(2)]
+    assert len(decoded) == 5 and loads[0]["syn"][0] is not loads[1]["syn"][0]  # Not kept.
+    assert sources._files_of("gs://bucket/tfds/digits_domains/1.0.0") is None
 
 
 def test_load_letters(small_letters, data_dir):
