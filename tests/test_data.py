@@ -219,6 +219,7 @@ def test_a_later_load_gets_the_decoded_arrays_until_the_files_change(
     loads = [sources.load_arrays("digits_domains", data_dir, domains=["syn"]) for _ in range(2)]
     assert len(decoded) == 5 and loads[0]["syn"][0] is not loads[1]["syn"][0]  # Not kept.
     assert sources._files_of("gs://bucket/tfds/digits_domains/1.0.0") is None
+    assert sources._files_of(str(pathlib.Path(prepared) / "missing")) is None
 
 
 def test_load_letters(small_letters, data_dir):

@@ -6,10 +6,11 @@ its TFDS names and versions when this module is imported.
 
 Images are decoded and resized once, at load, to the configured square size (the paper's eval
 "resize to 224"; training augmentation then works on these arrays); a later load of the same
-prepared files in the same process gets the same arrays, read-only (up to DECODED_CACHE_BYTES). Everything is held in
-memory as uint8: N x size^2 x 3 bytes, at 224 px about 150 KB an image, so PACS takes 1.5 GB,
-VLCS 1.6 GB, OfficeHome 2.3 GB, TerraIncognita 3.7 GB, and DomainNet (586k images) 88 GB: too
-much for most hosts, so run DomainNet at a smaller data.image_size or on a large-memory host.
+prepared files in the same process gets the same arrays, read-only (up to DECODED_CACHE_BYTES).
+Everything is held in memory as uint8: N x size^2 x 3 bytes, at 224 px about 150 KB an image,
+so PACS takes 1.5 GB, VLCS 1.6 GB, OfficeHome 2.3 GB, TerraIncognita 3.7 GB, and DomainNet
+(586k images) 88 GB: too much for most hosts, so run DomainNet at a smaller data.image_size or on
+a large-memory host.
 """
 
 from __future__ import annotations
@@ -222,11 +223,15 @@ def _decoded_once(
 
 
 def _files_of(directory: str) -> tuple | None:
-    """(name, size, mtime) of each file in a local directory; None for a URL (gs://...)."""
+    """(name, size, mtime) of each file in a local directory; None for a URL (gs://...) or a
+    directory that cannot be listed (the read then says what is wrong)."""
     if "://" in directory:
         return None
-    with os.scandir(directory) as entries:
-        return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries))
+    try:
+        with os.scandir(directory) as entries:
+            return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries))
+    except OSError:
+        return None
 
 
 def load_official_splits(
