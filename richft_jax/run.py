@@ -8,6 +8,7 @@ same starting point; nothing else re-assembles config pieces. The config's check
 """
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any
@@ -109,9 +110,11 @@ def init_variables(
     run's init key, then the methods' changes, e.g. LP-FT's linear-probe head)."""
     init_key, _ = steps.keys(config)
     image_shape = data.splits[0].images.shape[1:]
-    variables = jax.jit(
-        lambda k: model.init(k, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-    )(init_key)
+    try:
+        init = _jitted_init(model, tuple(image_shape))
+    except TypeError:  # A module attribute that cannot be hashed: jitted for this call only.
+        init = _jitted_init.__wrapped__(model, tuple(image_shape))
+    variables = init(init_key)
     params, batch_stats = load_pretrained(
         config, variables["params"], variables.get("batch_stats", {})
     )
@@ -120,6 +123,14 @@ def init_variables(
         ctx = evaluation.Context(config, model, data, mesh or parallel.make_mesh())
         params = hooks.prepare_params(ctx, params, batch_stats)
     return {"params": params, "batch_stats": batch_stats}
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_init(model, image_shape: tuple[int, ...]):
+    """`key -> variables` of `model` (a Flax module: hashable, equal when its fields are),
+    jitted once per process for each model and image shape: later runs of the same model in
+    the process (tests, notebooks, sweeps in one process) neither trace nor lower it again."""
+    return jax.jit(lambda k: model.init(k, jnp.zeros((1, *image_shape), jnp.float32), train=False))
 
 
 @dataclasses.dataclass

@@ -82,6 +82,8 @@ def build_backbone(name: str, dtype: str = "auto", **kwargs) -> nn.Module:
         raise ValueError(
             f"config.model.name: unknown backbone {name!r}; known: {sorted(BACKBONES)}."
         )
+    # Lists (a config.json's arrays) as tuples: hashable attributes, equal to the configs' own.
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
     return BACKBONES[name](dtype=compute_dtype(dtype), **kwargs)
 
 
