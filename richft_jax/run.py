@@ -8,9 +8,9 @@ same starting point; nothing else re-assembles config pieces. The config's check
 """
 
 import dataclasses
-import functools
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -27,7 +27,9 @@ from richft_jax.models import hub, registry
 from richft_jax.models import pretrained as published
 
 
-def load_data(config: ml_collections.ConfigDict, data_dir: str | None = None):
+def load_data(
+    config: ml_collections.ConfigDict, data_dir: str | None = None
+) -> pipeline.DomainData:
     """The run's domains, split in/out by its trial seed, at its image size, with its methods'
     data transforms (e.g. label noise) applied. `data_dir` overrides config.data.data_dir."""
     c = config.data
@@ -44,7 +46,7 @@ def load_data(config: ml_collections.ConfigDict, data_dir: str | None = None):
     return hooks_lib.build(config).transform_data(data)
 
 
-def build_model(config: ml_collections.ConfigDict, num_classes: int):
+def build_model(config: ml_collections.ConfigDict, num_classes: int) -> registry.Classifier:
     """The classifier (backbone + feature dropout + linear head) of `config.model`."""
     return registry.build_classifier(config.model, num_classes)
 
@@ -70,7 +72,9 @@ def resolve_pretrained(config: ml_collections.ConfigDict) -> epath.Path | None:
     return epath.Path(info["path"])
 
 
-def load_pretrained(config: ml_collections.ConfigDict, params: dict, batch_stats: dict):
+def load_pretrained(
+    config: ml_collections.ConfigDict, params: dict, batch_stats: dict
+) -> tuple[dict, dict]:
     """`params`, `batch_stats` with the backbone from config.pretrained.path (a registered
     name, published weights .npz / .safetensors or an Orbax run directory); unchanged when no
     path is set."""
@@ -110,11 +114,7 @@ def init_variables(
     run's init key, then the methods' changes, e.g. LP-FT's linear-probe head)."""
     init_key, _ = steps.keys(config)
     image_shape = data.splits[0].images.shape[1:]
-    try:
-        init = _jitted_init(model, tuple(image_shape))
-    except TypeError:  # A module attribute that cannot be hashed: jitted for this call only.
-        init = _jitted_init.__wrapped__(model, tuple(image_shape))
-    variables = init(init_key)
+    variables = jitted_init(model, tuple(image_shape))(init_key)
     params, batch_stats = load_pretrained(
         config, variables["params"], variables.get("batch_stats", {})
     )
@@ -125,12 +125,11 @@ def init_variables(
     return {"params": params, "batch_stats": batch_stats}
 
 
-@functools.lru_cache(maxsize=16)
-def _jitted_init(model, image_shape: tuple[int, ...]):
-    """`key -> variables` of `model` (a Flax module: hashable, equal when its fields are),
-    jitted once per process for each model and image shape: later runs of the same model in
-    the process (tests, notebooks, sweeps in one process) neither trace nor lower it again."""
-    return jax.jit(lambda k: model.init(k, jnp.zeros((1, *image_shape), jnp.float32), train=False))
+@steps.jit_per_model
+def jitted_init(model, image_shape: tuple[int, ...]) -> Callable[[jax.Array], dict]:
+    """`key -> variables` of `model` for images of `image_shape`, jitted once per process for
+    each model and shape (`steps.jit_per_model`)."""
+    return lambda k: model.init(k, jnp.zeros((1, *image_shape), jnp.float32), train=False)
 
 
 @dataclasses.dataclass

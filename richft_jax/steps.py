@@ -6,6 +6,7 @@ changes a step only through its hooks (`richft_jax.methods.hooks`): rates, label
 post-update and extra state in `TrainState.extras`.
 """
 
+import collections
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -201,7 +202,7 @@ def make_train_step(
     normalize: str,
     label_transform: Callable | None = None,
     post_update: Callable = _no_post_update,
-):
+) -> Callable[..., tuple[TrainState, TrainMetrics]]:
     """Returns the pure step `(state, batch, rates, learning_rate) -> (state, TrainMetrics)`.
 
     `rates` is the feature-dropout rate, or a dict of rates ("feature" and the backbone's own,
@@ -243,6 +244,32 @@ def make_train_step(
     return train_step
 
 
+# How many (model, arguments) entries each `jit_per_model` function keeps, least recently used
+# out first: a notebook or a test process goes through a few architectures, not hundreds.
+JIT_PER_MODEL_SIZE = 16
+
+
+def jit_per_model(make: Callable[..., Callable]) -> Callable[..., Callable]:
+    """`make(model, *args)` jitted, once per process for each (model, *args): later runs of an
+    architecture in the process (tests, notebooks, analyses, sweeps in one process) neither
+    trace nor lower it again. A model is keyed by its repr (a Flax module's fields, lists
+    included, which a hash would refuse); the other arguments must be hashable."""
+    cache: collections.OrderedDict[tuple, Callable] = collections.OrderedDict()
+
+    @functools.wraps(make)
+    def jitted(model, *args):
+        key = (repr(model), *args)
+        if key not in cache:
+            cache[key] = jax.jit(make(model, *args))
+            while len(cache) > JIT_PER_MODEL_SIZE:
+                cache.popitem(last=False)
+        cache.move_to_end(key)
+        return cache[key]
+
+    jitted.cache = cache
+    return jitted
+
+
 def model_logits(model) -> Callable[[dict, jax.Array], jax.Array]:
     """`(variables, images) -> logits` of one model in eval mode (no dropout)."""
     return lambda variables, images: model.apply(variables, images, train=False)[0]
@@ -253,7 +280,9 @@ def model_features(model, normalize: str) -> Callable[[dict, jax.Array], jax.Arr
     return lambda v, x: model.apply(v, pixels.normalize(x, normalize), train=False)[1]["features"]
 
 
-def make_eval_step(logits_fn: Callable[[Any, jax.Array], jax.Array], normalize: str):
+def make_eval_step(
+    logits_fn: Callable[[Any, jax.Array], jax.Array], normalize: str
+) -> Callable[[Any, dict], EvalMetrics]:
     """Returns `(variables, batch) -> EvalMetrics` over the masked batch.
 
     `logits_fn` is one model (`model_logits`) or any combination of models, e.g. a vmapped
@@ -272,7 +301,7 @@ def make_models_eval_step(
     normalize: str,
     models_per_pass: int = 0,
     mesh: jax.sharding.Mesh | None = None,
-):
+) -> Callable[[Any, dict], EvalMetrics]:
     """Returns `({"params": K stacked trees, **shared}, batch) -> EvalMetrics` with a leading
     axis of K: several models that share everything but their parameters (a run's weights and
     their moving average) evaluated in one pass over the data. `models_per_pass`: 0 vmaps all

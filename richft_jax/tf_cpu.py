@@ -13,6 +13,10 @@ import os
 import sys
 import threading
 import types
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import tensorflow
 
 # What imports Keras eagerly with TensorFlow, though nothing here uses it: TensorFlow's own
 # __init__ (to register Keras optimizers for SavedModels; it skips this module when it cannot
@@ -23,7 +27,7 @@ KERAS_BY_HPARAMS = "tensorboard.plugins.hparams._keras"
 
 
 @functools.cache
-def tf():
+def tf() -> types.ModuleType:
     """Imports TensorFlow with GPUs and TPUs hidden from it, and returns the module.
 
     Keras is left to load on first use (`tf.keras`, `import keras`), not with TensorFlow: 1.7 of
@@ -44,7 +48,7 @@ def tf():
     return tf_module
 
 
-def data_options(**threading_fields):
+def data_options(**threading_fields) -> "tensorflow.data.Options":
     """tf.data options for this project's pipelines: autotuning off (its model thread can hold
     a finished iterator's deletion for up to ~16 s, measured at the end of demo runs); a map
     given `tf.data.AUTOTUNE` then runs with the CPU count's parallelism. `threading_fields` sets

@@ -8,10 +8,13 @@ evaluation from `evaluation.py`; methods act only through their composed hooks
 
 import threading
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+import optax
 from absl import logging
 from clu import parameter_overview
 from etils import epath
@@ -72,8 +75,9 @@ def train_and_evaluate(
 
 
 def ensure_pretrained(config: ml_collections.ConfigDict) -> None:
-    """Pretrains the backbone first when config.pretrained.path is empty and
-    config.pretrained.pretrain_config names how (the embedded demo's first run)."""
+    """Pretrains the backbone first when config.pretrained.path (a local or gs:// checkpoint
+    directory) holds no checkpoint yet and config.pretrained.pretrain_config names how (the
+    embedded demo's first run); published weights and files are never pretrained."""
     path, pre = config.pretrained.path, config.pretrained.get("pretrain_config")
     if not path or not pre or run.published_weights(path):
         return
@@ -108,7 +112,16 @@ def check_finite(m, step: int, ckpt_dir: epath.Path, mngr) -> dict:
     return values
 
 
-def setup(config: ml_collections.ConfigDict, mesh, workdir: epath.Path, phases: timing.Phases):
+def setup(
+    config: ml_collections.ConfigDict, mesh, workdir: epath.Path, phases: timing.Phases
+) -> tuple[
+    evaluation.Context,
+    hooks_lib.Hooks,
+    optax.GradientTransformation,
+    np.ndarray,
+    steps.TrainState,
+    dict | None,
+]:
     """(context, hooks, optimizer, each update's learning rate, replicated initial state, θ0 on
     the host or None)."""
     with phases("data"):
@@ -179,7 +192,9 @@ def resume(
     return state
 
 
-def compile_steps(ctx: evaluation.Context, hooks: hooks_lib.Hooks, tx):
+def compile_steps(
+    ctx: evaluation.Context, hooks: hooks_lib.Hooks, tx: optax.GradientTransformation
+) -> tuple[Callable, tuple[Callable, Callable]]:
     """The train step (state donated, batch sharded over the mesh) and the eval step, jitted."""
     rep, shard = parallel.replicated(ctx.mesh), parallel.batch_sharded(ctx.mesh)
     normalize = ctx.config.data.normalize
@@ -198,7 +213,9 @@ def compile_steps(ctx: evaluation.Context, hooks: hooks_lib.Hooks, tx):
     return train_step, (eval_step, models_eval_step)
 
 
-def make_evaluate_and_log(ctx: evaluation.Context, eval_steps, writer, meta: dict):
+def make_evaluate_and_log(
+    ctx: evaluation.Context, eval_steps: tuple[Callable, Callable], writer, meta: dict
+) -> Callable[[int, dict, Any], list[dict]]:
     """`(step label, {row method: params}, batch_stats) -> result rows` on every split (the
     training domains' augmented if config.data.eval_augment says so), also written as scalars.
     Weights of one shape go through the data together (`evaluation.evaluate_models`)."""
@@ -265,7 +282,9 @@ def should_stop(preempted: threading.Event, step: int, log_every: int) -> bool:
     return stop
 
 
-def save_best_if_selected(workdir: epath.Path, best_mngr, step: int, state, method: str):
+def save_best_if_selected(
+    workdir: epath.Path, best_mngr, step: int, state: steps.TrainState, method: str
+) -> None:
     """Process 0 holds results.jsonl: it decides, and every host joins the Orbax save."""
     is_main = jax.process_index() == 0
     selection = (
@@ -378,7 +397,9 @@ def _train_and_evaluate(
     return write_summary(config, workdir, hooks, meta, last_train, measured, phases)
 
 
-def pipeline_batches(config: ml_collections.ConfigDict, data, start_step: int):
+def pipeline_batches(
+    config: ml_collections.ConfigDict, data: pipeline.DomainData, start_step: int
+) -> Iterator[dict[str, np.ndarray]]:
     """The run's training batches from `start_step` on, as numpy (this host's rows)."""
     return pipeline.train_dataset(
         data,
@@ -393,7 +414,15 @@ def pipeline_batches(config: ml_collections.ConfigDict, data, start_step: int):
     ).as_numpy_iterator()
 
 
-def write_summary(config, workdir: epath.Path, hooks, meta, last_train, measured, phases):
+def write_summary(
+    config: ml_collections.ConfigDict,
+    workdir: epath.Path,
+    hooks: hooks_lib.Hooks,
+    meta: dict,
+    last_train: dict,
+    measured: dict,
+    phases: timing.Phases,
+) -> dict:
     """summary.json: the training-domain-validation selection, the methods' and the
     evaluators' fields."""
     rows = results.read_rows(workdir)

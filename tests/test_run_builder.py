@@ -117,22 +117,22 @@ def test_init_variables_traces_each_model_once_per_process(runs):
     model of another shape gets its own."""
     config, _, _ = run.restore(str(runs["root"] / "frozen" / checkpoints.LATEST / "2"))
     data = run.load_data(config)
-    run._jitted_init.cache_clear()
+    run.jitted_init.cache.clear()
     thetas = [
         run.init_variables(config, run.build_model(config, data.num_classes), data)
         for _ in range(2)
     ]
     jax.tree.map(np.testing.assert_array_equal, *thetas)
     model = run.build_model(config, data.num_classes)
-    init = run._jitted_init(model, data.splits[0].images.shape[1:])
+    init = run.jitted_init(model, data.splits[0].images.shape[1:])
     assert init._cache_size() == 1  # Traced once for both runs.
-    assert run._jitted_init.cache_info().misses == 1
+    assert len(run.jitted_init.cache) == 1
     unhashable = model.clone(backbone=model.backbone.clone(widths=list(model.backbone.widths)))
-    jax.tree.map(  # A module that cannot be a cache key is initialised all the same.
+    jax.tree.map(  # A module that holds a list (no hash) is initialised all the same.
         np.testing.assert_array_equal, run.init_variables(config, unhashable, data), thetas[0]
     )
     other = run.init_variables(config, run.build_model(config, data.num_classes + 1), data)
-    assert run._jitted_init.cache_info().misses == 2
+    assert len(run.jitted_init.cache) == 3
     assert other["params"]["head"]["kernel"].shape[1] == data.num_classes + 1
 
 

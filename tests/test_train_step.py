@@ -146,3 +146,32 @@ def test_keys_are_the_seeds_key_split_in_two(seed):
     np.testing.assert_array_equal(init_key, want[0])
     np.testing.assert_array_equal(root, want[1])
     assert not np.array_equal(init_key, root)
+
+
+def test_jit_per_model_keys_models_by_their_fields_and_keeps_the_most_recent(monkeypatch):
+    """One jitted function per (model fields, arguments), lists in the fields allowed; equal
+    models share it; the least recently used goes first once JIT_PER_MODEL_SIZE are kept."""
+    monkeypatch.setattr(steps_lib, "JIT_PER_MODEL_SIZE", 2)
+    made = []
+
+    @steps_lib.jit_per_model
+    def widths_sum(model, scale):
+        made.append((list(model.widths), scale))
+        return lambda x: x * (sum(model.widths) * scale)
+
+    a, b, c = (SmallResNet(widths=w, feature_dim=4) for w in ([1, 2], [1, 3], [2, 2]))
+    x = jnp.ones(3)
+    np.testing.assert_array_equal(widths_sum(a, 2)(x), 6.0)
+    np.testing.assert_array_equal(widths_sum(SmallResNet(widths=[1, 2], feature_dim=4), 2)(x), 6.0)
+    assert made == [([1, 2], 2)]  # An equal model (another instance) shares the function.
+    assert widths_sum(a, 2)._cache_size() == 1  # Traced once.
+    np.testing.assert_array_equal(widths_sum(a, 3)(x), 9.0)  # Other arguments: its own.
+    np.testing.assert_array_equal(widths_sum(b, 2)(x), 8.0)  # A third: (a, 2), the oldest, goes.
+    assert list(widths_sum.cache) == [(repr(a), 3), (repr(b), 2)] and len(made) == 3
+    widths_sum(a, 3)
+    widths_sum(c, 2)  # Evicts (b, 2), the least recently used, not (a, 3).
+    assert len(made) == 4
+    widths_sum(a, 3)
+    assert len(made) == 4
+    widths_sum(b, 2)
+    assert made[-1] == ([1, 3], 2) and len(made) == 5

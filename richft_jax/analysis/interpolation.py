@@ -9,6 +9,7 @@ and θ_ft (the fine-tuned network), along α ∈ [0, 1]:
 regime, weight interpolation moves the outputs linearly in α as well.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -47,18 +48,11 @@ LOGITS = {
 }
 
 
-_STEPS = {}
-
-
-def eval_step(model, kind: str, normalize: str):
-    """The jitted eval step of one interpolation kind and architecture (α is an argument: one
-    compile), keyed by the module's repr (modules from config.json are not hashable)."""
-    key = (repr(model), kind, normalize)
-    if key not in _STEPS:
-        _STEPS[key] = jax.jit(
-            steps.make_eval_step(lambda v, x: LOGITS[kind](model, v, x), normalize)
-        )
-    return _STEPS[key]
+@steps.jit_per_model
+def eval_step(model, kind: str, normalize: str) -> Callable[[dict, dict], steps.EvalMetrics]:
+    """The jitted eval step of one interpolation kind and architecture (α is in the variables:
+    one compile for every α)."""
+    return steps.make_eval_step(lambda v, x: LOGITS[kind](model, v, x), normalize)
 
 
 def interpolation_curves(

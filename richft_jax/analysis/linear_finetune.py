@@ -15,14 +15,14 @@ paper's sum. Sites are names sown by the backbone (`intermediates`) or "features
 penultimate features).
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from richft_jax import parallel, results
+from richft_jax import parallel, results, steps
 from richft_jax.data import pipeline, pixels
 from richft_jax.methods.feature_dropout import feature_dropout
 
@@ -47,18 +47,12 @@ def site_outputs(model, variables: dict, images: jax.Array, sites: Sequence[str]
     return out
 
 
-_SITE_FNS = {}
-
-
-def site_fn(model, sites: tuple[str, ...], normalize: str):
-    """The jitted `(variables, uint8 images) -> {site: features}` of one architecture, keyed
-    by the module's repr (modules from config.json are not hashable)."""
-    key = (repr(model), sites, normalize)
-    if key not in _SITE_FNS:
-        _SITE_FNS[key] = jax.jit(
-            lambda v, x: site_outputs(model, v, pixels.normalize(x, normalize), sites)
-        )
-    return _SITE_FNS[key]
+@steps.jit_per_model
+def site_fn(
+    model, sites: tuple[str, ...], normalize: str
+) -> Callable[[dict, jax.Array], dict[str, jax.Array]]:
+    """The jitted `(variables, uint8 images) -> {site: features}` of one architecture."""
+    return lambda v, x: site_outputs(model, v, pixels.normalize(x, normalize), sites)
 
 
 def extract(

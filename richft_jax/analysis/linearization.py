@@ -39,7 +39,9 @@ def compare(network_logits: jax.Array, taylor_logits: jax.Array, labels: jax.Arr
     }
 
 
-def classifier_outputs(model, params0: PyTree, params: PyTree, batch_stats: PyTree, images):
+def classifier_outputs(
+    model, params0: PyTree, params: PyTree, batch_stats: PyTree, images: jax.Array
+) -> tuple[tuple[jax.Array, dict], tuple[jax.Array, dict]]:
     """(network, Taylor model) outputs of a codebase classifier in eval mode, each a pair
     (logits, {"features": penultimate features}); BatchNorm statistics are held fixed."""
 

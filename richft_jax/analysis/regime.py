@@ -20,7 +20,7 @@ expanded, their matches sorted).
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -110,16 +110,10 @@ def distortion(run: Run, max_examples: int | None = None) -> dict:
     )
 
 
-_TAYLOR_SUMS = {}
-
-
-def taylor_sums(model, normalize: str):
-    """The jitted Taylor sums of one architecture, shared by its runs (keyed by the module's
-    repr: modules built from config.json hold lists, which Flax cannot hash)."""
-    key = (repr(model), normalize)
-    if key not in _TAYLOR_SUMS:
-        _TAYLOR_SUMS[key] = jax.jit(linearization.make_taylor_sums(model, normalize))
-    return _TAYLOR_SUMS[key]
+@steps.jit_per_model
+def taylor_sums(model, normalize: str) -> Callable:
+    """The jitted Taylor sums of one architecture, shared by its runs."""
+    return linearization.make_taylor_sums(model, normalize)
 
 
 def taylor(run: Run, mesh, max_examples: int | None = None, v: dict | None = None) -> list[dict]:
@@ -175,7 +169,9 @@ def trajectory(run: Run, mesh, max_examples: int | None = None) -> list[dict]:
     return out
 
 
-def interpolate(run: Run, alphas: Sequence[float], mesh, max_examples: int | None = None):
+def interpolate(
+    run: Run, alphas: Sequence[float], mesh, max_examples: int | None = None
+) -> list[dict]:
     """Weight and representation interpolation rows between θ0 (α = 1) and θ_ft (α = 0)."""
     return interpolation.interpolation_curves(
         run.model,
@@ -220,7 +216,7 @@ def linear_ft(
 
 def extract_parts(
     run: Run, mesh, max_examples: int | None = None, sites=linear_finetune.DEFAULT_SITES
-):
+) -> list[dict]:
     """θ0's pooled block outputs on every split (extracted once, shared by runs on one θ0)."""
     return linear_finetune.extract(
         run.model,
