@@ -4,8 +4,8 @@
 0.10's default YNNPACK fusions, `python -m benchmarks.benchmark --profile=15` put 25 % of the
 demo ResNet's train step in `ynn_fusion` ops; without them the same step ran 1.2x faster on the
 2-core CPU (1,421 -> 1,711 images/s, batch 128) and the small ViT's was unchanged
-(docs/benchmarks.md, "What the profile shows"). Entry points call `tune()` before JAX creates its CPU backend (XLA reads
-XLA_FLAGS once, then); it only touches the CPU backend's options.
+(docs/benchmarks.md, "What the profile shows"). Entry points call `tune()` before JAX creates
+its CPU backend (XLA reads XLA_FLAGS once, then); it only touches the CPU backend's options.
 
 Simulated devices (`--xla_force_host_platform_device_count=N`, the tests' 8) also get a CPU
 thread pool of 2N threads (`NPROC`, which XLA's CPU client reads; one the user set wins): with
