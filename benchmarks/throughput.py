@@ -373,14 +373,14 @@ def time_train_step(bench: Bench, num_steps: int) -> dict:
 
 def time_eval(bench: Bench, num_steps: int) -> dict:
     """Evaluation images/s: the eval step every evaluation round runs (`steps.make_eval_step`:
-    the forward pass in eval mode, loss and accuracy over a masked batch) on the benchmark's
+    the forward pass in eval mode, loss and accuracy summed per split) on the benchmark's
     batch, with θ0's weights."""
     batch = bench.host_batch["image"].shape[0]
     step = jax.jit(
         steps.make_eval_step(steps.model_logits(bench.model), bench.config.data.normalize),
         out_shardings=parallel.replicated(bench.mesh),
     )
-    host = {**bench.host_batch, "mask": np.ones(batch, bool)}
+    host = {**bench.host_batch, "segment": np.ones((batch, 1), np.float32)}  # One split.
     eval_batch = parallel.global_batch(host, bench.mesh)
     variables = jax.device_put(bench.variables, parallel.replicated(bench.mesh))
     seconds = timeit(lambda: jax.block_until_ready(step(variables, eval_batch)), num_steps)

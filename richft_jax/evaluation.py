@@ -75,10 +75,8 @@ def evaluate(
     through that augmentation, keyed by (seed, domain, split); the test domains never do.
     """
     args = (data, batch_size, mesh, max_examples, augment, train_in_max)
-    return [
-        (split, _values(m, count))
-        for split, m, count in _split_metrics(eval_step, variables, *args)
-    ]
+    splits, sums = _split_sums(eval_step, variables, *args)
+    return [(split, _values(sums, i)) for i, split in enumerate(splits)]
 
 
 def evaluate_models(
@@ -87,14 +85,14 @@ def evaluate_models(
     """`evaluate` (the same arguments after `variables`) for K models in one pass over the data
     (`steps.make_models_eval_step`; the variables' params stacked): one list of (split, values)
     per model, in stacking order."""
-    per_split = _split_metrics(models_eval_step, variables, *args, **kwargs)
+    splits, sums = _split_sums(models_eval_step, variables, *args, **kwargs)
     return [
-        [(split, _values(m, count, model=i)) for split, m, count in per_split]
-        for i in range(num_models)
+        [(split, _values(sums, i, model=k)) for i, split in enumerate(splits)]
+        for k in range(num_models)
     ]
 
 
-def _split_metrics(
+def _split_sums(
     eval_step,
     variables,
     data,
@@ -103,30 +101,31 @@ def _split_metrics(
     max_examples=None,
     augment=("none", 0),
     train_in_max=None,
-):
-    """(split, the merged metrics on the host, examples read) for every split that is read."""
-    out = []
+) -> tuple[list[pipeline.Split], steps.SplitSums]:
+    """The splits that are read, and their sums on the host: one pass over all of them
+    (`pipeline.eval_stream`: one padded batch in all, not one per split)."""
     kind, seed = augment
+    parts = []
     for split in data.splits:
         limit = split_limit(split, max_examples, train_in_max)
-        if limit == 0:
-            continue
-        aug = "none" if split.is_test_domain else kind
-        split_seed = seed_hash(seed, split.domain, split.split)
-        batch_metrics = [
+        if limit != 0:
+            aug = "none" if split.is_test_domain else kind
+            parts.append((split, limit, aug, seed_hash(seed, split.domain, split.split)))
+    sums = steps.merge_on_host(
+        [
             eval_step(variables, parallel.global_batch(parallel.host_slice(batch), mesh))
-            for batch in pipeline.eval_batches(split, batch_size, limit, aug, split_seed)
+            for batch in pipeline.eval_stream(parts, batch_size)
         ]
-        merged = steps.merge_on_host(batch_metrics)
-        out.append((split, merged, min(len(split.labels), limit or len(split.labels))))
-    return out
+    )
+    return [split for split, *_ in parts], sums
 
 
-def _values(merged, count: int, model: int | None = None) -> dict:
-    """A split's values as floats (of one model along a models axis if `model` is given)."""
+def _values(sums: steps.SplitSums, index: int, model: int | None = None) -> dict:
+    """Split `index`'s values as floats (of one model along a models axis if `model` is
+    given), with its example count."""
     if model is not None:
-        merged = jax.tree.map(lambda x: x[model], merged)
-    return {**{k: float(v) for k, v in merged.compute().items()}, "count": count}
+        sums = jax.tree.map(lambda x: x[model], sums)
+    return {**sums.values(index), "count": int(sums.count[index])}
 
 
 def features_on_mesh(model, normalize: str, mesh) -> Callable[[Any, dict], jax.Array]:

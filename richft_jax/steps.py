@@ -47,9 +47,24 @@ class TrainMetrics(metrics.Collection):
 
 
 @flax.struct.dataclass
-class EvalMetrics(metrics.Collection):
-    loss: metrics.Average.from_output("loss")
-    accuracy: metrics.Average.from_output("correct")
+class SplitSums:
+    """An evaluation's sums per split (the last axis; a leading models axis when several were
+    evaluated): loss, correct predictions and examples. `merge` adds a later batch's."""
+
+    loss: jax.Array
+    correct: jax.Array
+    count: jax.Array
+
+    def merge(self, other: "SplitSums") -> "SplitSums":
+        return jax.tree.map(lambda a, b: a + b, self, other)
+
+    def values(self, index: int) -> dict[str, float]:
+        """The loss and accuracy of split `index` (sums indexed `[..., index]`)."""
+        n = float(self.count[..., index])
+        return {
+            "loss": float(self.loss[..., index]) / n,
+            "accuracy": float(self.correct[..., index]) / n,
+        }
 
 
 def keys(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
@@ -78,8 +93,9 @@ def create_train_state(
     )
 
 
-def merge_on_host(step_metrics: list[metrics.Collection]) -> metrics.Collection | None:
-    """Per-step (or per-batch) metrics fetched and merged in numpy, at a logging boundary.
+def merge_on_host(step_metrics: list[Any]) -> Any:
+    """Per-step (or per-batch) metrics (TrainMetrics, SplitSums: anything with `merge`) fetched
+    and merged in numpy, at a logging boundary; None for none.
 
     Merging on the devices would launch small eager computations between the in-flight
     steps; on CPU with 8 simulated devices under load that aborted XLA's in-process
@@ -282,8 +298,9 @@ def model_features(model, normalize: str) -> Callable[[dict, jax.Array], jax.Arr
 
 def make_eval_step(
     logits_fn: Callable[[Any, jax.Array], jax.Array], normalize: str
-) -> Callable[[Any, dict], EvalMetrics]:
-    """Returns `(variables, batch) -> EvalMetrics` over the masked batch.
+) -> Callable[[Any, dict], SplitSums]:
+    """Returns `(variables, batch) -> SplitSums` over the splits of a batch of
+    `pipeline.eval_stream` (its "segment" says which split each row is of).
 
     `logits_fn` is one model (`model_logits`) or any combination of models, e.g. a vmapped
     ensemble over stacked variables: evaluation is the same for all of them.
@@ -301,8 +318,8 @@ def make_models_eval_step(
     normalize: str,
     models_per_pass: int = 0,
     mesh: jax.sharding.Mesh | None = None,
-) -> Callable[[Any, dict], EvalMetrics]:
-    """Returns `({"params": K stacked trees, **shared}, batch) -> EvalMetrics` with a leading
+) -> Callable[[Any, dict], SplitSums]:
+    """Returns `({"params": K stacked trees, **shared}, batch) -> SplitSums` with a leading
     axis of K: several models that share everything but their parameters (a run's weights and
     their moving average) evaluated in one pass over the data. `models_per_pass`: 0 vmaps all
     K on accelerators and one at a time on a CPU (`weight_space.models_per_pass`), N that many
@@ -325,8 +342,11 @@ def make_models_eval_step(
     return eval_step
 
 
-def eval_metrics(logits: jax.Array, batch: dict) -> EvalMetrics:
-    """Loss and accuracy of [N, C] logits over the batch's masked examples."""
+def eval_metrics(logits: jax.Array, batch: dict) -> SplitSums:
+    """Per-split sums of the loss and accuracy of [N, C] logits: batch["segment"] is [N, S],
+    row i one-hot in the split of example i (all zero for padding, which counts nowhere)."""
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-    return EvalMetrics.single_from_model_output(loss=loss, correct=correct, mask=batch["mask"])
+    segment = batch["segment"] > 0
+    per_split = lambda v: jnp.where(segment, v[:, None], 0.0).sum(0)  # noqa: E731 (NaN-safe)
+    return SplitSums(per_split(loss), per_split(correct), segment.sum(0).astype(jnp.float32))

@@ -86,6 +86,34 @@ def test_train_in_limit_zero_leaves_those_splits_out_and_selection_unchanged(set
     assert np.isnan(b["id_train_accuracy"])
 
 
+def test_one_pass_packs_the_splits_back_to_back_with_one_padded_batch(setup):
+    """pipeline.eval_stream: every example read once, split after split, as eval_batches gives
+    it (augmented ones too); every batch full but the last; each row one-hot in its split."""
+    data = setup[0]
+    parts = [
+        (s, RIGHT + 3 if s.split == "in" else None, "none" if s.is_test_domain else "flip_crop", i)
+        for i, s in enumerate(data.splits)
+    ]
+    batches = list(pipeline.eval_stream(parts, BATCH))
+    want = [
+        (b["image"][b["mask"]], b["label"][b["mask"]], np.full(b["mask"].sum(), i))
+        for i, (split, limit, kind, seed) in enumerate(parts)
+        for b in pipeline.eval_batches(split, BATCH, limit, kind, seed)
+    ]
+    images, labels, index = (np.concatenate(column) for column in zip(*want, strict=True))
+    total = 3 * (RIGHT + 3) + 3 * N
+    assert len(labels) == total and len(batches) == -(-total // BATCH)
+    assert all(len(b["label"]) == BATCH == len(b["image"]) for b in batches)
+    segment = np.concatenate([b["segment"] for b in batches])
+    assert segment.shape == (len(batches) * BATCH, len(parts))
+    assert (segment[:total].sum(1) == 1).all() and not segment[total:].any()  # Padding: none.
+    np.testing.assert_array_equal(segment[:total].argmax(1), index)
+    np.testing.assert_array_equal(np.concatenate([b["image"] for b in batches])[:total], images)
+    np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[:total], labels)
+    flipped = [b["image"] for b in pipeline.eval_batches(data.splits[0], BATCH, RIGHT + 3)]
+    assert not np.array_equal(images[: RIGHT + 3], flipped[0][: RIGHT + 3])  # Augmented.
+
+
 def test_config_defaults_and_checks():
     assert config_lib.base_config().data.eval_train_in_max_examples is None  # DomainBed: all.
     for name in ("resnet50_dropout", "resnet50_erm", "vit_b16_dropout", "vit_b16_erm"):
@@ -144,7 +172,7 @@ def test_stacked_convolutional_models_run_each_devices_share_of_the_batch():
     )
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (BATCH, 8, 8, 3), dtype=np.uint8)
-    batch = {"image": images, "label": np.arange(BATCH) % 4, "mask": np.ones(BATCH, bool)}
+    batch = {"image": images, "label": np.arange(BATCH) % 4, "segment": np.ones((BATCH, 1))}
     batch = parallel.global_batch(batch, mesh)
     keys = jax.random.split(jax.random.key(0), 2)
     params = jax.vmap(lambda k: model.init(k, jnp.zeros((1, 8, 8, 3)))["params"])(keys)
@@ -160,4 +188,4 @@ def test_stacked_convolutional_models_run_each_devices_share_of_the_batch():
     assert convolutions and set(convolutions) == {str(share)}, convolutions
     want, got = plain(variables, batch), per_device(variables, batch)  # Per model: a K axis.
     jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-6), got, want)
-    assert np.asarray(got.loss.count).tolist() == [BATCH, BATCH]
+    assert np.asarray(got.count).tolist() == [[BATCH], [BATCH]]  # [models, splits].

@@ -49,7 +49,7 @@ LOGITS = {
 
 
 @steps.jit_per_model
-def eval_step(model, kind: str, normalize: str) -> Callable[[dict, dict], steps.EvalMetrics]:
+def eval_step(model, kind: str, normalize: str) -> Callable[[dict, dict], steps.SplitSums]:
     """The jitted eval step of one interpolation kind and architecture (α is in the variables:
     one compile for every α)."""
     return steps.make_eval_step(lambda v, x: LOGITS[kind](model, v, x), normalize)

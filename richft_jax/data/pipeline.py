@@ -251,3 +251,39 @@ def eval_batches(
             key = tf.constant([seed, index], tf.int64)
             images = _augment_eval(tf.constant(images), augment, key).numpy()
         yield {"image": images, "label": labels, "mask": mask}
+
+
+def eval_stream(
+    parts: Sequence[tuple[Split, int | None, str, int]], batch_size: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """Fixed-size batches over several splits in one pass: `parts` = [(split, max_examples,
+    augment, seed)], each split's examples exactly as `eval_batches` gives them, packed back to
+    back, so only the last batch is padded. A batch's "segment" (float32 [batch_size,
+    len(parts)]) is one-hot in the part each row is of; a padding row is all zero."""
+    held: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    count = 0
+    for index, (split, max_examples, kind, seed) in enumerate(parts):
+        for batch in eval_batches(split, batch_size, max_examples, kind, seed):
+            k = int(batch["mask"].sum())  # The real rows come first.
+            held.append((batch["image"][:k], batch["label"][:k], np.full(k, index)))
+            count += k
+            while count >= batch_size:
+                out, held = _take(held, batch_size, len(parts))
+                count -= batch_size
+                yield out
+    if count:
+        yield _take(held, batch_size, len(parts))[0]
+
+
+def _take(held, batch_size: int, num_parts: int) -> tuple[dict[str, np.ndarray], list]:
+    """The first `batch_size` held rows as a batch (zero-padded if fewer), and the rest."""
+    images, labels, parts = (np.concatenate(column) for column in zip(*held, strict=True))
+    rest = [(images[batch_size:], labels[batch_size:], parts[batch_size:])]
+    images, labels, parts = images[:batch_size], labels[:batch_size], parts[:batch_size]
+    segment = np.zeros((batch_size, num_parts), np.float32)
+    segment[np.arange(len(parts)), parts] = 1.0
+    pad = batch_size - len(labels)
+    if pad:
+        images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+        labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
+    return {"image": images, "label": labels, "segment": segment}, rest
