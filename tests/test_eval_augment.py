@@ -102,3 +102,18 @@ def test_eval_batches_use_the_training_augmentation(setup, kind):
         want = pipeline._augment(tf.constant(p["image"]), kind, tf.constant([7, index], tf.int64))
         np.testing.assert_array_equal(a["image"], want.numpy())
         assert not np.array_equal(a["image"], p["image"])
+
+
+@pytest.mark.parametrize("kind", ["crop", "flip_crop", "domainbed"])
+def test_eval_batches_augment_images_of_several_sizes_in_one_process(kind):
+    """One process evaluating augmented images of three sizes (runs or datasets of other image
+    sizes, in a notebook or a test worker): each batch is exactly its own size's augmentation.
+    A shape-generalised trace once lost the static sizes the crop needs, and the third size
+    raised."""
+    rng = np.random.default_rng(1)
+    for size in (8, 12, 16, 8):
+        images = rng.integers(0, 256, (BATCH, size, size, 3), dtype=np.uint8)
+        split = pipeline.Split("a", "out", False, images, np.zeros(BATCH, np.int32))
+        (got,) = pipeline.eval_batches(split, BATCH, augment=kind, seed=3)
+        want = pipeline._augment(tf.constant(images), kind, tf.constant([3, 0], tf.int64))
+        np.testing.assert_array_equal(got["image"], want.numpy())

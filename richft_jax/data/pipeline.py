@@ -216,7 +216,10 @@ def train_dataset(
     return ds.with_options(options).prefetch(prefetch)
 
 
-@tf.function(reduce_retracing=True, autograph=False)
+# One trace per batch shape (evaluation batches are padded to one size, so a run has one):
+# reduce_retracing's shape-generalised trace lost the static image sizes the augmentations
+# need, and a process evaluating a third image size raised.
+@tf.function(autograph=False)
 def _augment_eval(images: "tf.Tensor", kind: str, seed: "tf.Tensor") -> "tf.Tensor":
     return _augment(images, kind, seed)
 
