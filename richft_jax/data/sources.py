@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from richft_jax import config_checks, tf_cpu
+from richft_jax import config_checks, paths, tf_cpu
 from richft_jax.data import catalog, digits_domains, domainbed, glyphs, letters, mnist_family
 from richft_jax.data.catalog import (  # noqa: F401  (re-exported: sources.domains_of, ...)
     OFFICIAL,
@@ -225,7 +225,7 @@ def _decoded_once(
 def _files_of(directory: str) -> tuple | None:
     """(name, size, mtime) of each file in a local directory; None for a URL (gs://...) or a
     directory that cannot be listed (the read then says what is wrong)."""
-    if "://" in directory:
+    if paths.is_remote(directory):
         return None
     try:
         with os.scandir(directory) as entries:

@@ -82,7 +82,8 @@ def build_backbone(name: str, dtype: str = "auto", **kwargs) -> nn.Module:
         raise ValueError(
             f"config.model.name: unknown backbone {name!r}; known: {sorted(BACKBONES)}."
         )
-    # Lists (a config.json's arrays) as tuples: hashable attributes, equal to the configs' own.
+    # Lists (a config.json's arrays) as tuples, as the configs write them: a restored run's
+    # model then has the same repr (steps.jit_per_model's key) and hash as a fresh one.
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
     return BACKBONES[name](dtype=compute_dtype(dtype), **kwargs)
 
